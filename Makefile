@@ -1,0 +1,33 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both create/use .venv here.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.modelmix-installed
+
+.PHONY: venv demo test lint bench clean
+
+venv: $(STAMP)
+
+# torch first: `pip install torch==2.13.0` takes the local CPU build here (never the multi-GB CUDA wheels).
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+demo: venv
+	$(PY) examples/demo.py
+
+test: venv
+	$(PY) -m pytest -x -p no:cacheprovider tests
+
+lint: venv
+	$(VENV)/bin/ruff check src tests benchmarks examples
+
+bench: venv
+	$(PY) benchmarks/bench_merge.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

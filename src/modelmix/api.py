@@ -1,0 +1,201 @@
+"""Python API mirroring the CLI: ``merge`` (recipe -> model dir) and ``merge_tensors`` (in memory)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from modelmix.errors import ConfigError, InputError
+
+# files copied next to the merged weights (tokenizer, generation config, sentence-transformers modules)
+_AUX_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "vocab.json",
+    "vocab.txt", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json",
+    "generation_config.json", "modules.json", "sentence_bert_config.json", "config_sentence_transformers.json",
+)
+_AUX_DIRS_PREFIX = ("1_Pooling", "2_Normalize", "2_Dense", "3_Normalize")
+_CHAT_TEMPLATES = {
+    "chatml": "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}",
+}
+
+
+@dataclass
+class MergeResult:
+    out_dir: Path
+    tensors: int
+    bytes_written: int
+    seconds: float
+
+    def summary(self) -> str:
+        gbs = self.bytes_written / 1e9
+        return (
+            f"merged {self.tensors} tensors, {gbs:.2f} GB written to {self.out_dir} in {self.seconds:.1f}s "
+            f"({gbs / max(self.seconds, 1e-9):.2f} GB/s)"
+        )
+
+
+def _load(config: Any, base_dir: Path | None):
+    from modelmix.config import MergeConfig, load_config
+
+    if isinstance(config, MergeConfig):
+        return config, base_dir
+    if isinstance(config, (str, Path)):
+        p = Path(config)
+        return load_config(p), base_dir or p.parent.resolve()
+    if isinstance(config, Mapping):
+        return load_config(dict(config)), base_dir
+    raise ConfigError(f"merge() takes a recipe path, dict or MergeConfig, not {type(config).__name__}.")
+
+
+def plan(config: Any, *, base_dir: Path | None = None, allow_pickle: bool = False, seed: int | None = None):
+    """Validate a recipe against the checkpoints (headers only) and return the MergePlan."""
+    from modelmix.plan import build_plan
+
+    cfg, base_dir = _load(config, base_dir)
+    return build_plan(cfg, base_dir=base_dir, allow_pickle=allow_pickle, seed=seed)
+
+
+def merge(
+    config: Any,
+    out_dir: str | Path,
+    *,
+    overwrite: bool = False,
+    threads: int | None = None,
+    device: str = "cpu",
+    seed: int | None = None,
+    out_shard_size: int = 5 * 10**9,
+    allow_pickle: bool = False,
+    quiet: bool = True,
+    base_dir: Path | None = None,
+) -> MergeResult:
+    """Merge per a recipe (path, dict or MergeConfig) and write an HF model directory atomically."""
+    from modelmix.execute import Executor, Progress
+    from modelmix.io.writer import ModelWriter, OutSpec, check_target
+
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    check_target(out.absolute(), overwrite)  # before any heavy work
+    mp = plan(config, base_dir=base_dir, allow_pickle=allow_pickle, seed=seed)
+    try:
+        specs = [OutSpec(t.name, t.out_dtype, t.shape) for t in mp.tasks]
+        writer = ModelWriter(out, specs, max_shard_bytes=out_shard_size, overwrite=overwrite)
+        try:
+            progress = Progress(writer.total_bytes, len(mp.tasks), quiet=quiet)
+            try:
+                Executor(mp, device=device, threads=threads).run(lambda t, x, off: writer.write(t.name, x, off), progress)
+            finally:
+                progress.close()
+            _write_aux(mp, writer.path)
+            writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+    finally:
+        mp.close()
+    return MergeResult(out.absolute(), len(mp.tasks), writer.total_bytes, time.perf_counter() - t0)
+
+
+def _write_aux(mp, path) -> None:
+    """config.json, tokenizer + generation config from the tokenizer source, and a model card."""
+    cfg = mp.config
+    if mp.out_config:
+        path("config.json").write_text(json.dumps(mp.out_config, indent=2) + "\n")
+    src = mp.tokenizer_dir
+    if src is not None:
+        for name in _AUX_FILES:
+            f = src / name
+            if f.is_file():
+                shutil.copyfile(f, path(name))
+        for d in src.iterdir():
+            if d.is_dir() and d.name.startswith(_AUX_DIRS_PREFIX):
+                shutil.copytree(d, path(d.name))
+    if cfg.chat_template:
+        template = _CHAT_TEMPLATES.get(cfg.chat_template, cfg.chat_template)
+        tc = path("tokenizer_config.json")
+        data = json.loads(tc.read_text()) if tc.is_file() else {}
+        data["chat_template"] = template
+        tc.write_text(json.dumps(data, indent=2) + "\n")
+    models = "\n".join(f"- {k}" for k in mp.models)
+    path("README.md").write_text(
+        "---\ntags:\n- modelmix\n- merge\n---\n"
+        f"# Merged model\n\nThis model was merged with [modelmix](https://example.invalid/modelmix) using the "
+        f"`{cfg.merge_method}` method.\n\n## Models merged\n\n{models}\n\n## Recipe\n\n```yaml\n{cfg.to_yaml()}```\n"
+    )
+
+
+def merge_tensors(
+    method: str,
+    tensors: Sequence[torch.Tensor] | Sequence[Mapping[str, torch.Tensor]],
+    base: torch.Tensor | Mapping[str, torch.Tensor] | None = None,
+    *,
+    seed: int = 0,
+    **params: Any,
+) -> Any:
+    """Merge in memory, without files: a list of tensors -> tensor, or a list of state dicts -> state dict.
+
+    Parameters follow the method's declarations; per-model parameters may be a scalar (broadcast) or a list
+    aligned with ``tensors``. Results are float32; integer tensors in state dicts are taken from the first
+    input. Random methods use ``seed`` (per tensor name for state dicts, as the file-based merge does).
+    """
+    from modelmix.methods import get_method
+    from modelmix.plan import tensor_seed
+
+    m = get_method(method)
+    if len(tensors) == 0:
+        raise InputError("merge_tensors needs at least one input.")
+    if isinstance(tensors[0], Mapping):
+        sds = list(tensors)  # type: ignore[arg-type]
+        names = list(sds[0])
+        for i, sd in enumerate(sds[1:], 1):
+            if set(sd) != set(names):
+                diff = sorted(set(sd) ^ set(names))[:3]
+                raise InputError(f"State dict {i} has different tensor names from state dict 0 (e.g. {diff}).")
+        out = {}
+        for name in names:
+            first = sds[0][name]
+            if not first.is_floating_point():
+                out[name] = first.clone()
+                continue
+            b = base[name] if isinstance(base, Mapping) else None
+            out[name] = _merge_one(m, [sd[name] for sd in sds], b, tensor_seed(seed, name), params, name)
+        return out
+    b = base if isinstance(base, torch.Tensor) or base is None else None
+    return _merge_one(m, list(tensors), b, seed, params, "tensor")  # type: ignore[arg-type]
+
+
+def _merge_one(m, tensors: list[torch.Tensor], base: torch.Tensor | None, seed: int, params: dict, name: str):
+    from modelmix.methods.registry import REQUIRED
+
+    if m.needs_base and base is None:
+        raise ConfigError(f'Merge method "{m.name}" needs a base tensor (base=...).')
+    ts = [t.float() for t in tensors]
+    shapes = {tuple(t.shape) for t in ts} | ({tuple(base.shape)} if base is not None else set())
+    if len(shapes) != 1:
+        raise InputError(f"Shape mismatch for {name}: {sorted(shapes)}.")
+    known = {p.name for p in m.params}
+    unknown = set(params) - known
+    if unknown:
+        from modelmix.errors import did_you_mean
+
+        u = sorted(unknown)[0]
+        raise ConfigError(f'Unknown parameter "{u}" for merge method "{m.name}".{did_you_mean(u, known)}')
+    kwargs: dict[str, Any] = {}
+    for p in m.params:
+        v = params.get(p.name, p.default)
+        if v is REQUIRED:
+            raise ConfigError(f'Merge method "{m.name}" needs parameter "{p.name}".')
+        if p.scope == "model":
+            v = list(v) if isinstance(v, (list, tuple)) else [v] * len(ts)
+            if len(v) != len(ts):
+                raise ConfigError(f'Parameter "{p.name}" has {len(v)} values for {len(ts)} models.')
+        kwargs[p.name] = v
+    if m.random:
+        kwargs["seed"] = seed
+    return m.fn(ts, base=base.float() if base is not None else None, **kwargs)

@@ -1,0 +1,266 @@
+"""Streaming executor: runs a MergePlan, reading each input byte once and writing each output byte once.
+
+Work is cut into units: row chunks of cache-friendly size for element-wise methods (linear, task
+arithmetic, ...), whole tensors for methods that need per-tensor statistics (TIES thresholds, SLERP norms).
+``threads`` worker threads each take a unit, read its inputs with pread, convert to float32, check for
+NaN/Inf, run the method, cast and pwrite the result into its final place in the output shard. Torch runs
+single-threaded inside each unit, so reading, computing and writing of different units overlap across the
+workers without oversubscription. A byte budget bounds how many whole-tensor units are in flight.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import torch
+
+from modelmix.errors import InputError, ModelmixError
+from modelmix.io.writer import ModelWriter
+from modelmix.plan import MergePlan, Source, TensorTask
+
+CHUNK_ELEMS = 1 << 19  # 512K float32 = 2 MiB per operand: stays in L2/L3 across the few ops of a chunk
+DEFAULT_BUDGET = 1 << 30  # bytes of whole-tensor working memory in flight at once
+
+
+@dataclass
+class Unit:
+    task: TensorTask
+    rows: tuple[int, int] | None  # None: the whole tensor
+    cost: int  # estimated working bytes
+
+
+def _units(plan: MergePlan, chunk_elems: int) -> Iterator[Unit]:
+    for task in plan.tasks:
+        numel = math.prod(task.shape)
+        n_in = len(task.sources) + (task.base is not None)
+        streamable = (task.method is None or task.method.elementwise) and task.vocab_maps is None
+        if streamable and task.shape and numel > chunk_elems:
+            row = numel // task.shape[0]
+            step = max(1, chunk_elems // max(row, 1))
+            for r0 in range(0, task.shape[0], step):
+                r1 = min(task.shape[0], r0 + step)
+                yield Unit(task, (r0, r1), (r1 - r0) * row * 4 * (n_in + 2))
+        else:
+            yield Unit(task, None, numel * 4 * (n_in + 3))
+
+
+class _Budget:
+    """Counting semaphore over bytes; a unit larger than the whole budget runs alone."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.used = 0
+        self.cv = threading.Condition()
+
+    def acquire(self, n: int) -> int:
+        n = min(n, self.limit)
+        with self.cv:
+            while self.used + n > self.limit:
+                self.cv.wait()
+            self.used += n
+        return n
+
+    def release(self, n: int) -> None:
+        with self.cv:
+            self.used -= n
+            self.cv.notify_all()
+
+
+class Progress:
+    """tqdm bar on a terminal, plain periodic log lines otherwise, nothing when quiet."""
+
+    def __init__(self, total_bytes: int, n_tensors: int, *, quiet: bool, stream=None):
+        self.total = total_bytes
+        self.done = 0
+        self.tensors = 0
+        self.n_tensors = n_tensors
+        self.lock = threading.Lock()
+        self.quiet = quiet
+        self.stream = stream or sys.stderr
+        self.t0 = time.perf_counter()
+        self.bar = None
+        self._next_log = 0.1
+        if not quiet and self.stream.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="merging", file=self.stream, dynamic_ncols=True)
+
+    def update(self, nbytes: int, finished_tensor: bool) -> None:
+        with self.lock:
+            self.done += nbytes
+            self.tensors += finished_tensor
+            if self.bar is not None:
+                self.bar.update(nbytes)
+                if finished_tensor:
+                    self.bar.set_postfix_str(f"{self.tensors}/{self.n_tensors} tensors", refresh=False)
+            elif not self.quiet and self.total and self.done / self.total >= self._next_log:
+                el = time.perf_counter() - self.t0
+                frac = self.done / self.total
+                eta = el / frac - el if frac else 0
+                print(
+                    f"modelmix: {frac:4.0%} {self.tensors}/{self.n_tensors} tensors, "
+                    f"{self.done / 1e9:.2f}/{self.total / 1e9:.2f} GB, {el:.1f}s elapsed, ETA {eta:.0f}s",
+                    file=self.stream,
+                    flush=True,
+                )
+                self._next_log = math.floor(frac * 10 + 1) / 10
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class Executor:
+    def __init__(self, plan: MergePlan, *, device: str = "cpu", threads: int | None = None, budget: int = DEFAULT_BUDGET,
+                 chunk_elems: int = CHUNK_ELEMS):
+        self.plan = plan
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ModelmixError("--device cuda was requested but no CUDA GPU is available (torch.cuda.is_available() is False).")
+        self.threads = max(1, threads or os.cpu_count() or 1)
+        self.budget = _Budget(budget)
+        self.chunk_elems = chunk_elems
+        self._remaining: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ public
+    def run(self, sink: Callable[[TensorTask, torch.Tensor, int], None], progress: Progress | None = None) -> None:
+        """Compute every unit; ``sink(task, out_tensor_in_out_dtype, byte_offset)`` stores the result."""
+        units = list(_units(self.plan, self.chunk_elems))
+        for u in units:
+            self._remaining[u.task.name] = self._remaining.get(u.task.name, 0) + 1
+        lock = threading.Lock()
+        prev_threads = torch.get_num_threads()
+        torch.set_num_threads(1 if self.threads > 1 else prev_threads)
+        try:
+            if self.threads == 1:
+                for u in units:
+                    self._do(u, sink, progress, lock)
+                return
+            errors: list[BaseException] = []
+            slots = threading.BoundedSemaphore(4 * self.threads)  # bounded queue: units are lazy
+
+            def job(u: Unit) -> None:
+                try:
+                    if not errors:
+                        self._do(u, sink, progress, lock)
+                except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+                    errors.append(e)
+                finally:
+                    slots.release()
+
+            with ThreadPoolExecutor(self.threads, thread_name_prefix="modelmix") as pool:
+                for u in units:
+                    slots.acquire()
+                    if errors:
+                        break
+                    pool.submit(job, u)
+            if errors:
+                raise errors[0]
+        finally:
+            torch.set_num_threads(prev_threads)
+
+    # ------------------------------------------------------------------ one unit
+    def _do(self, u: Unit, sink, progress: Progress | None, lock: threading.Lock) -> None:
+        held = self.budget.acquire(u.cost)
+        try:
+            out = self.compute(u.task, u.rows)
+            ob = out.to(u.task.out_dtype) if out.dtype != u.task.out_dtype else out
+            offset = 0
+            if u.rows is not None:
+                row_bytes = math.prod(u.task.shape[1:]) * ob.element_size()
+                offset = u.rows[0] * row_bytes
+            sink(u.task, ob, offset)
+            with lock:
+                self._remaining[u.task.name] -= 1
+                finished = self._remaining[u.task.name] == 0
+            if progress is not None:
+                progress.update(ob.numel() * ob.element_size(), finished)
+        finally:
+            self.budget.release(held)
+
+    def _load(self, task: TensorTask, src: Source, rows: tuple[int, int] | None) -> torch.Tensor:
+        ck = self.plan.models[src.model]
+        raw = ck.read(src.name, rows)
+        x = raw.to(device=self.device, dtype=torch.float32, non_blocking=False)
+        if not bool(torch.isfinite(x).all()):
+            bad = int((~torch.isfinite(x)).sum())
+            raise InputError(
+                f"Tensor {src.name!r} of model {src.model} contains {bad} NaN/Inf value(s)"
+                + (f" (rows {rows[0]}..{rows[1]})" if rows else "")
+                + ". The checkpoint is corrupt or was saved after a diverged training run; nothing was written."
+            )
+        return x
+
+    def compute(self, task: TensorTask, rows: tuple[int, int] | None = None) -> torch.Tensor:
+        """The float32 result of one task (or of a row range of it)."""
+        if task.method is None:
+            return self.plan.models[task.sources[0].model].read(task.sources[0].name, rows)
+        tensors = [self._load(task, s, rows) for s in task.sources]
+        base = self._load(task, task.base, rows) if task.base is not None else None
+        if task.vocab_maps is not None:
+            tensors, base = align_vocab(task, tensors, base)
+        kwargs = dict(task.global_params)
+        kwargs.update(task.model_params)
+        if task.method.random:
+            kwargs["seed"] = task.seed
+        try:
+            out = task.method.fn(tensors, base=base, **kwargs)
+        except ModelmixError as e:
+            raise type(e)(f"Tensor {task.name!r}: {e}") from None
+        if out.shape != tuple(tensors[0].shape if tensors else base.shape):  # type: ignore[union-attr]
+            raise RuntimeError(f"method {task.method.name} returned shape {tuple(out.shape)} for {task.name}")
+        return out
+
+
+def align_vocab(task: TensorTask, tensors: list[torch.Tensor], base: torch.Tensor | None):
+    """Permute embedding rows onto the output vocabulary, filling missing tokens as mergekit does.
+
+    A token missing from a model takes: the row of the only model that has it; else the base model's row;
+    else the mean of the rows of the models that have it; zero if no model has it.
+    """
+    maps = task.vocab_maps
+    assert maps is not None
+    keys = [s.model for s in task.sources] + ([task.base.model] if task.base is not None else [])
+    mats = tensors + ([base] if base is not None else [])
+    perms = [maps[k] for k in keys]
+    size = perms[0].shape[0]
+    present = torch.stack([p >= 0 for p in perms])  # models x vocab
+    count = present.sum(0)
+    rows_shape = mats[0].shape[1:]
+    aligned = []
+    for m, p in zip(mats, perms):
+        out = torch.zeros((size, *rows_shape), dtype=m.dtype, device=m.device)
+        ok = p >= 0
+        out[ok] = m[p[ok].to(m.device)]
+        aligned.append(out)
+    missing_somewhere = (count < len(mats)).nonzero().flatten().tolist()
+    base_key = maps.get("__base__")
+    base_idx = keys.index(base_key) if base_key in keys else None
+    for tok in missing_somewhere:
+        have = present[:, tok].nonzero().flatten().tolist()
+        if not have:
+            fill = torch.zeros(rows_shape, dtype=mats[0].dtype, device=mats[0].device)
+        elif len(have) == 1:
+            fill = aligned[have[0]][tok]
+        elif base_idx is not None and base_idx in have:
+            fill = aligned[base_idx][tok]
+        else:
+            fill = torch.stack([aligned[i][tok] for i in have]).mean(0)
+        for i in range(len(mats)):
+            if not present[i, tok]:
+                aligned[i][tok] = fill
+    if base is not None:
+        return aligned[:-1], aligned[-1]
+    return aligned, None
+
+
+def run_to_writer(plan: MergePlan, writer: ModelWriter, *, device: str = "cpu", threads: int | None = None,
+                  progress: Progress | None = None) -> None:
+    Executor(plan, device=device, threads=threads).run(lambda t, x, off: writer.write(t.name, x, off), progress)

@@ -1,0 +1,102 @@
+"""Registry of merge methods.
+
+A method is a small pure function on float32 tensors plus a declaration of its parameters, so that the
+config layer can validate a recipe before any tensor is read and the executor knows how it may stream.
+
+Calling convention of ``Method.fn``::
+
+    fn(tensors: list[Tensor], *, base: Tensor | None, **params) -> Tensor
+
+* ``tensors``: the non-base inputs for one output tensor, float32, all of the same shape, in recipe order.
+  (If the recipe's base model is also listed under ``models`` it is *not* repeated here.)
+* ``base``: the base model's tensor (float32) or None when the recipe has no base model.
+* parameters declared with ``scope="model"`` arrive as ``list[float]`` aligned with ``tensors``;
+  ``scope="global"`` ones as a single scalar.
+* random methods also get ``seed: int`` (derived by the executor from ``random_seed`` and the tensor name)
+  and must draw all randomness from ``torch.Generator().manual_seed(seed)`` on the CPU, so the output is
+  bit-identical whatever the thread count, chunking or device.
+* the result is a new float32 tensor (inputs may be modified in place only if ``inplace_ok``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from modelmix.errors import ConfigError, did_you_mean
+
+REQUIRED: Any = object()
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    scope: Literal["global", "model"]
+    type: type = float
+    default: Any = REQUIRED
+    low: float | None = None  # inclusive bounds for numbers
+    high: float | None = None
+    choices: tuple[Any, ...] | None = None
+    help: str = ""
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    fn: Callable[..., Any]
+    params: tuple[Param, ...] = ()
+    needs_base: bool = False  # the recipe must name base_model
+    uses_base: bool = True  # base is passed to fn when given (else base is treated as an ordinary model)
+    random: bool = False  # fn takes seed=
+    elementwise: bool = False  # fn(chunks) == chunks of fn(whole): the executor may stream row chunks
+    min_models: int = 1  # number of non-base tensors required
+    max_models: int | None = None
+    description: str = ""
+    reference: str = ""  # paper / mergekit behaviour it follows
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def param(self, name: str) -> Param:
+        for p in self.params:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+    @property
+    def param_names(self) -> list[str]:
+        return [p.name for p in self.params]
+
+
+_REGISTRY: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    if method.name in _REGISTRY:
+        raise ValueError(f"merge method {method.name!r} registered twice")
+    _REGISTRY[method.name] = method
+    return method
+
+
+def get_method(name: str) -> Method:
+    _load_builtin()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ConfigError(
+            f'Unknown merge method "{name}".{did_you_mean(name, _REGISTRY)} '
+            f"Available methods: {', '.join(sorted(_REGISTRY))}."
+        ) from None
+
+
+def all_methods() -> dict[str, Method]:
+    _load_builtin()
+    return dict(_REGISTRY)
+
+
+def _load_builtin() -> None:
+    # Importing the package registers every built-in method exactly once.
+    import modelmix.methods  # noqa: F401
