@@ -231,7 +231,8 @@ def _validate_ref(value: Any, info: ValidationInfo) -> ModelRef:
 
 def _serialize_ref(ref: ModelRef) -> Any:
     if ref.override_architecture is not None:
-        return {"model": ref.path, "lora": ref.lora, "override_architecture": ref.override_architecture}
+        out = {"model": ref.path, "lora": ref.lora, "override_architecture": ref.override_architecture}
+        return {k: v for k, v in out.items() if v is not None}
     return str(ref)
 
 
@@ -769,7 +770,8 @@ def _one_error(err: dict[str, Any]) -> str:
 
 
 def _format_validation_error(e: ValidationError, label: str) -> str:
-    errs = e.errors(include_url=False)
+    # unknown keys first: a typo ("mdel") also makes the intended key look missing
+    errs = sorted(e.errors(include_url=False), key=lambda x: x["type"] != "extra_forbidden")
     first = _one_error(errs[0])
     rest = [_one_error(x) for x in errs[1:5]]
     more = f" Further problems: {' '.join(rest)}" if rest else ""
