@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import math
 import os
+import types
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -797,7 +798,7 @@ def _type_name(tp: Any) -> str:
     names = {float: "a number", int: "an integer", bool: "true or false", str: "a string"}
     if tp in names:
         return names[tp]
-    if get_origin(tp) is Union:
+    if get_origin(tp) in (Union, types.UnionType):
         return " or ".join(_type_name(a) for a in get_args(tp) if a is not type(None))
     return getattr(tp, "__name__", str(tp))
 
