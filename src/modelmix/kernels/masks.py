@@ -1,0 +1,169 @@
+"""Sparsification of task vectors (deltas) as used by TIES, DARE, breadcrumbs and DELLA (mergekit 0.1.5).
+
+Each function takes a float32 delta and returns a new, sparsified (and optionally rescaled) float32 tensor.
+Random masks are drawn from a CPU ``torch.Generator`` in fixed-size chunks of the flattened tensor and then
+moved to the tensor's device, so the same seed gives bit-identical masks on any device and thread count.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from modelmix.errors import ConfigError
+from modelmix.kernels.select import CHUNK, rank_band_mask, topk_mask
+
+Rescale = Literal["l1", "inverse_density", "none"]
+
+_RESCALE_EPS = 1e-7  # mergekit: skip L1 rescaling when either norm is below this
+
+
+def normalize_rescale(value: object) -> Rescale:
+    """Map a recipe's ``rescale`` value to a mode; booleans are mergekit's spelling (true = ``l1``)."""
+    if value is True:
+        return "l1"
+    if value is False or value is None:
+        return "none"
+    if isinstance(value, str) and value.lower() in ("l1", "inverse_density", "none"):
+        return value.lower()  # type: ignore[return-value]
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return "l1" if value.lower() == "true" else "none"
+    raise ConfigError(
+        f'Invalid rescale value {value!r}: use true/"l1" (rescale kept entries so the L1 norm of the task '
+        'vector is unchanged, mergekit\'s behaviour), "inverse_density" (divide kept entries by their keep '
+        'probability, the DARE/DELLA paper form) or false/"none".'
+    )
+
+
+class RescaleMode(str):
+    """A ``rescale`` parameter value: constructing it accepts booleans and strings (see normalize_rescale)."""
+
+    def __new__(cls, value: object) -> RescaleMode:
+        return super().__new__(cls, normalize_rescale(value))
+
+
+def rescale_l1(original: Tensor, masked: Tensor) -> Tensor:
+    """Scale ``masked`` (in place) so its L1 norm equals ``original``'s; no-op for (near) zero norms."""
+    before = original.abs().sum()
+    after = masked.abs().sum()
+    if before < _RESCALE_EPS or after < _RESCALE_EPS:
+        return masked
+    return masked.mul_(before / after)
+
+
+def _finish(delta: Tensor, mask: Tensor, rescale: Rescale, keep_prob: float | Tensor) -> Tensor:
+    masked = delta * mask
+    if rescale == "l1":
+        return rescale_l1(delta, masked)
+    if rescale == "inverse_density":
+        if isinstance(keep_prob, Tensor):
+            return masked.div_(keep_prob)
+        return masked.div_(keep_prob) if keep_prob > 0 else masked
+    return masked
+
+
+def magnitude_prune(delta: Tensor, density: float, rescale: Rescale = "none") -> Tensor:
+    """Keep the ``max(1, int(density * n))`` largest magnitudes (TIES); density >= 1 keeps everything."""
+    if density >= 1:
+        return delta.clone()
+    if density <= 0 or delta.numel() == 0:
+        return torch.zeros_like(delta)
+    k = max(1, int(density * delta.numel()))
+    return _finish(delta, topk_mask(delta, k), rescale, density)
+
+
+def breadcrumbs_prune(delta: Tensor, density: float, gamma: float, rescale: Rescale = "none") -> Tensor:
+    """Drop the top ``gamma`` fraction (outliers) and the small tail, keeping ``int(density * n)`` entries.
+
+    As mergekit 0.1.5: when ``density + gamma > 1`` fewer outliers are dropped so the kept count is still
+    ``int(density * n)``; with tiny tensors ``int(gamma * n)`` is 0 and only the small tail is dropped
+    (an earlier mergekit slicing bug zeroed the whole tensor there).
+    """
+    if density >= 1:
+        return delta.clone()
+    n = delta.numel()
+    target = int(density * n)
+    n_top = int(gamma * n)
+    n_bottom = max(0, n - target - n_top)
+    # ascending ranks [n_bottom, n_bottom + target)  ==  descending ranks [n - n_bottom - target, n - n_bottom)
+    mask = rank_band_mask(delta, n - n_bottom - target, n - n_bottom)
+    return _finish(delta, mask, rescale, density)
+
+
+def _uniform_chunks(numel: int, generator: torch.Generator):
+    """Yield (start, uniform[0,1) float32 CPU chunk) covering ``numel`` draws, in a fixed chunking."""
+    for s in range(0, numel, CHUNK):
+        yield s, torch.rand(min(CHUNK, numel - s), generator=generator, dtype=torch.float32)
+
+
+def bernoulli_keep_mask(
+    shape: torch.Size, p: float | Tensor, generator: torch.Generator, device: torch.device
+) -> Tensor:
+    """Mask with each entry kept with probability ``p`` (scalar, or a tensor of per-entry probabilities).
+
+    Draws ``numel`` uniforms from the CPU generator (in flat order) and keeps ``u < p``.
+    """
+    numel = 1
+    for d in shape:
+        numel *= d
+    out = torch.empty(numel, dtype=torch.bool, device=device)
+    p_flat = p.reshape(-1) if isinstance(p, Tensor) else None
+    for s, u in _uniform_chunks(numel, generator):
+        u = u.to(device, non_blocking=False)
+        thr = p_flat[s : s + u.numel()] if p_flat is not None else p
+        torch.lt(u, thr, out=out[s : s + u.numel()])
+    return out.view(shape)
+
+
+def dare_prune(delta: Tensor, density: float, generator: torch.Generator, rescale: Rescale = "l1") -> Tensor:
+    """DARE: keep each entry with probability ``density`` (no draws when density >= 1)."""
+    if density >= 1:
+        return delta.clone()
+    if density <= 0:
+        return torch.zeros_like(delta)
+    mask = bernoulli_keep_mask(delta.shape, density, generator, delta.device)
+    return _finish(delta, mask, rescale, density)
+
+
+def della_keep_prob(delta: Tensor, density: float, epsilon: float) -> Tensor:
+    """DELLA (MagPrune) keep probabilities: linear in the magnitude rank within each row, in
+    ``[density - epsilon, density + epsilon]``; rows are along dim 1 (a 1-D tensor is one row).
+
+    Ranks need an order within a row, so each row is sorted (stable, so ties rank by index): rows are
+    short, this is not a whole-tensor sort. A row of one element gets the middle probability ``density``
+    (mergekit divides 0 by 0 there).
+    """
+    t = delta.unsqueeze(0) if delta.dim() < 2 else delta
+    mag = t.abs().movedim(1, -1)
+    width = mag.shape[-1]
+    flat = mag.reshape(-1, width)
+    ranks = torch.empty_like(flat)
+    rows_per_step = max(1, CHUNK // max(width, 1))
+    steps = torch.arange(width, dtype=torch.float32, device=delta.device)
+    rank_norm = steps / (width - 1) if width > 1 else torch.full_like(steps, 0.5)
+    for r in range(0, flat.shape[0], rows_per_step):
+        block = flat[r : r + rows_per_step]
+        order = torch.sort(block, dim=-1, stable=True).indices
+        ranks[r : r + rows_per_step].scatter_(-1, order, rank_norm.expand_as(block).contiguous())
+    probs = (density - epsilon) + ranks * (2 * epsilon)
+    return probs.view(mag.shape).movedim(-1, 1).reshape(delta.shape).contiguous()
+
+
+def della_prune(
+    delta: Tensor, density: float, epsilon: float, generator: torch.Generator, rescale: Rescale = "l1"
+) -> Tensor:
+    """DELLA: drop entries at random, with small magnitudes dropped more often (MagPrune)."""
+    if density >= 1:
+        return delta.clone()
+    if density <= 0:
+        return torch.zeros_like(delta)
+    if density + epsilon >= 1 or density - epsilon <= 0:
+        raise ConfigError(
+            f"DELLA needs density - epsilon > 0 and density + epsilon < 1, but density={density} and "
+            f"epsilon={epsilon}. Lower epsilon (default 0.15) or move density away from 0 and 1."
+        )
+    probs = della_keep_prob(delta, density, epsilon)
+    mask = bernoulli_keep_mask(delta.shape, probs, generator, delta.device)
+    return _finish(delta, mask, rescale, probs)
