@@ -1,0 +1,338 @@
+"""Metric implementations on an :class:`~modelmix.eval.models.EvalModel` (validated examples in, floats out).
+
+All metrics run under ``torch.inference_mode``, sort examples by token length and pad each batch only to
+its own longest row (dynamic padding), so a batch of short prompts costs what short prompts cost.
+Results never depend on the batch size or order beyond float rounding.
+
+``exact_match`` (decoder) -> ``{"exact_match": fraction}``
+    Greedy decoding with a KV cache over left-padded batches (own loop: ~2x faster than ``model.generate``
+    on small models, whose per-step overhead dominates). The prompt is ``input`` tokenised with the
+    tokenizer's special tokens (bos). A row stops at eos, at a newline once it has produced non-space
+    text (leading whitespace/newlines are skipped, so both ``"input output"`` and ``"input\\noutput"``
+    training formats work), or after its token budget (``max_new_tokens``, default ``2 * len(reference
+    tokens) + 4``, enough for any exact match); the batch stops when every row has stopped. The
+    prediction is the generated text up to that newline; both prediction and ``output`` are normalised by
+    stripping and collapsing every whitespace run to one space, then compared exactly.
+
+``loss`` (decoder) -> ``{"loss": value}``
+    Per-token negative log-likelihood (nats) of the output given the input, tokenised exactly like
+    LM-Cocktail 0.0.4 (``LM_Cocktail/utils.py``, ``preprocess_data_for_llm``/``llm_loss``):
+
+    * ``ids = tok.encode(input + " " + output) + [eos]`` (special tokens on, so bos when the tokenizer adds
+      it), truncated to ``max_length`` (2048);
+    * the first ``len(tok.encode(input))`` positions are masked (-100), i.e. the scored tokens are
+      ``ids[len(prompt):]``: the separator space (when it is its own token), the output and eos;
+    * attention mask ``ids != pad_token_id`` (LM-Cocktail pads with pad and masks by id);
+    * HF's causal-LM loss is the token-mean over a batch of ``batch_size=2`` consecutive examples (data
+      order), and ``llm_loss`` averages those batch means.
+
+    ``reduction="lmcocktail"`` (default) reproduces exactly that: mean over consecutive groups of
+    ``group_size`` (2) examples of each group's token-mean NLL, whatever batching is used for speed.
+    ``reduction="token"`` is the plain token-weighted mean over all scored tokens; ``"example"`` the mean
+    of per-example token-means. The three coincide when every example has the same number of tokens.
+
+``choice`` -> ``{"accuracy": ..., "accuracy_norm": ...}``
+    Each option is scored as the summed log-probability of the tokens of ``input + " " + option`` after
+    ``len(tok.encode(input))`` (same split as ``loss``, no eos). ``accuracy`` picks the highest sum,
+    ``accuracy_norm`` the highest per-token mean (length-normalised). Ties go to the first option.
+
+``retrieval`` (encoder) -> ``{"recall@1": ..., "mrr": ...}``
+    Query and candidates (``pos + neg``) are embedded with the model's pooling (cls/mean/max over
+    non-pad tokens, truncation at ``max_seq_length``) and ranked by cosine similarity. The rank of an
+    example is ``1 + #{neg : sim(neg) >= max sim(pos)}`` (ties count against the model, so a collapsed
+    encoder cannot score well); recall@1 is the fraction with rank 1, MRR the mean of ``1/rank``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from modelmix.errors import InputError
+from modelmix.eval.data import answer_index
+from modelmix.eval.models import EvalModel
+
+LOSS_REDUCTIONS = ("lmcocktail", "token", "example")
+_TOKEN_BUDGET = 16384  # tokens per forward batch when batch_size is not given
+_LOGIT_BUDGET = 1 << 26  # float32 logits elements per batch (256 MiB) when batch_size is not given
+
+
+def normalize_text(s: str) -> str:
+    """Strip and collapse whitespace runs to a single space (the exact_match normalisation)."""
+    return " ".join(s.split())
+
+
+def _require(em: EvalModel, kind: str, metric: str) -> None:
+    if em.kind != kind:
+        raise InputError(f"Metric {metric!r} needs a {kind} model, but {em.name} is a {em.kind}.")
+
+
+def _batches(lengths: Sequence[int], batch_size: int | None, per_token: int) -> list[list[int]]:
+    """Indices sorted by length (longest first), cut into batches of batch_size rows or a token budget."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    out: list[list[int]] = []
+    cur: list[int] = []
+    budget = max(1, min(_TOKEN_BUDGET, _LOGIT_BUDGET // max(1, per_token)))
+    for i in order:
+        width = lengths[cur[0]] if cur else lengths[i]  # longest row of the batch comes first
+        full = len(cur) >= batch_size if batch_size else (len(cur) + 1) * max(width, 1) > budget
+        if cur and full:
+            out.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        out.append(cur)
+    return out
+
+
+# ---------------------------------------------------------------------------------------- scoring
+def _encode_pairs(
+    em: EvalModel, prompts: Sequence[str], conts: Sequence[str], add_eos: bool, max_length: int
+) -> tuple[list[list[int]], list[int]]:
+    """LM-Cocktail split: ids of ``prompt + " " + cont`` (+eos) and the count of leading prompt tokens."""
+    tok = em.tokenizer
+    full = tok([p + " " + c for p, c in zip(prompts, conts)])["input_ids"]
+    uniq = sorted(set(prompts))
+    plen_of = dict(zip(uniq, (len(x) for x in tok(uniq)["input_ids"])))
+    seqs = []
+    for ids in full:
+        ids = list(ids) + ([tok.eos_token_id] if add_eos else [])
+        seqs.append(ids[:max_length])
+    return seqs, [plen_of[p] for p in prompts]
+
+
+def score_continuations(
+    em: EvalModel,
+    seqs: Sequence[Sequence[int]],
+    prompt_lens: Sequence[int],
+    *,
+    batch_size: int | None = None,
+    mask_pad_ids: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """Per sequence: (sum of log p(token) over tokens at positions >= prompt_len, number of such tokens).
+
+    Position 0 is never scored (nothing predicts it). ``mask_pad_ids`` reproduces LM-Cocktail's attention
+    mask ``ids != pad_token_id`` (which also hides real tokens equal to the pad id, e.g. eos-as-pad).
+    Returned tensors are float64 on the CPU, in input order.
+    """
+    model, dev = em.model, em.device
+    pad = em.tokenizer.pad_token_id if em.tokenizer.pad_token_id is not None else 0
+    vocab = model.get_output_embeddings().weight.shape[0] if model.get_output_embeddings() is not None else 1
+    sums = torch.zeros(len(seqs), dtype=torch.float64)
+    counts = torch.zeros(len(seqs), dtype=torch.float64)
+    lengths = [len(s) for s in seqs]
+    with torch.inference_mode():
+        for idx in _batches(lengths, batch_size, vocab):
+            width = max(lengths[i] for i in idx)
+            ids = torch.full((len(idx), width), pad, dtype=torch.long)
+            live = torch.zeros((len(idx), width), dtype=torch.bool)
+            scored = torch.zeros((len(idx), width), dtype=torch.bool)
+            for r, i in enumerate(idx):
+                n = lengths[i]
+                ids[r, :n] = torch.tensor(seqs[i], dtype=torch.long)
+                live[r, :n] = True
+                scored[r, max(prompt_lens[i], 1) : n] = True
+            attn = ids.ne(pad) if mask_pad_ids else live
+            ids, attn = ids.to(dev), attn.to(dev)
+            logits = model(input_ids=ids, attention_mask=attn.long(), use_cache=False).logits
+            # logits[:, t-1] predicts ids[:, t]; only gather the scored positions (memory: N x V, not B x L x V)
+            tgt_mask = scored[:, 1:].to(dev)
+            sel = logits[:, :-1][tgt_mask].float()
+            lp = -F.cross_entropy(sel, ids[:, 1:][tgt_mask], reduction="none")
+            row = torch.arange(len(idx), device=dev).unsqueeze(1).expand_as(tgt_mask)[tgt_mask]
+            s = torch.zeros(len(idx), dtype=torch.float64, device=dev).index_add_(0, row, lp.double())
+            c = tgt_mask.sum(1).double()
+            sums[idx] = s.cpu()
+            counts[idx] = c.cpu()
+    return sums, counts
+
+
+def loss(
+    em: EvalModel,
+    examples: Sequence[dict[str, Any]],
+    *,
+    batch_size: int | None = None,
+    reduction: str = "lmcocktail",
+    group_size: int = 2,
+    max_length: int = 2048,
+) -> dict[str, float]:
+    """Mean per-token NLL of ``output`` given ``input`` (see module docstring for the reductions)."""
+    _require(em, "decoder", "loss")
+    if reduction not in LOSS_REDUCTIONS:
+        raise InputError(f"Unknown loss reduction {reduction!r}; expected one of {', '.join(LOSS_REDUCTIONS)}.")
+    if group_size < 1:
+        raise InputError(f"loss group_size must be >= 1, got {group_size}.")
+    seqs, plens = _encode_pairs(em, [e["input"] for e in examples], [e["output"] for e in examples], True, max_length)
+    lp, n = score_continuations(em, seqs, plens, batch_size=batch_size, mask_pad_ids=reduction == "lmcocktail")
+    nll = -lp
+    if reduction == "token":
+        value = float(nll.sum() / n.sum())
+    elif reduction == "example":
+        value = float((nll / n).mean())
+    else:
+        groups = [(float(nll[i : i + group_size].sum()), float(n[i : i + group_size].sum())) for i in range(0, len(nll), group_size)]
+        value = sum(s / c if c else math.nan for s, c in groups) / len(groups)
+    return {"loss": value}
+
+
+def choice(em: EvalModel, examples: Sequence[dict[str, Any]], *, batch_size: int | None = None) -> dict[str, float]:
+    """Multiple-choice accuracy by summed and by per-token log-likelihood."""
+    _require(em, "decoder", "choice")
+    prompts, conts, owner = [], [], []
+    for k, e in enumerate(examples):
+        for c in e["choices"]:
+            prompts.append(e["input"])
+            conts.append(c)
+            owner.append(k)
+    seqs, plens = _encode_pairs(em, prompts, conts, False, em.max_seq_length)
+    lp, n = score_continuations(em, seqs, plens, batch_size=batch_size)
+    norm = lp / n.clamp(min=1)
+    hit = hit_norm = 0
+    start = 0
+    for e in examples:
+        k = len(e["choices"])
+        gold = answer_index(e)
+        hit += int(torch.argmax(lp[start : start + k])) == gold
+        hit_norm += int(torch.argmax(norm[start : start + k])) == gold
+        start += k
+    return {"accuracy": hit / len(examples), "accuracy_norm": hit_norm / len(examples)}
+
+
+# ---------------------------------------------------------------------------------------- generation
+def generate_greedy(
+    em: EvalModel,
+    prompts: Sequence[str],
+    budgets: Sequence[int],
+    *,
+    batch_size: int | None = None,
+) -> list[str]:
+    """Greedy completions of ``prompts`` (own KV-cache loop, left padding), cut as described for exact_match.
+
+    ``budgets[i]`` is the maximum number of new tokens for prompt i.
+    """
+    model, tok, dev = em.model, em.tokenizer, em.device
+    has_nl, nl_after, content = em.token_classes()
+    eos = tok.eos_token_id
+    pad = tok.pad_token_id
+    enc = tok(list(prompts))["input_ids"]
+    lengths = [len(x) for x in enc]
+    results: list[str] = [""] * len(prompts)
+    # generation holds a KV cache per row: budget rows by prompt+budget tokens, but keep batches large
+    bs_default = None if batch_size else 256
+    with torch.inference_mode():
+        for idx in _batches([lengths[i] + budgets[i] for i in range(len(prompts))], batch_size or bs_default, 1):
+            width = max(lengths[i] for i in idx)
+            ids = torch.full((len(idx), width), pad, dtype=torch.long)
+            attn = torch.zeros((len(idx), width), dtype=torch.long)
+            for r, i in enumerate(idx):
+                ids[r, width - lengths[i] :] = torch.tensor(enc[i], dtype=torch.long)
+                attn[r, width - lengths[i] :] = 1
+            ids, attn = ids.to(dev), attn.to(dev)
+            budget = torch.tensor([budgets[i] for i in idx], device=dev)
+            pos = (attn.cumsum(-1) - 1).clamp(min=0)
+            out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1)
+            cache = out.past_key_values
+            done = torch.zeros(len(idx), dtype=torch.bool, device=dev)
+            seen = torch.zeros(len(idx), dtype=torch.bool, device=dev)
+            steps: list[Tensor] = []
+            live_steps: list[Tensor] = []
+            max_steps = int(budget.max())
+            for step in range(max_steps):
+                nxt = out.logits[:, -1].argmax(-1)
+                stop = (nxt == eos) | (has_nl[nxt] & (seen | nl_after[nxt]))
+                keep = ~done & (nxt != eos)  # a stopping newline token may carry text before the newline
+                steps.append(nxt)
+                live_steps.append(keep)
+                seen |= content[nxt] & keep
+                done |= stop | (budget <= step + 1)
+                if bool(done.all()):
+                    break
+                attn = torch.cat([attn, torch.ones((len(idx), 1), dtype=attn.dtype, device=dev)], dim=1)
+                pos = pos[:, -1:] + 1
+                out = model(
+                    input_ids=nxt.unsqueeze(1), attention_mask=attn, position_ids=pos, past_key_values=cache, use_cache=True
+                )
+                cache = out.past_key_values
+            gen = torch.stack(steps, 1).cpu()
+            keepm = torch.stack(live_steps, 1).cpu()
+            for r, i in enumerate(idx):
+                toks = gen[r][keepm[r]].tolist()
+                text = tok.decode(toks, skip_special_tokens=False).lstrip()
+                results[i] = text.split("\n", 1)[0]
+    return results
+
+
+def exact_match(
+    em: EvalModel,
+    examples: Sequence[dict[str, Any]],
+    *,
+    batch_size: int | None = None,
+    max_new_tokens: int | None = None,
+) -> dict[str, float]:
+    """Fraction of examples whose normalised greedy completion equals the normalised ``output``."""
+    _require(em, "decoder", "exact_match")
+    if max_new_tokens is not None and max_new_tokens < 1:
+        raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
+    refs = [e["output"] for e in examples]
+    if max_new_tokens is None:
+        ref_lens = [len(x) for x in em.tokenizer(refs, add_special_tokens=False)["input_ids"]]
+        budgets = [2 * n + 4 for n in ref_lens]
+    else:
+        budgets = [max_new_tokens] * len(refs)
+    preds = generate_greedy(em, [e["input"] for e in examples], budgets, batch_size=batch_size)
+    hits = sum(normalize_text(p) == normalize_text(r) for p, r in zip(preds, refs))
+    return {"exact_match": hits / len(examples)}
+
+
+# ---------------------------------------------------------------------------------------- retrieval
+def embed(em: EvalModel, texts: Sequence[str], *, batch_size: int | None = None) -> Tensor:
+    """L2-normalised embeddings (float32, CPU) of ``texts`` with the model's pooling."""
+    tok, model, dev = em.tokenizer, em.model, em.device
+    enc = tok(list(texts), truncation=True, max_length=em.max_seq_length)["input_ids"]
+    lengths = [len(x) for x in enc]
+    hidden = getattr(model.config, "hidden_size", 1)
+    out = torch.zeros((len(texts), hidden), dtype=torch.float32)
+    pad = tok.pad_token_id
+    with torch.inference_mode():
+        for idx in _batches(lengths, batch_size, hidden // 8):
+            width = max(lengths[i] for i in idx)
+            ids = torch.full((len(idx), width), pad, dtype=torch.long)
+            attn = torch.zeros((len(idx), width), dtype=torch.long)
+            for r, i in enumerate(idx):
+                ids[r, : lengths[i]] = torch.tensor(enc[i], dtype=torch.long)
+                attn[r, : lengths[i]] = 1
+            ids, attn = ids.to(dev), attn.to(dev)
+            h = model(input_ids=ids, attention_mask=attn).last_hidden_state.float()
+            m = attn.unsqueeze(-1).to(h.dtype)
+            if em.pooling == "cls":
+                v = h[:, 0]
+            elif em.pooling == "mean":
+                v = (h * m).sum(1) / m.sum(1).clamp(min=1e-9)
+            else:
+                v = h.masked_fill(m == 0, float("-inf")).max(1).values
+            out[idx] = F.normalize(v, dim=-1).cpu()
+    return out
+
+
+def retrieval(em: EvalModel, examples: Sequence[dict[str, Any]], *, batch_size: int | None = None) -> dict[str, float]:
+    """Recall@1 and MRR of ranking ``pos + neg`` by cosine similarity to ``query``."""
+    _require(em, "encoder", "retrieval")
+    texts: dict[str, int] = {}
+    for e in examples:
+        for t in [e["query"], *e["pos"], *e["neg"]]:
+            texts.setdefault(t, len(texts))
+    vecs = embed(em, list(texts), batch_size=batch_size)
+    r1 = rr = 0.0
+    for e in examples:
+        q = vecs[texts[e["query"]]]
+        pos = vecs[[texts[t] for t in e["pos"]]] @ q
+        best = float(pos.max())
+        ahead = int((vecs[[texts[t] for t in e["neg"]]] @ q >= best).sum()) if e["neg"] else 0
+        r1 += ahead == 0
+        rr += 1.0 / (1 + ahead)
+    return {"recall@1": r1 / len(examples), "mrr": rr / len(examples)}
