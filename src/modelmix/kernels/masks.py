@@ -37,13 +37,6 @@ def normalize_rescale(value: object) -> Rescale:
     )
 
 
-class RescaleMode(str):
-    """A ``rescale`` parameter value: constructing it accepts booleans and strings (see normalize_rescale)."""
-
-    def __new__(cls, value: object) -> RescaleMode:
-        return super().__new__(cls, normalize_rescale(value))
-
-
 def rescale_l1(original: Tensor, masked: Tensor) -> Tensor:
     """Scale ``masked`` (in place) so its L1 norm equals ``original``'s; no-op for (near) zero norms."""
     before = original.abs().sum()
@@ -118,11 +111,10 @@ def bernoulli_keep_mask(
 
 
 def dare_prune(delta: Tensor, density: float, generator: torch.Generator, rescale: Rescale = "l1") -> Tensor:
-    """DARE: keep each entry with probability ``density`` (no draws when density >= 1)."""
+    """DARE: keep each entry with probability ``density``. Every model with density < 1 consumes exactly
+    ``numel`` draws (density <= 0 too, as mergekit), so one model's density never shifts another's mask."""
     if density >= 1:
         return delta.clone()
-    if density <= 0:
-        return torch.zeros_like(delta)
     mask = bernoulli_keep_mask(delta.shape, density, generator, delta.device)
     return _finish(delta, mask, rescale, density)
 

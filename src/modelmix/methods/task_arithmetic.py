@@ -11,7 +11,6 @@ import torch
 from torch import Tensor
 
 from modelmix.kernels.masks import (
-    RescaleMode,
     breadcrumbs_prune,
     dare_prune,
     della_prune,
@@ -57,7 +56,7 @@ def _rescale_param(default: str) -> Param:
     return Param(
         "rescale",
         "global",
-        RescaleMode,
+        bool | str,  # type: ignore[arg-type]  # mergekit writes true/false; modelmix adds named modes
         default,
         choices=(True, False, "l1", "inverse_density", "none"),
         help='After sparsifying: "l1"/true rescales kept entries to the task vector\'s L1 norm '
