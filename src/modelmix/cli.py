@@ -7,6 +7,7 @@ and the start of a merge never import transformers.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import sys
 import textwrap
@@ -48,7 +49,7 @@ class LazyGroup(click.Group):
 
 
 def _available(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None  # type: ignore[attr-defined]
+    return importlib.util.find_spec(module) is not None
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

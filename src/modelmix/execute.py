@@ -235,7 +235,7 @@ def align_vocab(task: TensorTask, tensors: list[torch.Tensor], base: torch.Tenso
     count = present.sum(0)
     rows_shape = mats[0].shape[1:]
     aligned = []
-    for m, p in zip(mats, perms):
+    for m, p in zip(mats, perms, strict=True):
         out = torch.zeros((size, *rows_shape), dtype=m.dtype, device=m.device)
         ok = p >= 0
         out[ok] = m[p[ok].to(m.device)]

@@ -19,7 +19,7 @@ import torch
 
 from modelmix.config import MergeConfig, ModelRef, layer_t, parse_dtype
 from modelmix.errors import ConfigError, InputError
-from modelmix.io.checkpoint import Checkpoint
+from modelmix.io.checkpoint import Checkpoint, resolve_model_path
 from modelmix.methods.registry import Method, get_method
 
 LAYER_RE = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.")
@@ -93,8 +93,9 @@ class MergePlan:
 
     @property
     def out_bytes(self) -> int:
-        from modelmix.io.safetensors_file import itemsize
         import math
+
+        from modelmix.io.safetensors_file import itemsize
 
         return sum(math.prod(t.shape) * itemsize(t.out_dtype) for t in self.tasks)
 
@@ -116,7 +117,9 @@ def _key(ref: ModelRef) -> str:
 def open_models(config: MergeConfig, *, base_dir: Path | None, allow_pickle: bool) -> dict[str, Checkpoint]:
     models: dict[str, Checkpoint] = {}
     for ref in config.referenced_models():
-        models[_key(ref)] = Checkpoint(ref.path, base_dir=base_dir, allow_pickle=allow_pickle, lora=ref.lora)
+        models[_key(ref)] = Checkpoint(
+            ref.path, base_dir=ref.base_dir or base_dir, allow_pickle=allow_pickle, lora=ref.lora
+        )
     return models
 
 
@@ -211,7 +214,6 @@ class _Planner:
         slice_index, slice_base, sources = sl
         if isinstance(in_names, str):
             in_names = [(ref, in_names) for ref, _ in sources]
-        refs = [ref for ref, _ in in_names]
         base_ref = slice_base if slice_base is not None else self.config.base_model
         base_key = _key(base_ref) if base_ref is not None else None
         # -- existence and shapes
@@ -236,7 +238,7 @@ class _Planner:
                 vocab_maps = self.vocab.maps
                 shape = (self.vocab.size, *entries[0].shape[1:])
             else:
-                listing = "; ".join(f"{r}: {list(e.shape)}" for (r, _), e in zip(present, entries))
+                listing = "; ".join(f"{r}: {list(e.shape)}" for (r, _), e in zip(present, entries, strict=True))
                 hint = (
                     " The vocabularies differ: set tokenizer_source (e.g. `tokenizer_source: base`) to choose whose "
                     "vocabulary to keep; embedding rows are then aligned by token."
@@ -303,14 +305,12 @@ class _Planner:
 
     # ------------------------------------------------------------------ outputs
     def tokenizer_dir(self) -> Path | None:
-        src = self.config.tokenizer_source
-        if src is None or src == "base":
-            ref = self.config.base_model or self.config.referenced_models()[0]
+        """Where tokenizer files come from: tokenizer_source, else the base (or first) model."""
+        ref = self.config.tokenizer_model() or self.config.base_model or self.config.referenced_models()[0]
+        if _key(ref) in self.models:
             return self.models[_key(ref)].model_dir
-        for key, ck in self.models.items():
-            if key == src or ck.ref == src:
-                return ck.model_dir
-        return Checkpoint(src).model_dir  # validated elsewhere; raises InputError if missing
+        p = resolve_model_path(ref.path, base_dir=ref.base_dir)
+        return p if p.is_dir() else p.parent
 
     def _out_config(self, num_layers: int) -> dict[str, Any]:
         ref = self.config.base_model or self.config.referenced_models()[0]

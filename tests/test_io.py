@@ -1,0 +1,169 @@
+"""Checkpoint reading (shards, corruption, pickles, LoRA, hub cache) and the atomic streaming writer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from conftest import make_model
+from modelmix.errors import InputError, OutputError
+from modelmix.io.checkpoint import Checkpoint, resolve_model_path
+from modelmix.io.safetensors_file import read_header
+from modelmix.io.writer import ModelWriter, OutSpec, plan_shards
+
+
+def test_reader_matches_safetensors(tmp_path: Path):
+    sd = {"a": torch.randn(5, 3).to(torch.bfloat16), "b": torch.arange(7, dtype=torch.int64), "c": torch.tensor(2.5),
+          "d": torch.randn(4, 2, 3).half()}
+    save_file(sd, str(tmp_path / "model.safetensors"))
+    ck = Checkpoint(str(tmp_path))
+    for k, v in sd.items():
+        assert torch.equal(ck.read(k), v)
+    assert torch.equal(ck.read("d", rows=(1, 3)), sd["d"][1:3])
+    assert torch.equal(ck.read("a", rows=(4, 5)), sd["a"][4:5])
+
+
+def test_sharded_dir_and_missing_shard(tmp_path: Path):
+    sd = make_model(tmp_path / "m", shards=3)
+    ck = Checkpoint(str(tmp_path / "m"))
+    assert set(ck.names()) == set(sd)
+    for k in list(sd)[:5]:
+        assert torch.equal(ck.read(k).float(), sd[k])
+    (tmp_path / "m" / "model-00002-of-00003.safetensors").unlink()
+    with pytest.raises(InputError, match="model-00002-of-00003.safetensors.*missing"):
+        Checkpoint(str(tmp_path / "m"))
+
+
+def test_truncated_and_corrupt_files(tmp_path: Path):
+    save_file({"w": torch.randn(64, 64)}, str(tmp_path / "model.safetensors"))
+    data = (tmp_path / "model.safetensors").read_bytes()
+    (tmp_path / "model.safetensors").write_bytes(data[: len(data) - 100])
+    with pytest.raises(InputError, match="truncated.*'w'"):
+        Checkpoint(str(tmp_path))
+    (tmp_path / "model.safetensors").write_bytes(data[:8] + b"{not json" + data[17:])
+    with pytest.raises(InputError, match="corrupt"):
+        Checkpoint(str(tmp_path))
+    (tmp_path / "model.safetensors").write_bytes(b"abc")
+    with pytest.raises(InputError, match="not a safetensors file"):
+        Checkpoint(str(tmp_path))
+
+
+def test_missing_model_and_hub_cache(tmp_path: Path, monkeypatch):
+    with pytest.raises(InputError, match="not found"):
+        resolve_model_path(str(tmp_path / "nope"))
+    with pytest.raises(InputError, match="Hugging Face cache.*never downloads"):
+        resolve_model_path("some-org/some-model")
+    # a cached repo resolves offline through the standard cache layout
+    hub = tmp_path / "hf" / "hub"
+    snap = hub / "models--acme--tiny" / "snapshots" / "0123abcd"
+    snap.mkdir(parents=True)
+    make_model(snap, tokenizer=False)
+    (hub / "models--acme--tiny" / "refs").mkdir()
+    (hub / "models--acme--tiny" / "refs" / "main").write_text("0123abcd")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    import importlib
+
+    import huggingface_hub.constants as c
+
+    importlib.reload(c)
+    try:
+        import huggingface_hub._snapshot_download as sdl
+
+        monkeypatch.setattr(sdl, "HF_HUB_CACHE", str(hub), raising=False)
+        monkeypatch.setattr(c, "HF_HUB_CACHE", str(hub), raising=False)
+        p = resolve_model_path("acme/tiny")
+    finally:
+        importlib.reload(c)
+    assert p.resolve() == snap.resolve()
+
+
+def test_pickles_refused_unless_allowed(tmp_path: Path):
+    d = tmp_path / "pkl"
+    d.mkdir()
+    sd = {"w": torch.randn(3, 3)}
+    torch.save(sd, d / "pytorch_model.bin")
+    with pytest.raises(InputError, match="--allow-pickle"):
+        Checkpoint(str(d))
+    ck = Checkpoint(str(d), allow_pickle=True)
+    assert torch.equal(ck.read("w"), sd["w"])
+
+
+def _write_lora(d: Path, targets: dict[str, tuple[int, int]], r: int, alpha: float, seed: int = 0) -> dict:
+    d.mkdir(parents=True)
+    g = torch.Generator().manual_seed(seed)
+    t = {}
+    for name, (out_f, in_f) in targets.items():
+        stem = "base_model.model." + name.removesuffix(".weight")
+        t[stem + ".lora_A.weight"] = torch.randn(r, in_f, generator=g)
+        t[stem + ".lora_B.weight"] = torch.randn(out_f, r, generator=g)
+    save_file(t, str(d / "adapter_model.safetensors"))
+    (d / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": r, "lora_alpha": alpha}))
+    return t
+
+
+def test_lora_applied_per_tensor(tmp_path: Path):
+    base = make_model(tmp_path / "base")
+    q = "model.layers.1.self_attn.q_proj.weight"
+    lt = _write_lora(tmp_path / "lora", {q: tuple(base[q].shape)}, r=4, alpha=8)
+    ck = Checkpoint(str(tmp_path / "base"), lora=str(tmp_path / "lora"))
+    a = lt["base_model.model.model.layers.1.self_attn.q_proj.lora_A.weight"]
+    b = lt["base_model.model.model.layers.1.self_attn.q_proj.lora_B.weight"]
+    expect = base[q] + (8 / 4) * b @ a
+    torch.testing.assert_close(ck.read(q), expect)
+    torch.testing.assert_close(ck.read(q, rows=(3, 9)), expect[3:9])
+    other = "model.layers.0.self_attn.q_proj.weight"
+    assert torch.equal(ck.read(other), base[other])
+    # adapter for another architecture -> clear error
+    _write_lora(tmp_path / "bad", {"model.layers.9.foo.weight": (4, 4)}, r=2, alpha=2)
+    with pytest.raises(InputError, match="no matching weight"):
+        Checkpoint(str(tmp_path / "base"), lora=str(tmp_path / "bad"))
+
+
+def test_writer_streams_shards_atomically(tmp_path: Path):
+    tensors = {f"t{i}": torch.randn(10, 7).to(torch.bfloat16) for i in range(5)}
+    specs = [OutSpec(k, v.dtype, tuple(v.shape)) for k, v in tensors.items()]
+    assert [len(s) for s in plan_shards(specs, 300)] == [2, 2, 1]
+    out = tmp_path / "out"
+    w = ModelWriter(out, specs, max_shard_bytes=300, overwrite=False)
+    assert not out.exists()
+    for k in reversed(list(tensors)):  # any order, chunked
+        w.write(k, tensors[k][5:], 5 * 7 * 2)
+        w.write(k, tensors[k][:5], 0)
+    w.commit()
+    idx = json.loads((out / "model.safetensors.index.json").read_text())
+    assert len(set(idx["weight_map"].values())) == 3
+    loaded = {}
+    for f in set(idx["weight_map"].values()):
+        loaded.update(load_file(str(out / f)))
+    assert all(torch.equal(loaded[k], v) for k, v in tensors.items())
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temp dirs left
+    with pytest.raises(OutputError, match="already exists.*--overwrite"):
+        ModelWriter(out, specs, max_shard_bytes=300, overwrite=False)
+    # abort leaves the existing output untouched
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    w2 = ModelWriter(out, specs, max_shard_bytes=10**9, overwrite=True)
+    w2.abort()
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    read_header(out / sorted(set(idx["weight_map"].values()))[0])
+
+
+def test_writer_refuses_full_or_unwritable(tmp_path: Path, monkeypatch):
+    specs = [OutSpec("w", torch.float32, (1000,))]
+    import shutil
+    from collections import namedtuple
+
+    Usage = namedtuple("Usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: Usage(10, 10, 100))
+    with pytest.raises(OutputError, match="Not enough free space"):
+        ModelWriter(tmp_path / "o", specs, max_shard_bytes=10**9, overwrite=False)
+    monkeypatch.undo()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputError, match="does not exist|not a directory"):
+        ModelWriter(tmp_path / "file" / "o", specs, max_shard_bytes=10**9, overwrite=False)
+    assert not (tmp_path / "o").exists()
