@@ -942,7 +942,7 @@ class _Checker:
         if isinstance(x, float) and not math.isfinite(x):
             self.fail(where, f'"{p.name}" must be a finite number, got {_short(value)}.')
         if p.choices is not None and x not in p.choices:
-            opts = ", ".join(str(c) for c in p.choices)
+            opts = ", ".join(str(c).lower() if isinstance(c, bool) else str(c) for c in p.choices)
             self.fail(
                 where,
                 f'invalid value {_short(value)} for "{p.name}".{did_you_mean(str(x), p.choices)} Choices: {opts}.',
