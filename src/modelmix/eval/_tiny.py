@@ -23,14 +23,21 @@ def make_char_tokenizer() -> Any:
         vocab[c] = len(vocab)
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
     tok.decoder = decoders.Fuse()
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", 1)])
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", 1)]
+    )
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
     )
 
 
 def make_tiny_llama(
-    hidden: int = 64, layers: int = 2, heads: int = 4, intermediate: int = 128, seed: int = 0, tie: bool = False
+    hidden: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    intermediate: int = 128,
+    seed: int = 0,
+    tie: bool = False,
 ) -> tuple[Any, Any]:
     """A randomly initialised LlamaForCausalLM (float32, eval mode) and its char tokenizer."""
     import torch

@@ -35,7 +35,9 @@ def check_metrics(metric: str | Sequence[str]) -> list[str]:
         raise InputError("No metric given; choose from " + ", ".join(METRICS) + ".")
     for m in names:
         if m not in METRIC_KIND:
-            raise InputError(f"Unknown metric {m!r}; choose from {', '.join(METRICS)}.{did_you_mean(m, METRICS)}")
+            raise InputError(
+                f"Unknown metric {m!r}; choose from {', '.join(METRICS)}.{did_you_mean(m, METRICS)}"
+            )
     return list(dict.fromkeys(names))
 
 
@@ -70,7 +72,9 @@ def evaluate(
         if m == "exact_match":
             out.update(M.exact_match(em, ex, batch_size=batch_size, max_new_tokens=max_new_tokens))
         elif m == "loss":
-            out.update(M.loss(em, ex, batch_size=batch_size, reduction=loss_reduction, group_size=loss_group_size))
+            out.update(
+                M.loss(em, ex, batch_size=batch_size, reduction=loss_reduction, group_size=loss_group_size)
+            )
         elif m == "choice":
             out.update(M.choice(em, ex, batch_size=batch_size))
         else:

@@ -68,7 +68,10 @@ def main() -> None:
             for i in range(0, len(prompts), bs):
                 enc = tok(prompts[i : i + bs], return_tensors="pt", padding=True)
                 em.model.generate(
-                    **enc, max_new_tokens=budget, do_sample=False, pad_token_id=tok.pad_token_id,
+                    **enc,
+                    max_new_tokens=budget,
+                    do_sample=False,
+                    pad_token_id=tok.pad_token_id,
                     eos_token_id=tok.eos_token_id,
                 )
         print(f"hf generate     {time.perf_counter() - t0:6.2f} s  (same budget {budget}, batch {bs})")

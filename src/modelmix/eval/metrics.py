@@ -96,9 +96,9 @@ def _encode_pairs(
 ) -> tuple[list[list[int]], list[int]]:
     """LM-Cocktail split: ids of ``prompt + " " + cont`` (+eos) and the count of leading prompt tokens."""
     tok = em.tokenizer
-    full = tok([p + " " + c for p, c in zip(prompts, conts)])["input_ids"]
+    full = tok([p + " " + c for p, c in zip(prompts, conts, strict=True)])["input_ids"]
     uniq = sorted(set(prompts))
-    plen_of = dict(zip(uniq, (len(x) for x in tok(uniq)["input_ids"])))
+    plen_of = dict(zip(uniq, (len(x) for x in tok(uniq)["input_ids"]), strict=True))
     seqs = []
     for ids in full:
         ids = list(ids) + ([tok.eos_token_id] if add_eos else [])
@@ -164,23 +164,34 @@ def loss(
     """Mean per-token NLL of ``output`` given ``input`` (see module docstring for the reductions)."""
     _require(em, "decoder", "loss")
     if reduction not in LOSS_REDUCTIONS:
-        raise InputError(f"Unknown loss reduction {reduction!r}; expected one of {', '.join(LOSS_REDUCTIONS)}.")
+        raise InputError(
+            f"Unknown loss reduction {reduction!r}; expected one of {', '.join(LOSS_REDUCTIONS)}."
+        )
     if group_size < 1:
         raise InputError(f"loss group_size must be >= 1, got {group_size}.")
-    seqs, plens = _encode_pairs(em, [e["input"] for e in examples], [e["output"] for e in examples], True, max_length)
-    lp, n = score_continuations(em, seqs, plens, batch_size=batch_size, mask_pad_ids=reduction == "lmcocktail")
+    seqs, plens = _encode_pairs(
+        em, [e["input"] for e in examples], [e["output"] for e in examples], True, max_length
+    )
+    lp, n = score_continuations(
+        em, seqs, plens, batch_size=batch_size, mask_pad_ids=reduction == "lmcocktail"
+    )
     nll = -lp
     if reduction == "token":
         value = float(nll.sum() / n.sum())
     elif reduction == "example":
         value = float((nll / n).mean())
     else:
-        groups = [(float(nll[i : i + group_size].sum()), float(n[i : i + group_size].sum())) for i in range(0, len(nll), group_size)]
+        groups = [
+            (float(nll[i : i + group_size].sum()), float(n[i : i + group_size].sum()))
+            for i in range(0, len(nll), group_size)
+        ]
         value = sum(s / c if c else math.nan for s, c in groups) / len(groups)
     return {"loss": value}
 
 
-def choice(em: EvalModel, examples: Sequence[dict[str, Any]], *, batch_size: int | None = None) -> dict[str, float]:
+def choice(
+    em: EvalModel, examples: Sequence[dict[str, Any]], *, batch_size: int | None = None
+) -> dict[str, float]:
     """Multiple-choice accuracy by summed and by per-token log-likelihood."""
     _require(em, "decoder", "choice")
     prompts, conts, owner = [], [], []
@@ -225,7 +236,9 @@ def generate_greedy(
     # generation holds a KV cache per row: budget rows by prompt+budget tokens, but keep batches large
     bs_default = None if batch_size else 256
     with torch.inference_mode():
-        for idx in _batches([lengths[i] + budgets[i] for i in range(len(prompts))], batch_size or bs_default, 1):
+        for idx in _batches(
+            [lengths[i] + budgets[i] for i in range(len(prompts))], batch_size or bs_default, 1
+        ):
             width = max(lengths[i] for i in idx)
             ids = torch.full((len(idx), width), pad, dtype=torch.long)
             attn = torch.zeros((len(idx), width), dtype=torch.long)
@@ -235,7 +248,9 @@ def generate_greedy(
             ids, attn = ids.to(dev), attn.to(dev)
             budget = torch.tensor([budgets[i] for i in idx], device=dev)
             pos = (attn.cumsum(-1) - 1).clamp(min=0)
-            out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1)
+            out = model(
+                input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1
+            )
             cache = out.past_key_values
             done = torch.zeros(len(idx), dtype=torch.bool, device=dev)
             seen = torch.zeros(len(idx), dtype=torch.bool, device=dev)
@@ -255,7 +270,11 @@ def generate_greedy(
                 attn = torch.cat([attn, torch.ones((len(idx), 1), dtype=attn.dtype, device=dev)], dim=1)
                 pos = pos[:, -1:] + 1
                 out = model(
-                    input_ids=nxt.unsqueeze(1), attention_mask=attn, position_ids=pos, past_key_values=cache, use_cache=True
+                    input_ids=nxt.unsqueeze(1),
+                    attention_mask=attn,
+                    position_ids=pos,
+                    past_key_values=cache,
+                    use_cache=True,
                 )
                 cache = out.past_key_values
             gen = torch.stack(steps, 1).cpu()
@@ -285,7 +304,7 @@ def exact_match(
     else:
         budgets = [max_new_tokens] * len(refs)
     preds = generate_greedy(em, [e["input"] for e in examples], budgets, batch_size=batch_size)
-    hits = sum(normalize_text(p) == normalize_text(r) for p, r in zip(preds, refs))
+    hits = sum(normalize_text(p) == normalize_text(r) for p, r in zip(preds, refs, strict=True))
     return {"exact_match": hits / len(examples)}
 
 
@@ -319,7 +338,9 @@ def embed(em: EvalModel, texts: Sequence[str], *, batch_size: int | None = None)
     return out
 
 
-def retrieval(em: EvalModel, examples: Sequence[dict[str, Any]], *, batch_size: int | None = None) -> dict[str, float]:
+def retrieval(
+    em: EvalModel, examples: Sequence[dict[str, Any]], *, batch_size: int | None = None
+) -> dict[str, float]:
     """Recall@1 and MRR of ranking ``pos + neg`` by cosine similarity to ``query``."""
     _require(em, "encoder", "retrieval")
     texts: dict[str, int] = {}

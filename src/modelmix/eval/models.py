@@ -56,7 +56,11 @@ def _st_info(path: Path) -> tuple[Path, str | None, int | None]:
         elif mtype.endswith("models.Pooling"):
             cfg_file = mpath / "config.json"
             cfg = _read_json(cfg_file) if cfg_file.is_file() else {}
-            modes = [m for m in POOLINGS if cfg.get(f"pooling_mode_{m}_token" if m == "cls" else f"pooling_mode_{m}_tokens")]
+            modes = [
+                m
+                for m in POOLINGS
+                if cfg.get(f"pooling_mode_{m}_token" if m == "cls" else f"pooling_mode_{m}_tokens")
+            ]
             if "pooling_mode" in cfg:  # newer sentence-transformers spell it directly
                 modes = [str(cfg["pooling_mode"])]
             if len(modes) != 1 or modes[0] not in POOLINGS:
@@ -162,7 +166,9 @@ class EvalModel:
         """Load a local HF or sentence-transformers directory onto ``device`` in ``dtype``."""
         p = Path(path)
         if not p.is_dir():
-            raise InputError(f"Model directory {p} does not exist." if not p.exists() else f"{p} is not a directory.")
+            raise InputError(
+                f"Model directory {p} does not exist." if not p.exists() else f"{p} is not a directory."
+            )
         tdir, st_pooling, st_max = _st_info(p)
         if not (tdir / "config.json").is_file():
             raise InputError(f"{tdir} has no config.json; not a Hugging Face model directory.")
@@ -173,14 +179,20 @@ class EvalModel:
         except Exception as e:  # noqa: BLE001
             raise InputError(f"Cannot read the model config in {tdir}: {type(e).__name__}: {e}") from None
         kind = kind or _detect_kind(config, (p / "modules.json").is_file())
-        tok = tokenizer if tokenizer is not None else _load_tokenizer(tdir if tdir != p and _has_tok(tdir) else p)
+        tok = (
+            tokenizer
+            if tokenizer is not None
+            else _load_tokenizer(tdir if tdir != p and _has_tok(tdir) else p)
+        )
         auto = AutoModelForCausalLM if kind == "decoder" else AutoModel
         try:
             model = auto.from_pretrained(str(tdir), dtype=dtype)
         except Exception as e:  # noqa: BLE001
             raise InputError(f"Cannot load the {kind} model in {tdir}: {type(e).__name__}: {e}") from None
         model.to(device)
-        return cls(model, tok, kind, pooling=pooling or st_pooling or "cls", max_seq_length=st_max, name=str(p))
+        return cls(
+            model, tok, kind, pooling=pooling or st_pooling or "cls", max_seq_length=st_max, name=str(p)
+        )
 
     @classmethod
     def from_model(
@@ -193,7 +205,9 @@ class EvalModel:
             _, st_pooling, st_max = _st_info(src)
         if tokenizer is None:
             if str(src) in ("", ".") or not src.is_dir():
-                raise InputError("A loaded model was given without tokenizer= and it has no local name_or_path.")
+                raise InputError(
+                    "A loaded model was given without tokenizer= and it has no local name_or_path."
+                )
             tokenizer = _load_tokenizer(src)
         if kind is None:
             kind = "decoder" if hasattr(model, "generate") and hasattr(model, "lm_head") else None
@@ -237,7 +251,11 @@ class EvalModel:
         ]
         if unexpected or missing or bad_shape:
             parts = []
-            for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", bad_shape)):
+            for label, items in (
+                ("missing", missing),
+                ("unexpected", unexpected),
+                ("shape mismatch", bad_shape),
+            ):
                 if items:
                     more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
                     parts.append(f"{label}: {', '.join(items[:5])}{more}")

@@ -43,7 +43,7 @@ def read_manifest(zoo_dir: str | Path) -> dict[str, dict[str, Any]]:
         raise DataError(f"Cannot read {mf}: {e}.") from None
     tasks = manifest.get("tasks") if isinstance(manifest, dict) else None
     if not isinstance(tasks, dict) or not tasks:
-        raise DataError(f"{mf}: expected a non-empty object under \"tasks\".")
+        raise DataError(f'{mf}: expected a non-empty object under "tasks".')
     for name, spec in tasks.items():
         if not isinstance(spec, dict):
             raise DataError(f"{mf}: task {name!r} must be an object.")
@@ -51,7 +51,9 @@ def read_manifest(zoo_dir: str | Path) -> dict[str, dict[str, Any]]:
             if not isinstance(spec.get(key), str):
                 raise DataError(f"{mf}: task {name!r} is missing the string field {key!r}.")
         if spec["type"] not in ("decoder", "encoder"):
-            raise DataError(f"{mf}: task {name!r} has type {spec['type']!r}; expected 'decoder' or 'encoder'.")
+            raise DataError(
+                f"{mf}: task {name!r} has type {spec['type']!r}; expected 'decoder' or 'encoder'."
+            )
         if spec["metric"] not in METRIC_KIND:
             raise DataError(f"{mf}: task {name!r} has unknown metric {spec['metric']!r}.")
     return tasks
@@ -72,7 +74,9 @@ def evaluate_zoo(
     from modelmix.eval.models import as_eval_model
 
     if split not in SPLITS:
-        raise InputError(f"Unknown split {split!r}; expected one of {', '.join(SPLITS)}.{did_you_mean(split, SPLITS)}")
+        raise InputError(
+            f"Unknown split {split!r}; expected one of {', '.join(SPLITS)}.{did_you_mean(split, SPLITS)}"
+        )
     zoo = Path(zoo_dir)
     manifest = read_manifest(zoo)
     if tasks is not None:
@@ -94,7 +98,9 @@ def evaluate_zoo(
         metrics = [metric, "loss"] if metric == "exact_match" else [metric]
         plan.append((name, metrics, load_examples(f, METRIC_KIND[metric])))
     if not plan:
-        raise DataError(f"No {em.kind} task with a {split} split in {zoo / 'zoo.json'} to evaluate {em.name} on.")
+        raise DataError(
+            f"No {em.kind} task with a {split} split in {zoo / 'zoo.json'} to evaluate {em.name} on."
+        )
     out: dict[str, dict[str, float]] = {}
     for name, metrics, ex in plan:
         scores: dict[str, float] = {}

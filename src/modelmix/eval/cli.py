@@ -1,0 +1,136 @@
+"""``modelmix eval``: score a model on JSONL files or on a model zoo.
+
+    modelmix eval MODEL --data FILE.jsonl [--data ...] [--metric exact_match|loss|choice|retrieval ...]
+                        [--json] [--batch-size N] [--device cpu|cuda]
+    modelmix eval MODEL --zoo DIR [--split test] [--json]
+
+Without ``--metric``, an encoder gets ``retrieval``; a decoder gets ``choice`` when the file's examples
+have ``choices``, else ``exact_match`` and ``loss``. ``--json`` prints one object
+``{"model": MODEL, "scores": {task: {metric: value}}}`` (task = file stem for ``--data``); otherwise a plain
+table. torch/transformers are imported only when the command runs, so ``--help`` stays instant. Bad
+input raises a ``ModelmixError`` for the main CLI to report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import click
+
+from modelmix.errors import InputError
+
+METRIC_CHOICES = ("exact_match", "loss", "choice", "retrieval")
+
+
+def _default_metrics(kind: str, data_file: Path) -> list[str]:
+    if kind == "encoder":
+        return ["retrieval"]
+    try:
+        with data_file.open(encoding="utf-8") as fh:
+            first = next((ln for ln in fh if ln.strip()), "")
+        has_choices = "choices" in json.loads(first) if first else False
+    except (OSError, ValueError, TypeError):
+        has_choices = False  # let strict loading report the real problem
+    return ["choice"] if has_choices else ["exact_match", "loss"]
+
+
+def format_table(scores: dict[str, dict[str, float]]) -> str:
+    """A plain, aligned ``task  metric  value`` table."""
+    rows = [(task, m, f"{v:.4f}") for task, ms in scores.items() for m, v in ms.items()]
+    head = ("task", "metric", "value")
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(3)]
+    fmt = f"{{:<{widths[0]}}}  {{:<{widths[1]}}}  {{:>{widths[2]}}}"
+    lines = [fmt.format(*head), fmt.format(*("-" * w for w in widths))]
+    lines += [fmt.format(*r) for r in rows]
+    return "\n".join(lines)
+
+
+@click.command("eval")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option(
+    "--data", "data", multiple=True, type=click.Path(path_type=Path), help="JSONL examples (repeatable)."
+)
+@click.option("--zoo", type=click.Path(path_type=Path), help="Model zoo directory (with zoo.json).")
+@click.option(
+    "--split", default="test", show_default=True, type=click.Choice(["train", "validation", "test"])
+)
+@click.option(
+    "--metric", "metrics", multiple=True, type=click.Choice(METRIC_CHOICES), help="Metric (repeatable)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), default=None, help="Rows per forward pass (default: auto)."
+)
+@click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]))
+@click.option(
+    "--loss-reduction",
+    default="lmcocktail",
+    show_default=True,
+    type=click.Choice(["lmcocktail", "token", "example"]),
+    help="How per-token losses are averaged (see docs/evaluation.md).",
+)
+def eval_command(
+    model: Path,
+    data: tuple[Path, ...],
+    zoo: Path | None,
+    split: str,
+    metrics: tuple[str, ...],
+    as_json: bool,
+    batch_size: int | None,
+    device: str,
+    loss_reduction: str,
+) -> None:
+    """Evaluate MODEL (a model directory) on --data files or on every matching task of a --zoo."""
+    if bool(data) == bool(zoo):
+        raise click.UsageError("Give either --data FILE (repeatable) or --zoo DIR.")
+    if zoo and metrics:
+        raise click.UsageError("--metric applies to --data; a zoo defines each task's metric.")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # local directories only: never wait on the network
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    from modelmix.eval.api import evaluate
+    from modelmix.eval.data import METRIC_KIND, load_examples
+    from modelmix.eval.models import EvalModel
+    from modelmix.eval.zoo_eval import evaluate_zoo, read_manifest
+
+    hf_logging.disable_progress_bar()
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda was given but no CUDA GPU is available.")
+    if zoo:
+        read_manifest(zoo)  # fail on a bad zoo before loading the model
+        em = EvalModel.from_pretrained(model, device=device)
+        scores = evaluate_zoo(em, zoo, split, batch_size=batch_size)
+    else:
+        stems = [p.stem for p in data]
+        if len(set(stems)) != len(stems):
+            raise InputError(
+                f"--data files must have distinct names (used as task keys): {', '.join(stems)}."
+            )
+        for p in data:  # validate every file before paying for the model load
+            for kind in {METRIC_KIND[m] for m in metrics} or {_kind_of(p)}:
+                load_examples(p, kind)
+        em = EvalModel.from_pretrained(model, device=device)
+        scores = {}
+        for p in data:
+            names = list(metrics) or _default_metrics(em.kind, p)
+            scores[p.stem] = evaluate(em, p, names, batch_size=batch_size, loss_reduction=loss_reduction)
+    if as_json:
+        click.echo(json.dumps({"model": str(model), "scores": scores}))
+    else:
+        click.echo(f"model: {model}")
+        click.echo(format_table(scores))
+
+
+def _kind_of(path: Path) -> str:
+    """Best-guess example kind of a file from its first record (for early validation only)."""
+    try:
+        with path.open(encoding="utf-8") as fh:
+            first = json.loads(next((ln for ln in fh if ln.strip()), "{}"))
+    except (OSError, ValueError):
+        return "decoder"  # load_examples will report the precise problem
+    if isinstance(first, dict) and "query" in first:
+        return "encoder"
+    return "choice" if isinstance(first, dict) and "choices" in first else "decoder"
