@@ -1,0 +1,94 @@
+"""Per-task scores (complementarity) and the loss along the linear path between two models.
+
+Only used with ``--examples``; this is the one part of the analysis that imports transformers. Each model is
+loaded once and scored on every task file; the linear path reuses one loaded model and swaps interpolated
+weights in place (``EvalModel.load_state_dict``), so it costs one forward pass per point and task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from modelmix.errors import DataError
+
+
+def task_name(path: str | Path, taken: set[str]) -> str:
+    """A short unique name for a task file (its stem, disambiguated by parent directory or an index)."""
+    p = Path(path)
+    name = p.stem
+    if name in taken:
+        name = f"{p.parent.name}/{p.stem}"
+    i = 2
+    base = name
+    while name in taken:
+        name = f"{base}#{i}"
+        i += 1
+    taken.add(name)
+    return name
+
+
+def validate_examples(paths: Sequence[str | Path]) -> dict[str, Path]:
+    """Load every file strictly (decoder ``{"input","output"}`` JSONL) before any model work; name -> path."""
+    from modelmix.eval.data import load_examples
+
+    taken: set[str] = set()
+    out: dict[str, Path] = {}
+    for p in paths:
+        load_examples(p, "decoder")  # DataError for missing/empty/malformed files
+        out[task_name(p, taken)] = Path(p)
+    if not out:
+        raise DataError("No example files given.")
+    return out
+
+
+def score_models(
+    paths: dict[str, Path], tasks: dict[str, Path], metrics: Sequence[str], device: str
+) -> dict[str, dict[str, dict[str, float]]]:
+    """``{model name: {task: {metric: value}}}``; each model is loaded once."""
+    from modelmix.eval import EvalModel, evaluate
+
+    scores: dict[str, dict[str, dict[str, float]]] = {}
+    for name, path in paths.items():
+        em = EvalModel.from_pretrained(path, device=device)
+        scores[name] = {t: evaluate(em, str(f), list(metrics)) for t, f in tasks.items()}
+        del em
+    return scores
+
+
+def lmc_curve(
+    path_a: Path, path_b: Path, tasks: dict[str, Path], device: str, points: int = 11
+) -> dict[str, Any]:
+    """Loss at ``(1 - alpha) * A + alpha * B`` for ``points`` evenly spaced alphas, per task.
+
+    Weights are interpolated with ``modelmix.api.merge_tensors("linear", ...)`` (the same code a recipe
+    runs), tensor by tensor, and copied into one loaded model.
+    """
+    import torch
+
+    from modelmix.api import merge_tensors
+    from modelmix.eval import EvalModel, evaluate
+    from modelmix.io.checkpoint import Checkpoint
+
+    ca, cb = Checkpoint(str(path_a)), Checkpoint(str(path_b))
+    try:
+        em = EvalModel.from_pretrained(path_a, device=device)
+        own = em.model.state_dict()
+        names = [n for n in ca.names() if n in own]
+        alphas = [i / (points - 1) for i in range(points)]
+        loss: dict[str, list[float]] = {t: [] for t in tasks}
+        for a in alphas:
+            with torch.no_grad():
+                for n in names:  # one tensor at a time: no second full state dict in memory
+                    ta, tb = ca.read(n), cb.read(n)
+                    if ta.is_floating_point():
+                        own[n].copy_(merge_tensors("linear", [ta, tb], weight=[1 - a, a]))
+                    else:
+                        own[n].copy_(ta)
+            for t, f in tasks.items():
+                loss[t].append(evaluate(em, str(f), "loss")["loss"])
+        return {"alphas": alphas, "loss": loss}
+    finally:
+        ca.close()
+        cb.close()
