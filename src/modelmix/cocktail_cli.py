@@ -1,0 +1,119 @@
+"""``modelmix cocktail``: LM-Cocktail from the command line (torch/transformers imported only when run)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from modelmix.errors import ConfigError
+
+
+class _MultiValueCommand(click.Command):
+    """Accept ``--models A B C`` / ``--weights 0.7 0.3``: repeat the option for each following bare value."""
+
+    greedy = ("--models", "--weights")
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        out: list[str] = []
+        current: str | None = None
+        for a in args:
+            if a in self.greedy:
+                current = a
+                continue
+            if a.startswith("--models=") or a.startswith("--weights="):
+                current = None
+                out.append(a)
+                continue
+            if current is not None and not (a.startswith("-") and not _is_number(a)):
+                out += [current, a]
+                continue
+            current = None
+            out.append(a)
+        return super().parse_args(ctx, out)
+
+
+def _is_number(s: str) -> bool:
+    try:
+        float(s)
+    except ValueError:
+        return False
+    return True
+
+
+@click.command("cocktail", cls=_MultiValueCommand)
+@click.option("--models", "models", multiple=True, required=True, metavar="M1 M2 ...",
+              help="Model directories to mix: --models M1 M2 M3.")
+@click.option("--examples", type=click.Path(dir_okay=False), default=None,
+              help='JSONL examples: {"input","output"} (decoder) or {"query","pos","neg"} (encoder).')
+@click.option("--weights", "weights", multiple=True, type=float, metavar="W1 W2 ...",
+              help="Explicit weights, one per model (instead of --examples); normalised to sum 1.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Output model directory.")
+@click.option("--type", "kind", type=click.Choice(["decoder", "encoder"]), default=None,
+              help="Model type (default: detected from the first model).")
+@click.option("--temperature", type=float, default=5.0, show_default=True, help="Softmax temperature T in softmax(-L/T).")
+@click.option("--weights-only", is_flag=True, help="Print one JSON object with weights/losses/models; write nothing.")
+@click.option("--granularity", type=click.Choice(["model", "layer"]), default="model", show_default=True,
+              help="layer: also search per-layer-group weights, kept only if better on held-out examples.")
+@click.option("--budget", type=click.IntRange(0, 100000), default=40, show_default=True,
+              help="Loss evaluations for the layer-granularity search.")
+@click.option("--blocks", type=click.IntRange(1, 1000), default=4, show_default=True,
+              help="Blocks of layers for --granularity layer (plus embeddings and head groups).")
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=2, show_default=True,
+              help="LM-Cocktail's batch size: the loss is the mean of per-batch losses (and in-batch negatives).")
+@click.option("--max-length", type=click.IntRange(2, 1 << 20), default=2048, show_default=True,
+              help="Truncate examples to this many tokens (as LM-Cocktail).")
+@click.option("--neg-number", type=click.IntRange(0, 10000), default=7, show_default=True,
+              help="Negatives sampled per encoder example.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for sampling encoder negatives.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists (only once the new model is complete).")
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.pass_context
+def cocktail(ctx: click.Context, models: tuple[str, ...], examples: str | None, weights: tuple[float, ...],
+             out_dir: str | None, kind: str | None, temperature: float, weights_only: bool, granularity: str,
+             budget: int, blocks: int, batch_size: int, max_length: int, neg_number: int, seed: int, device: str,
+             overwrite: bool, debug: bool) -> None:
+    """Mix models with LM-Cocktail weights softmax(-loss/T) computed on a few examples (or given weights)."""
+    if ctx.obj is not None:
+        ctx.obj["debug"] = ctx.obj.get("debug", False) or debug
+    model_list, weight_list = list(models), list(weights)
+    if weights_only and weight_list:
+        raise ConfigError("--weights-only computes weights from --examples; it cannot be combined with --weights.")
+    if bool(weight_list) == bool(examples):
+        raise ConfigError("Give either --examples (to compute the weights) or --weights (one per model).")
+    if not weights_only and not out_dir:
+        raise ConfigError("--out is required unless --weights-only is given.")
+
+    from modelmix import cocktail as C
+
+    if weight_list:
+        paths = C.check_models(model_list)
+        ws = C.check_weights(weight_list, len(paths))
+        res = C.mix(paths, out_dir, weights=ws, overwrite=overwrite)  # type: ignore[arg-type]
+        click.echo(f"merged {len(paths)} models with weights {[round(w / sum(ws), 6) for w in ws]} into {res}")
+        return
+    if out_dir and not weights_only:
+        from pathlib import Path
+
+        from modelmix.io.writer import check_target
+
+        check_target(Path(out_dir).absolute(), overwrite)  # before computing anything
+    log = None if weights_only else (lambda s: click.echo(s, err=True))
+    cw = C.compute_weights(model_list, examples, type=kind, temperature=temperature, batch_size=batch_size,  # type: ignore[arg-type]
+                           max_length=max_length, neg_number=neg_number, seed=seed, device=device,
+                           granularity=granularity, budget=budget, blocks=blocks, log=log)
+    if weights_only:
+        click.echo(json.dumps(cw.to_dict()))
+        return
+    C.print_weights(cw, sys.stdout)
+    if cw.search:
+        s = cw.search
+        click.echo(f"held-out loss: model-level {s['model_level']['heldout_loss']:.4f}, layer-level "
+                   f"{s['layer_level']['heldout_loss']:.4f} -> keeping {s['kept']}-level weights")
+    from pathlib import Path
+
+    res = C.merge_with_weights([Path(m) for m in model_list], Path(out_dir), cw.weights,  # type: ignore[arg-type]
+                               layer_weights=cw.layer_weights, groups=cw.groups, overwrite=overwrite)
+    click.echo(res.summary())
