@@ -118,7 +118,8 @@ def check_compatible(base: Checkpoint, models: Sequence[Checkpoint]) -> list[str
         for n in names:
             bs, ms = tuple(base.entry(n).shape), tuple(m.entry(n).shape)
             if bs != ms:
-                vocab = any(w in n for w in ("embed", "lm_head", "wte", "word_embeddings"))
+                vocab = (any(w in n for w in ("embed", "lm_head", "wte", "word_embeddings")) and len(bs) == len(ms)
+                         and bs[1:] == ms[1:])  # only the row (token) count differs
                 what = "a different vocabulary" if vocab else "a different architecture"
                 raise InputError(
                     f"Model {m.ref} has {what} than the base {base.ref}: tensor {n!r} has shape {list(ms)} "
