@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import make_model
 from safetensors.torch import load_file, save_file
 
+from conftest import make_model
 from modelmix.analysis import AnalysisReport, analyze
 from modelmix.analysis.findings import derive_findings
 from modelmix.cli import app, main
@@ -262,7 +262,7 @@ def test_nan_tensor_is_reported(tmp_path: Path, base) -> None:
 def test_findings_thresholds_and_complementarity() -> None:
     def rep(cos, conf, jac, norms=(1.0, 1.0), tasks=None) -> dict:
         pair = {"a": "x", "b": "y", "cosine": cos, "conflict_rate": conf, "jaccard": jac}
-        return {"top_k": 0.2, "models": [{"name": n, "norm": v, "relative_norm": 0.01} for n, v in zip("xy", norms)],
+        return {"top_k": 0.2, "models": [{"name": n, "norm": v, "relative_norm": 0.01} for n, v in zip("xy", norms, strict=True)],
                 "pairs": [pair], "layers": [], "tasks": tasks, "lmc": None}
 
     kinds = lambda r: [f.kind for f in derive_findings(r)]  # noqa: E731
