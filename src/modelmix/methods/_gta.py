@@ -51,7 +51,7 @@ def merge_deltas(
         return b.clone()
     deltas = []
     for i, t in enumerate(tensors):
-        d = as_f32(t) - b
+        d = (as_f32(t) - b).contiguous()  # layout-independent reductions (bit-identical results)
         if sparsify is not None:
             d = sparsify(i, d)
         deltas.append(d.mul_(weight[i]))
