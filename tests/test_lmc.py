@@ -62,15 +62,15 @@ def test_barrier_and_grid_helpers() -> None:
 
 def test_endpoints_match_independent_eval(pair) -> None:
     _root, a, b, _sds, ex = pair
-    res = lmc_curve(a, b, ex, points=5, metric="exact_match")
-    assert res.ts == [0.0, 0.25, 0.5, 0.75, 1.0]
+    res = lmc_curve(a, b, ex, points=3, metric="exact_match")
+    assert res.ts == [0.0, 0.5, 1.0]
     ind_a = evaluate(a, ex, ["loss", "exact_match"])
-    ind_b = evaluate(b, ex, ["loss", "exact_match"])
+    ind_b = evaluate(b, ex, "loss")
     assert res.losses[0] == pytest.approx(ind_a["loss"], abs=1e-9)
     assert res.losses[-1] == pytest.approx(ind_b["loss"], abs=1e-9)
     assert res.metric_values is not None and res.metric_values[0] == ind_a["exact_match"]
     assert res.barrier == pytest.approx(barrier_height(res.ts, res.losses)) and res.barrier >= 0
-    assert res.best_t == res.ts[min(range(5), key=res.losses.__getitem__)]
+    assert res.best_t == res.ts[min(range(3), key=res.losses.__getitem__)]
 
 
 def test_self_barrier_is_zero(pair) -> None:
@@ -95,7 +95,7 @@ def test_cli_merge_best_png_json(pair, tmp_path: Path) -> None:
         torch.testing.assert_close(v, torch.lerp(sds[0][k], sds[1][k], t), rtol=1e-6, atol=1e-6)
     code, stdout, err = run_cli("lmc", str(a), str(b), "--examples", str(ex), "--points", "2")
     assert code == 0, err
-    assert "barrier" in stdout and "best t" in stdout and "t=1.000" in stdout
+    assert "barrier" in stdout and "best t" in stdout and " 1.000 " in stdout
 
 
 def test_bad_inputs(pair, tmp_path: Path) -> None:

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_model, write_recipe
 from safetensors.torch import load_file
 
+from conftest import make_model, write_recipe
 from modelmix.api import merge_tensors
 from modelmix.cli import main
 from modelmix.methods import get_method

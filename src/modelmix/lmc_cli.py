@@ -47,7 +47,7 @@ def lmc(ctx, model_a, model_b, examples, points, metric, png, as_json, merge_bes
         check_png(png)
     _quiet_transformers()
     res = lmc_curve(model_a, model_b, examples, points, metric, device=device, batch_size=batch_size,
-                    log=None if as_json else click.echo)
+                    log=lambda s: click.echo(s, err=True))
     if png:
         plot_curve(res, png)
     written = merge_at(model_a, model_b, res.best_t, out_dir, overwrite=overwrite) if merge_best else None
