@@ -149,3 +149,11 @@ dtype: float32
     bad = write_recipe(tmp_path / "bad.yml", recipe.read_text().replace("rank: 2", "energy: 1.5"))
     code, _out, err = _run("merge", str(bad), str(tmp_path / "out2"))
     assert code != 0 and "energy" in err and not (tmp_path / "out2").exists()
+
+
+def test_directions_are_capped_so_tasks_fit_side_by_side() -> None:
+    base = _rand(12, 9, seed=20)
+    xs = [base + _rand(12, 9, seed=s) for s in (21, 22, 23)]
+    capped = merge_tensors("subspace", xs, base=base, rank=3)  # 9 // 3 = 3 directions each
+    torch.testing.assert_close(merge_tensors("subspace", xs, base=base, rank=100), capped)
+    torch.testing.assert_close(merge_tensors("subspace", xs, base=base, energy=1.0), capped)

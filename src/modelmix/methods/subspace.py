@@ -16,6 +16,10 @@ For every 2-D weight, with base ``B`` and models ``X_i``:
    (the orthonormal matrix closest to ``U`` in Frobenius norm), likewise ``V_perp``;
 4. result ``B + lambda * U_perp S V_perp^T``.
 
+Each task keeps at most ``min(rows, cols) // n`` directions (the paper's 1/n "sv_reduction" is exactly
+this cap): more than ``min(rows, cols)`` directions in total cannot be mutually orthonormal, and the
+polar factor of an over-complete concatenation would shrink every task's contribution.
+
 One model at full rank gives back task arithmetic (``U_1`` is already orthonormal); tasks with mutually
 orthogonal singular spaces give their plain sum; the update has rank at most ``n * rank``. 1-D tensors
 (norms, biases) and tensors of other ranks fall back to task arithmetic ``B + lambda * sum_i w_i D_i``.
@@ -65,19 +69,24 @@ def _randomized_svd(a: Tensor, q: int, gen: torch.Generator) -> tuple[Tensor, Te
 
 
 def truncated_svd(
-    d: Tensor, rank: int, energy: float, gen: torch.Generator | None = None
+    d: Tensor, rank: int, energy: float, gen: torch.Generator | None = None, max_k: int | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """``(U, S, V)`` of ``d`` with ``k`` columns: ``rank`` when > 0, else the energy-based rank."""
+    """``(U, S, V)`` of ``d`` with ``k`` columns: ``rank`` when > 0, else the energy-based rank; at most
+    ``max_k`` columns."""
     m, n = d.shape
     full = min(m, n)
+    if max_k is not None:
+        rank = min(rank, max_k) if rank > 0 else rank
     if full > _RSVD_MIN_DIM and gen is not None:
         total = float(torch.linalg.vector_norm(d, dtype=torch.float64) ** 2)
         q = min(full, rank if rank > 0 else 32)
         while 2 * (q + _OVERSAMPLE) < full:
             u, s, v = _randomized_svd(d, q + _OVERSAMPLE, gen)
             k = min(rank, q) if rank > 0 else _rank_for_energy(s, energy, total)
-            # energy mode: accept only if the sketch captured the target (k within the sketch)
-            if rank > 0 or (k < s.numel() and float((s[:k].double() ** 2).sum()) >= energy * total * (1 - 1e-6)):
+            # energy mode: accept only if the sketch captured the target (k within the sketch) or the cap
+            captured = k < s.numel() and float((s[:k].double() ** 2).sum()) >= energy * total * (1 - 1e-6)
+            if rank > 0 or captured or (max_k is not None and k >= max_k):
+                k = k if max_k is None else min(k, max_k)
                 return _drop_null(u[:, :k], s[:k], v[:, :k], max(m, n))
             q *= 2
     u, s, vh = torch.linalg.svd(d, full_matrices=False)
@@ -85,6 +94,7 @@ def truncated_svd(
         k = min(rank, full)
     else:
         k = _rank_for_energy(s, energy, float((s.double() ** 2).sum()))
+        k = k if max_k is None else min(k, max_k)
     return _drop_null(u[:, :k], s[:k], vh[:k].T, max(m, n))
 
 
@@ -127,13 +137,15 @@ def subspace(
             out.add_(as_f32(t) - b, alpha=float(w))
         return b + lam * out if lam != 1 else b + out
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    # the n tasks' directions must fit side by side, else the polar factor cannot keep them orthonormal
+    max_k = max(1, min(b.shape) // max(1, sum(1 for w in weight if w != 0)))
     us: list[Tensor] = []
     ss: list[Tensor] = []
     vs: list[Tensor] = []
     for t, w in zip(tensors, weight, strict=True):
         if w == 0:
             continue
-        u, s, v = truncated_svd(as_f32(t) - b, int(rank), float(energy), gen)
+        u, s, v = truncated_svd(as_f32(t) - b, int(rank), float(energy), gen, max_k)
         if s.numel():
             us.append(u)
             ss.append(s * float(w))
