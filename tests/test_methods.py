@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from modelmix.errors import ConfigError
+from modelmix.kernels.masks import model_generator
 from modelmix.methods import REQUIRED, all_methods, get_method
 
 EXPECTED = {
@@ -382,8 +383,8 @@ def test_random_methods_deterministic(name):
 def test_dare_reference_masks():
     base, ms = models(2, shape=(30, 20))
     dens = [0.4, 0.7]
-    gen = torch.Generator().manual_seed(11)
-    masks = [torch.rand(600, generator=gen).view(30, 20) < d for d in dens]  # same draw order
+    # each model draws from its own generator (model_generator(seed, i)), in flat order
+    masks = [torch.rand(600, generator=model_generator(11, i)).view(30, 20) < d for i, d in enumerate(dens)]
     w = [1.0, 0.5]
     # no rescale: plain masked task arithmetic / TIES
     close(
@@ -430,9 +431,8 @@ def ref_della_probs(delta, density, eps):
 def test_della_reference():
     base, ms = models(2, shape=(6, 8))
     dens, eps, w = [0.5, 0.4], [0.1, 0.2], [1.0, 0.6]
-    gen = torch.Generator().manual_seed(5)
     probs = [ref_della_probs(m - base, d, e) for m, d, e in zip(ms, dens, eps, strict=True)]
-    masks = [torch.rand(48, generator=gen).double().view(6, 8) < p for p in probs]
+    masks = [torch.rand(48, generator=model_generator(5, i)).double().view(6, 8) < p for i, p in enumerate(probs)]
     kw = {"weight": w, "density": dens, "epsilon": eps, "seed": 5}
     close(run("della_linear", ms, base, rescale="none", **kw), ref_gta(base, ms, w, masks))
     close(

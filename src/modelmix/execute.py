@@ -34,6 +34,18 @@ class Unit:
     task: TensorTask
     rows: tuple[int, int] | None  # None: the whole tensor
     cost: int  # estimated working bytes
+    stream: bool = False  # whole tensor, computed by a multi-pass row-chunk streamer (modelmix.streaming)
+
+
+def _streamer(task: TensorTask):
+    from modelmix.streaming import STREAMERS
+
+    if task.method is None or task.vocab_maps is not None or not task.shape:
+        return None
+    entry = STREAMERS.get(task.method.name)
+    if entry is None or not entry[1](task.shape, {**task.global_params, **task.model_params}):
+        return None
+    return entry[0]
 
 
 def _units(plan: MergePlan, chunk_elems: int) -> Iterator[Unit]:
@@ -41,7 +53,10 @@ def _units(plan: MergePlan, chunk_elems: int) -> Iterator[Unit]:
         numel = math.prod(task.shape)
         n_in = len(task.sources) + (task.base is not None)
         streamable = (task.method is None or task.method.elementwise) and task.vocab_maps is None
-        if streamable and task.shape and numel > chunk_elems:
+        if not streamable and numel > chunk_elems and _streamer(task) is not None:
+            row = numel // task.shape[0]
+            yield Unit(task, None, max(1, chunk_elems // max(row, 1)) * row * 4 * (n_in + 6), stream=True)
+        elif streamable and task.shape and numel > chunk_elems:
             row = numel // task.shape[0]
             step = max(1, chunk_elems // max(row, 1))
             for r0 in range(0, task.shape[0], step):
@@ -119,15 +134,16 @@ class Progress:
 
 class Executor:
     def __init__(self, plan: MergePlan, *, device: str = "cpu", threads: int | None = None, budget: int = DEFAULT_BUDGET,
-                 chunk_elems: int = CHUNK_ELEMS):
+                 chunk_elems: int | None = None):
         self.plan = plan
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ModelmixError("--device cuda was requested but no CUDA GPU is available (torch.cuda.is_available() is False).")
         self.threads = max(1, threads or os.cpu_count() or 1)
         self.budget = _Budget(budget)
-        self.chunk_elems = chunk_elems
+        self.chunk_elems = chunk_elems or CHUNK_ELEMS
         self._remaining: dict[str, int] = {}
+        self._tls = threading.local()
 
     # ------------------------------------------------------------------ public
     def run(self, sink: Callable[[TensorTask, torch.Tensor, int], None], progress: Progress | None = None) -> None:
@@ -170,6 +186,9 @@ class Executor:
     def _do(self, u: Unit, sink, progress: Progress | None, lock: threading.Lock) -> None:
         held = self.budget.acquire(u.cost)
         try:
+            if u.stream:
+                self._stream(u.task, sink, progress, lock)
+                return
             out = self.compute(u.task, u.rows)
             ob = out.to(u.task.out_dtype) if out.dtype != u.task.out_dtype else out
             offset = 0
@@ -185,11 +204,63 @@ class Executor:
         finally:
             self.budget.release(held)
 
-    def _load(self, task: TensorTask, src: Source, rows: tuple[int, int] | None) -> torch.Tensor:
+    def _stream(self, task: TensorTask, sink, progress: Progress | None, lock: threading.Lock) -> None:
+        """Run a multi-pass streamer over the task's row chunks; each emitted chunk goes straight to the sink."""
+        fn = _streamer(task)
+        row = math.prod(task.shape[1:])
+        step = max(1, self.chunk_elems // max(row, 1))
+        ex = self
+
+        class Src:
+            shape = task.shape
+            numel = math.prod(task.shape)
+
+            def chunks(self):
+                for r0 in range(0, task.shape[0], step):
+                    rows = (r0, min(task.shape[0], r0 + step))
+                    xs = [ex._load(task, s, rows, i) for i, s in enumerate(task.sources)]
+                    b = ex._load(task, task.base, rows, len(xs)) if task.base is not None else None
+                    yield rows, xs, b
+
+            def emit(self, rows, out):
+                ob = out.to(task.out_dtype)
+                sink(task, ob, rows[0] * row * ob.element_size())
+                if progress is not None:
+                    progress.update(ob.numel() * ob.element_size(), False)
+
+        kwargs = {**task.global_params, **task.model_params}
+        if task.method.random:  # type: ignore[union-attr]
+            kwargs["seed"] = task.seed
+        try:
+            fn(Src(), **kwargs)
+        except ModelmixError as e:
+            raise type(e)(f"Tensor {task.name!r}: {e}") from None
+        with lock:
+            self._remaining[task.name] -= 1
+        if progress is not None:
+            progress.update(0, True)
+
+    def _load(self, task: TensorTask, src: Source, rows: tuple[int, int] | None, slot: int) -> torch.Tensor:
+        """Read one input (or row range) as float32 on the device, rejecting NaN/Inf with a clear error.
+
+        Row chunks are read and converted through per-thread buffers (``slot`` = input position), so the
+        hot loop never touches freshly allocated pages; methods never modify their inputs, so reuse is safe.
+        """
         ck = self.plan.models[src.model]
-        raw = ck.read(src.name, rows)
-        x = raw.to(device=self.device, dtype=torch.float32, non_blocking=False)
-        if not bool(torch.isfinite(x).all()):
+        if rows is not None and ck.can_read_into(src.name):
+            e = ck.entry(src.name)
+            shape = (rows[1] - rows[0], *e.shape[1:])
+            raw = self._buffer(("raw", slot), shape, e.dtype)
+            ck.read_into(src.name, raw, rows)
+            if self.device.type == "cpu":
+                x = self._buffer(("f32", slot), shape, torch.float32)
+                x.copy_(raw)
+            else:
+                x = raw.to(device=self.device, dtype=torch.float32)
+        else:
+            x = ck.read(src.name, rows).to(device=self.device, dtype=torch.float32)
+        # one fused reduction instead of an isfinite mask: NaN/Inf anywhere make the sum non-finite
+        if not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
             bad = int((~torch.isfinite(x)).sum())
             raise InputError(
                 f"Tensor {src.name!r} of model {src.model} contains {bad} NaN/Inf value(s)"
@@ -198,12 +269,20 @@ class Executor:
             )
         return x
 
+    def _buffer(self, key: tuple, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        pool: dict = self._tls.__dict__.setdefault("pool", {})
+        n = math.prod(shape)
+        buf = pool.get((key, dtype))
+        if buf is None or buf.numel() < n:
+            buf = pool[(key, dtype)] = torch.empty(max(n, self.chunk_elems), dtype=dtype)
+        return buf[:n].view(shape)
+
     def compute(self, task: TensorTask, rows: tuple[int, int] | None = None) -> torch.Tensor:
         """The float32 result of one task (or of a row range of it)."""
         if task.method is None:
             return self.plan.models[task.sources[0].model].read(task.sources[0].name, rows)
-        tensors = [self._load(task, s, rows) for s in task.sources]
-        base = self._load(task, task.base, rows) if task.base is not None else None
+        tensors = [self._load(task, s, rows, i) for i, s in enumerate(task.sources)]
+        base = self._load(task, task.base, rows, len(tensors)) if task.base is not None else None
         if task.vocab_maps is not None:
             tensors, base = align_vocab(task, tensors, base)
         kwargs = dict(task.global_params)

@@ -248,6 +248,14 @@ class Checkpoint:
             t = self._apply_lora(name, t, rows)
         return t
 
+    def can_read_into(self, name: str) -> bool:
+        """True when ``name`` can be read straight into a caller buffer (plain safetensors, no LoRA)."""
+        return self._pickled is None and (self.lora is None or (name not in self.lora.pairs and name not in self.lora.full))
+
+    def read_into(self, name: str, out: torch.Tensor, rows: tuple[int, int]) -> None:
+        e = self.entries[name]
+        self._reader.read_into(e, out, rows[0] * e.row_bytes, (rows[1] - rows[0]) * e.row_bytes)
+
     def _apply_lora(self, name: str, w: torch.Tensor, rows: tuple[int, int] | None) -> torch.Tensor:
         a_e, b_e, scale, transpose = self.lora.pairs[name]  # type: ignore[union-attr]
         a = self._reader.read(a_e).float()

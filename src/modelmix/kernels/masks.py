@@ -85,6 +85,13 @@ def breadcrumbs_prune(delta: Tensor, density: float, gamma: float, rescale: Resc
     return _finish(delta, mask, rescale, density)
 
 
+def model_generator(seed: int, index: int) -> torch.Generator:
+    """Independent CPU generator for model ``index`` of a tensor's merge: each model's mask is its own
+    stream, so a chunked executor can regenerate any model's draws without replaying the others'."""
+    mixed = (int(seed) * 0x9E3779B97F4A7C15 + (index + 1) * 0xBF58476D1CE4E5B9) & ((1 << 63) - 1)
+    return torch.Generator(device="cpu").manual_seed(mixed)
+
+
 def _uniform_chunks(numel: int, generator: torch.Generator):
     """Yield (start, uniform[0,1) float32 CPU chunk) covering ``numel`` draws, in a fixed chunking."""
     for s in range(0, numel, CHUNK):

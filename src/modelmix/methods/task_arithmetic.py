@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from modelmix.kernels.masks import (
@@ -15,6 +14,7 @@ from modelmix.kernels.masks import (
     dare_prune,
     della_prune,
     magnitude_prune,
+    model_generator,
     normalize_rescale,
 )
 from modelmix.methods._common import WEIGHT
@@ -72,20 +72,18 @@ def _make(
         n = len(tensors)
         density = p.get("density") or [1.0] * n
         rescale = normalize_rescale(p.get("rescale", default_rescale))
-        gen = torch.Generator(device="cpu")
-        if "seed" in p:
-            gen.manual_seed(int(p["seed"]))
+        seed = int(p.get("seed", 0))
 
         def sparsify(i: int, d: Tensor) -> Tensor:
             if sparsifier == "magnitude":
                 return magnitude_prune(d, density[i], rescale)
             if sparsifier == "random":
-                return dare_prune(d, density[i], gen, rescale)
+                return dare_prune(d, density[i], model_generator(seed, i), rescale)
             if sparsifier == "outliers":
                 gamma = p.get("gamma") or [0.01] * n
                 return breadcrumbs_prune(d, density[i], gamma[i], rescale)
             epsilon = p.get("epsilon") or [0.15] * n
-            return della_prune(d, density[i], epsilon[i], gen, rescale)
+            return della_prune(d, density[i], epsilon[i], model_generator(seed, i), rescale)
 
         return merge_deltas(
             tensors,

@@ -1,0 +1,322 @@
+"""Row-chunked, multi-pass execution of methods that need whole-tensor statistics.
+
+TIES, breadcrumbs, DARE/DELLA with L1 rescaling and SLERP look at a whole tensor (a top-k threshold, an L1
+norm, a dot product) before producing any output element. Holding every input of a 65M-element embedding
+in float32 costs >1 GB, and more for bigger vocabularies, so instead these methods walk the tensor's row
+chunks several times in order: statistics passes (histograms of the float bits for exact selection, float64
+sums), then one pass that produces and emits each output chunk. Memory stays at a few chunks whatever the
+tensor size; re-reading comes from the page cache. Results equal the whole-tensor reference functions in
+``modelmix.methods`` (bit for bit for masks and random draws; sums are accumulated in float64, so L1 and
+SLERP scale factors can differ from the float32 reference in the last bits).
+
+A streamer is ``fn(src, **params)`` where ``src`` is a :class:`ChunkSource`; ``STREAMERS`` maps method names
+to ``(streamer, applies(shape, params) -> bool)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+from modelmix.errors import ConfigError
+from modelmix.kernels.masks import della_keep_prob, model_generator, normalize_rescale
+from modelmix.kernels.select import CHUNK, Selection, _kth_from_top
+from modelmix.methods._gta import agree, elect_keep
+from modelmix.methods.slerp import DOT_THRESHOLD, NORM_EPS
+
+_HI_BINS = 1 << 15
+_LO_BINS = 1 << 16
+_RESCALE_EPS = 1e-7
+
+
+class ChunkSource(Protocol):
+    shape: tuple[int, ...]
+    numel: int
+
+    def chunks(self) -> Iterator[tuple[tuple[int, int], list[Tensor], Tensor | None]]:
+        """(rows, float32 inputs, float32 base) for each row chunk, in order; may be called repeatedly."""
+        ...
+
+    def emit(self, rows: tuple[int, int], out: Tensor) -> None: ...
+
+
+# ------------------------------------------------------------------------------------------ selection
+class StreamSelect:
+    """Exact k-th largest |x| of a tensor seen as ordered chunks: two histogram passes over the float bits."""
+
+    def __init__(self, k: int, numel: int):
+        self.k, self.n = k, numel
+        self.hist = torch.zeros(_HI_BINS, dtype=torch.int64)
+        self.lo = torch.zeros(_LO_BINS + 2, dtype=torch.int64)
+        self.bucket = -1
+        self.above_b = 0
+
+    @staticmethod
+    def _abs_bits(x: Tensor) -> Tensor:
+        return x.reshape(-1).view(torch.int32).bitwise_and(0x7FFFFFFF)
+
+    def add_hi(self, x: Tensor) -> None:
+        idx = self._abs_bits(x).bitwise_right_shift_(16)
+        self.hist += torch.bincount(idx.cpu(), minlength=_HI_BINS)
+
+    def finish_hi(self) -> None:
+        self.bucket, self.above_b = _kth_from_top(self.hist, self.k)
+
+    def add_lo(self, x: Tensor) -> None:
+        bits = self._abs_bits(x)
+        inb = bits[bits.bitwise_right_shift(16) == self.bucket]  # the few elements in the k-th bucket
+        if inb.numel():
+            self.lo[1 : _LO_BINS + 1] += torch.bincount(inb.bitwise_and(0xFFFF).cpu(), minlength=_LO_BINS)
+
+    def finish_lo(self) -> Selection:
+        lo_bin, above_lo = _kth_from_top(self.lo[1 : _LO_BINS + 1], self.k - self.above_b)
+        bits = torch.tensor([(self.bucket << 16) | lo_bin], dtype=torch.int32)
+        return Selection(self.k, float(bits.view(torch.float32).item()), self.above_b + above_lo, int(self.lo[lo_bin + 1]))
+
+
+class TopkMaskStream:
+    """Top-k mask chunk by chunk, keeping ties at the threshold in flat-index order (as ``topk_mask``)."""
+
+    def __init__(self, sel: Selection | None, k: int, numel: int):
+        self.mode = "none" if k <= 0 else "all" if k >= numel else "sel"
+        self.sel = sel
+        if sel is not None:
+            self.thr = sel.threshold_bits
+            self.need = sel.k - sel.n_greater
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if self.mode != "sel":
+            return torch.full(x.shape, self.mode == "all", dtype=torch.bool, device=x.device)
+        a = x.reshape(-1).view(torch.int32).bitwise_and(0x7FFFFFFF)
+        out = a > self.thr
+        if self.need > 0:
+            eq = a == self.thr
+            c = int(eq.sum())
+            if c:
+                if c > self.need:
+                    eq &= eq.cumsum(0, dtype=torch.int32) <= self.need
+                out |= eq
+                self.need -= min(c, self.need)
+        return out.view(x.shape)
+
+
+class UniformStream:
+    """The same uniforms as ``bernoulli_keep_mask`` draws (fixed CHUNK blocks), served in arbitrary pieces."""
+
+    def __init__(self, gen: torch.Generator, numel: int):
+        self.gen, self.numel, self.pos = gen, numel, 0
+        self.block = torch.empty(0)
+        self.off = 0
+
+    def take(self, n: int) -> Tensor:
+        parts = []
+        while n > 0:
+            if self.off >= self.block.numel():
+                self.block = torch.rand(min(CHUNK, self.numel - self.pos), generator=self.gen, dtype=torch.float32)
+                self.pos += self.block.numel()
+                self.off = 0
+            m = min(n, self.block.numel() - self.off)
+            parts.append(self.block[self.off : self.off + m])
+            self.off += m
+            n -= m
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+# ------------------------------------------------------------------------------------------ task vectors
+def _selection_pass(src: ChunkSource, specs: list[list[int]]) -> list[list[Selection | None]]:
+    """For each model i and each k in specs[i] (0 < k < n), the exact selection; others None."""
+    n = src.numel
+    sels = [[StreamSelect(k, n) if 0 < k < n else None for k in ks] for ks in specs]
+    if not any(s for row in sels for s in row):
+        return [[None] * len(ks) for ks in specs]
+    for _rows, xs, b in src.chunks():
+        for i, row in enumerate(sels):
+            if any(row):
+                d = xs[i] - b
+                for s in row:
+                    if s is not None:
+                        s.add_hi(d)
+    for row in sels:
+        for s in row:
+            if s is not None:
+                s.finish_hi()
+    for _rows, xs, b in src.chunks():
+        for i, row in enumerate(sels):
+            if any(row):
+                d = xs[i] - b
+                for s in row:
+                    if s is not None:
+                        s.add_lo(d)
+    return [[s.finish_lo() if s is not None else None for s in row] for row in sels]
+
+
+def _gta_stream(sparsifier: str | None, consensus: bool, default_normalize: bool, default_rescale: str):
+    def run(src: ChunkSource, **p: Any) -> None:
+        weights: list[float] = p["weight"]
+        m = len(weights)
+        n = src.numel
+        density = p.get("density") or [1.0] * m
+        gamma = p.get("gamma") or [0.01] * m
+        epsilon = p.get("epsilon") or [0.15] * m
+        rescale = normalize_rescale(p.get("rescale", default_rescale))
+        normalize = bool(p.get("normalize", default_normalize))
+        lam = float(p.get("lambda", 1.0))
+        cons = p.get("consensus_method", "sum") if consensus else None
+        seed = int(p.get("seed", 0))
+        active = [sparsifier is not None and density[i] < 1 for i in range(m)]
+        if sparsifier == "della":
+            for i in range(m):
+                if active[i] and 0 < density[i] and (density[i] + epsilon[i] >= 1 or density[i] - epsilon[i] <= 0):
+                    raise ConfigError(
+                        f"DELLA needs density - epsilon > 0 and density + epsilon < 1, but density={density[i]} and "
+                        f"epsilon={epsilon[i]}. Lower epsilon (default 0.15) or move density away from 0 and 1."
+                    )
+        # ks to select per model: magnitude -> [k]; outliers -> band [start, stop)
+        ks: list[list[int]] = [[] for _ in range(m)]
+        for i in range(m):
+            if not active[i] or n == 0:
+                continue
+            if sparsifier == "magnitude" and density[i] > 0:
+                ks[i] = [max(1, int(density[i] * n))]
+            elif sparsifier == "outliers":
+                target = int(density[i] * n)
+                n_top = int(gamma[i] * n)
+                n_bottom = max(0, n - target - n_top)
+                start, stop = max(0, n - n_bottom - target), min(n, n - n_bottom)
+                ks[i] = [start, stop] if stop > start else [0, 0]
+        sels = _selection_pass(src, ks) if sparsifier in ("magnitude", "outliers") else [[] for _ in range(m)]
+
+        def sparsifiers() -> list[Callable[[Tensor, Tensor], tuple[Tensor, Any]]]:
+            """Fresh per-model maskers (stateful: tie counters, random streams) for one pass over the chunks."""
+            out = []
+            for i in range(m):
+                if not active[i]:
+                    out.append(lambda d, _x: (d, 1.0))
+                elif sparsifier == "magnitude":
+                    if density[i] <= 0:
+                        out.append(lambda d, _x: (torch.zeros_like(d), 1.0))
+                    else:
+                        mk = TopkMaskStream(sels[i][0], ks[i][0], n)
+                        out.append(lambda d, _x, mk=mk, q=density[i]: (d * mk(d), q))
+                elif sparsifier == "outliers":
+                    start, stop = ks[i]
+                    if stop <= start:
+                        out.append(lambda d, _x: (torch.zeros_like(d), 1.0))
+                    else:
+                        hi = TopkMaskStream(sels[i][1], stop, n)
+                        lo = TopkMaskStream(sels[i][0], start, n) if start > 0 else None
+
+                        def f(d, _x, hi=hi, lo=lo, q=density[i]):
+                            mask = hi(d)
+                            if lo is not None:
+                                mask &= ~lo(d)
+                            return d * mask, q
+
+                        out.append(f)
+                elif sparsifier == "random":
+                    us = UniformStream(model_generator(seed, i), n)
+                    out.append(lambda d, _x, us=us, q=density[i]: (d * (us.take(d.numel()).to(d.device).view(d.shape) < q), q))
+                else:  # della
+                    if density[i] <= 0:
+                        out.append(lambda d, _x: (torch.zeros_like(d), 1.0))
+                        continue
+                    us = UniformStream(model_generator(seed, i), n)
+
+                    def f(d, _x, us=us, q=density[i], e=epsilon[i]):
+                        probs = della_keep_prob(d, q, e)
+                        return d * (us.take(d.numel()).to(d.device).view(d.shape) < probs), probs
+
+                    out.append(f)
+            return out
+
+        scale = [1.0] * m
+        if rescale == "l1" and any(active):
+            before = [0.0] * m
+            after = [0.0] * m
+            sp = sparsifiers()
+            for _rows, xs, b in src.chunks():
+                for i in range(m):
+                    if active[i]:
+                        d = xs[i] - b
+                        before[i] += float(d.abs().sum(dtype=torch.float64))
+                        after[i] += float(sp[i](d, xs[i])[0].abs().sum(dtype=torch.float64))
+            for i in range(m):
+                if active[i] and before[i] >= _RESCALE_EPS and after[i] >= _RESCALE_EPS:
+                    scale[i] = before[i] / after[i]
+        total = float(torch.tensor(weights, dtype=torch.float32).sum())
+        sp = sparsifiers()
+        for rows, xs, b in src.chunks():
+            deltas = []
+            for i in range(m):
+                d = xs[i] - b
+                if active[i]:
+                    d, q = sp[i](d, xs[i])
+                    if rescale == "l1" and scale[i] != 1.0:
+                        d = d.mul_(scale[i])
+                    elif rescale == "inverse_density":
+                        d = d.div_(q) if isinstance(q, Tensor) else (d.div_(q) if q > 0 else d)
+                deltas.append(d.mul_(weights[i]))
+            if not deltas:
+                src.emit(rows, b.clone())
+                continue
+            if cons is not None:
+                positive = elect_keep(deltas, cons)
+                mixed = torch.zeros_like(b)
+                divisor = torch.zeros_like(b)
+                for d, w in zip(deltas, weights, strict=True):
+                    keep = agree(d, positive)
+                    mixed += d * keep
+                    divisor += keep * float(w)
+                divisor[divisor == 0] = 1
+                if normalize:
+                    mixed /= divisor
+            else:
+                mixed = deltas[0]
+                for d in deltas[1:]:
+                    mixed += d
+                if normalize and abs(total) >= 1e-8:
+                    mixed /= total
+            if lam != 1:
+                mixed *= lam
+            src.emit(rows, b + mixed)
+
+    return run
+
+
+# ------------------------------------------------------------------------------------------ slerp
+def _slerp_stream(src: ChunkSource, *, t: float, **_: Any) -> None:
+    ss_a = ss_b = dot = 0.0
+    for _rows, xs, a in src.chunks():
+        b = xs[0]
+        ss_a += float(a.square().sum(dtype=torch.float64))
+        ss_b += float(b.square().sum(dtype=torch.float64))
+        dot += float((a.double() * b.double()).sum())
+    na, nb = math.sqrt(ss_a), math.sqrt(ss_b)
+    na = na if na > NORM_EPS else 1.0
+    nb = nb if nb > NORM_EPS else 1.0
+    cos = torch.tensor(max(-1.0, min(1.0, dot / (na * nb))), dtype=torch.float32)
+    if src.numel == 0 or cos.abs().item() > DOT_THRESHOLD:
+        ca, cb = 1 - t, t
+    else:
+        theta = torch.acos(cos)
+        ca = float(torch.sin((1 - t) * theta) / torch.sin(theta))
+        cb = float(torch.sin(t * theta) / torch.sin(theta))
+    for rows, xs, a in src.chunks():
+        src.emit(rows, ca * a + cb * xs[0])
+
+
+STREAMERS: dict[str, tuple[Callable[..., None], Callable[[tuple[int, ...], dict], bool]]] = {
+    "ties": (_gta_stream("magnitude", True, True, "none"), lambda s, p: True),
+    "dare_ties": (_gta_stream("random", True, False, "l1"), lambda s, p: True),
+    "dare_linear": (_gta_stream("random", False, False, "l1"), lambda s, p: True),
+    "breadcrumbs": (_gta_stream("outliers", False, False, "none"), lambda s, p: True),
+    "breadcrumbs_ties": (_gta_stream("outliers", True, False, "none"), lambda s, p: True),
+    # DELLA ranks within rows along dim 1: row chunks keep rows whole, but a 1-D tensor is a single row
+    "della": (_gta_stream("della", True, True, "l1"), lambda s, p: len(s) >= 2),
+    "della_linear": (_gta_stream("della", False, False, "l1"), lambda s, p: len(s) >= 2),
+    "slerp": (_slerp_stream, lambda s, p: True),
+}
