@@ -45,9 +45,10 @@ Results never depend on the batch size or order beyond float rounding.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +59,7 @@ from modelmix.eval.data import answer_index
 from modelmix.eval.models import EvalModel
 
 LOSS_REDUCTIONS = ("lmcocktail", "token", "example")
+_R = TypeVar("_R")
 _TOKEN_BUDGET = 16384  # tokens per forward batch when batch_size is not given
 _LOGIT_BUDGET = 1 << 26  # float32 logits elements per batch (256 MiB) when batch_size is not given
 
@@ -65,6 +67,20 @@ _LOGIT_BUDGET = 1 << 26  # float32 logits elements per batch (256 MiB) when batc
 def normalize_text(s: str) -> str:
     """Strip and collapse whitespace runs to a single space (the exact_match normalisation)."""
     return " ".join(s.split())
+
+
+def _threaded(fn: Callable[..., _R]) -> Callable[..., _R]:
+    """Run a metric under ``em.threads()`` (see EvalModel.num_threads)."""
+
+    @functools.wraps(fn)
+    def wrapper(em: EvalModel, *args: Any, **kwargs: Any) -> _R:
+        threads = getattr(em, "threads", None)
+        if threads is None:
+            return fn(em, *args, **kwargs)
+        with threads():
+            return fn(em, *args, **kwargs)
+
+    return wrapper
 
 
 def _require(em: EvalModel, kind: str, metric: str) -> None:
@@ -106,6 +122,7 @@ def _encode_pairs(
     return seqs, [plen_of[p] for p in prompts]
 
 
+@_threaded
 def score_continuations(
     em: EvalModel,
     seqs: Sequence[Sequence[int]],
@@ -152,6 +169,7 @@ def score_continuations(
     return sums, counts
 
 
+@_threaded
 def loss(
     em: EvalModel,
     examples: Sequence[dict[str, Any]],
@@ -189,6 +207,7 @@ def loss(
     return {"loss": value}
 
 
+@_threaded
 def choice(
     em: EvalModel, examples: Sequence[dict[str, Any]], *, batch_size: int | None = None
 ) -> dict[str, float]:
@@ -215,6 +234,7 @@ def choice(
 
 
 # ---------------------------------------------------------------------------------------- generation
+@_threaded
 def generate_greedy(
     em: EvalModel,
     prompts: Sequence[str],
@@ -286,6 +306,7 @@ def generate_greedy(
     return results
 
 
+@_threaded
 def exact_match(
     em: EvalModel,
     examples: Sequence[dict[str, Any]],
@@ -309,6 +330,7 @@ def exact_match(
 
 
 # ---------------------------------------------------------------------------------------- retrieval
+@_threaded
 def embed(em: EvalModel, texts: Sequence[str], *, batch_size: int | None = None) -> Tensor:
     """L2-normalised embeddings (float32, CPU) of ``texts`` with the model's pooling."""
     tok, model, dev = em.tokenizer, em.model, em.device
@@ -338,6 +360,7 @@ def embed(em: EvalModel, texts: Sequence[str], *, batch_size: int | None = None)
     return out
 
 
+@_threaded
 def retrieval(
     em: EvalModel, examples: Sequence[dict[str, Any]], *, batch_size: int | None = None
 ) -> dict[str, float]:
