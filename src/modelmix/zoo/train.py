@@ -1,0 +1,180 @@
+"""Deterministic CPU training loops for the zoo's decoders and embedders.
+
+Determinism: every model's init and data order are derived from the build seed via `torch.manual_seed` /
+`random.Random`, torch runs with a fixed thread count and deterministic algorithms, and batches are
+built in a single thread - so the same seed on the same machine/torch gives bit-identical weights.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from modelmix.zoo.evaluate import collate
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Everything that differs between the fast test zoo and the default zoo."""
+
+    name: str
+    d_model: int
+    layers: int
+    heads: int
+    batch: int
+    base_steps: int
+    expert_steps: int
+    lr: float
+    expert_lr: float
+    sizes: dict[str, int]  # decoder task splits
+    general_sizes: dict[str, int]  # held-out general text (validation/test)
+    task_cfg: dict[str, int]  # add_digits, max_len
+    kb_entities: int
+    pretrain_task_frac: float  # share of pretraining lines that are task examples
+    pretrain_pool: int  # pretraining only ever sees this many examples per task (weak skills)
+    retrieval_sizes: dict[str, int]
+    embed_steps: int
+    embed_batch: int
+    embed_lr: float
+    eval_batch: int = 100
+
+
+PRESETS: dict[str, Preset] = {
+    "test": Preset(
+        name="test", d_model=64, layers=2, heads=4, batch=32, base_steps=260, expert_steps=110,
+        lr=4e-3, expert_lr=3e-3,
+        sizes={"train": 400, "validation": 40, "test": 40}, general_sizes={"validation": 40, "test": 40},
+        task_cfg={"add_digits": 2, "max_len": 5}, kb_entities=10, pretrain_task_frac=0.1, pretrain_pool=8,
+        retrieval_sizes={"train": 32, "validation": 16, "test": 24}, embed_steps=2, embed_batch=8,
+        embed_lr=5e-5,
+    ),
+    "default": Preset(
+        name="default", d_model=128, layers=3, heads=4, batch=64, base_steps=1400, expert_steps=500,
+        lr=2e-3, expert_lr=1.5e-3,
+        sizes={"train": 2000, "validation": 100, "test": 100}, general_sizes={"validation": 100, "test": 100},
+        task_cfg={"add_digits": 3, "max_len": 7}, kb_entities=30, pretrain_task_frac=0.1, pretrain_pool=24,
+        retrieval_sizes={"train": 320, "validation": 50, "test": 100}, embed_steps=16, embed_batch=16,
+        embed_lr=5e-5,
+    ),
+}
+
+
+def setup_torch() -> None:
+    """Fixed thread count + deterministic kernels: reproducible weights and fair timings on small CPUs."""
+    import torch
+
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def new_decoder(preset: Preset, vocab_size: int, tok: Any, seed: int) -> Any:
+    """A randomly initialised `LlamaForCausalLM` (untied head: merge methods expect `lm_head.weight`)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=preset.d_model, intermediate_size=3 * preset.d_model,
+        num_hidden_layers=preset.layers, num_attention_heads=preset.heads, num_key_value_heads=preset.heads,
+        max_position_embeddings=256, tie_word_embeddings=False, rms_norm_eps=1e-5,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM._from_config(cfg, attn_implementation="sdpa", dtype=torch.float32)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    return model
+
+
+def _lr_at(step: int, total: int, peak: float) -> float:
+    warm = max(1, total // 20)
+    if step < warm:
+        return peak * (step + 1) / warm
+    frac = (step - warm) / max(1, total - warm)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def train_decoder(model: Any, tok: Any, batches: Callable[[int], tuple[Sequence[dict[str, str]], bool]],
+                  steps: int, lr: float, seed: int, tick: Callable[[], None] | None = None) -> None:
+    """AdamW with warmup + cosine decay; `batches(step)` returns (examples, loss_on_input)."""
+    import torch
+
+    torch.manual_seed(seed)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, steps, lr)
+        examples, on_input = batches(step)
+        ids, labels, mask = collate(tok, examples, loss_on_input=on_input)
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if tick is not None:
+            tick()
+    model.eval()
+
+
+def pretrain_batches(preset: Preset, seed: int, general: Callable[[random.Random], str],
+                     pools: dict[str, list[dict[str, str]]]) -> Callable[[int], tuple[list[dict[str, str]], bool]]:
+    """Mostly general text, plus `pretrain_task_frac` examples drawn from tiny per-task pools."""
+    rng = random.Random(f"pretrain-{seed}")
+    names = sorted(pools)
+
+    def batch(step: int) -> tuple[list[dict[str, str]], bool]:
+        rows = []
+        for _ in range(preset.batch):
+            if rng.random() < preset.pretrain_task_frac:
+                rows.append(rng.choice(pools[rng.choice(names)]))
+            else:
+                rows.append({"input": general(rng), "output": ""})
+        return rows, True
+
+    return batch
+
+
+def task_batches(preset: Preset, seed: int, train: list[dict[str, str]]
+                 ) -> Callable[[int], tuple[list[dict[str, str]], bool]]:
+    """Uniform sampling from one task's train split; loss on the answer only (SFT style)."""
+    rng = random.Random(f"finetune-{seed}")
+
+    def batch(step: int) -> tuple[list[dict[str, str]], bool]:
+        return [rng.choice(train) for _ in range(preset.batch)], False
+
+    return batch
+
+
+def finetune_embedder(model: Any, train: list[dict[str, Any]], preset: Preset, seed: int,
+                      tick: Callable[[], None] | None = None) -> None:
+    """A few steps of in-batch-negatives contrastive training (MultipleNegativesRankingLoss with one hard
+    negative per query, scale 20), written out by hand so it is deterministic and cheap. Word embeddings
+    are frozen: they hold most parameters and barely matter for a few steps."""
+    import torch
+
+    torch.manual_seed(seed)
+    rng = random.Random(f"embed-{seed}")
+    for name, p in model.named_parameters():
+        p.requires_grad_("word_embeddings" not in name)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=preset.embed_lr, weight_decay=0.0)
+    prep = getattr(model, "preprocess", None) or model.tokenize  # `tokenize` before sentence-transformers 5
+    model.train()
+    for _ in range(preset.embed_steps):
+        rows = rng.sample(train, min(preset.embed_batch, len(train)))
+        q = model(prep([r["query"] for r in rows]))["sentence_embedding"]
+        docs = [r["pos"][0] for r in rows] + [rng.choice(r["neg"]) for r in rows]
+        d = model(prep(docs))["sentence_embedding"]
+        q = torch.nn.functional.normalize(q, dim=-1)
+        d = torch.nn.functional.normalize(d, dim=-1)
+        loss = torch.nn.functional.cross_entropy(20.0 * q @ d.T, torch.arange(len(rows)))
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if tick is not None:
+            tick()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    model.eval()
