@@ -409,6 +409,20 @@ def test_tokenizer_larger_than_embeddings(tmp_path: Path) -> None:
         EvalModel.from_pretrained(tmp_path / "m")
 
 
+def test_evaluate_accepts_loaded_transformers_model(em: EvalModel, tiny_dir: Path) -> None:
+    ref = evaluate(em, EXAMPLES, ["loss", "exact_match"])
+    assert evaluate(em.model, EXAMPLES, ["loss", "exact_match"], tokenizer=em.tokenizer) == ref
+    assert evaluate(tiny_dir, EXAMPLES, ["loss", "exact_match"]) == pytest.approx(ref)
+
+
+def test_unsupported_sentence_transformers_module(tmp_path: Path) -> None:
+    (tmp_path / "modules.json").write_text(
+        json.dumps([{"path": "2_Dense", "type": "sentence_transformers.models.Dense"}])
+    )
+    with pytest.raises(InputError, match="models.Dense' is not supported"):
+        EvalModel.from_pretrained(tmp_path)
+
+
 def test_unknown_metric(em: EvalModel) -> None:
     with pytest.raises(InputError, match='Did you mean "exact_match"'):
         evaluate(em, EXAMPLES, "exact_mtch")
@@ -457,6 +471,10 @@ def test_cli_json_and_errors(tmp_path: Path, tiny_dir: Path) -> None:
     assert not math.isnan(out["scores"]["arith"]["loss"])
     res = CliRunner().invoke(eval_command, [str(tiny_dir), "--data", str(data), "--metric", "loss"])
     assert res.exit_code == 0 and "arith" in res.output and "loss" in res.output
+    zoo = _make_zoo(tmp_path / "zoo")
+    res = CliRunner().invoke(eval_command, [str(tiny_dir), "--zoo", str(zoo), "--json"])
+    assert res.exit_code == 0, res.output
+    assert set(json.loads(res.output)["scores"]) == {"add", "general"}
     bad = _write_jsonl(tmp_path / "bad.jsonl", [EXAMPLES[0], "{oops"])
     res = CliRunner().invoke(eval_command, [str(tiny_dir), "--data", str(bad)])
     assert isinstance(res.exception, ModelmixError) and "bad.jsonl:2" in str(res.exception)

@@ -55,7 +55,14 @@ def _st_info(path: Path) -> tuple[Path, str | None, int | None]:
         mpath = path / str(mod.get("path", ""))
         if mtype.endswith("models.Transformer"):
             tdir = mpath
-        elif mtype.endswith("models.Pooling"):
+        elif mtype.endswith("models.Normalize"):
+            continue  # cosine similarity normalises anyway
+        elif not mtype.endswith("models.Pooling"):
+            raise InputError(
+                f"{modules_file}: module {mtype!r} is not supported by modelmix eval (only Transformer, Pooling, "
+                "Normalize); its embeddings would be computed wrongly."
+            )
+        else:
             cfg_file = mpath / "config.json"
             cfg = _read_json(cfg_file) if cfg_file.is_file() else {}
             modes = [
