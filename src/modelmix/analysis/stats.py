@@ -35,7 +35,7 @@ from modelmix.kernels.select import select_kth
 from modelmix.plan import layer_index
 
 CHUNK_ELEMS = 1 << 20  # elements per row chunk: temporaries of a few MiB stay cache-friendly
-KEEP_BYTES = 256 << 20  # hold all models' float32 task vectors of a tensor at once up to this size
+KEEP_BYTES = 128 << 20  # hold all models' float32 task vectors of a tensor at once up to this size
 
 
 @dataclass
@@ -278,6 +278,22 @@ def _tensor_stats(
     return st
 
 
+def _schedule(names: list[str], base: Checkpoint, m: int, keep_bytes: int) -> list[str]:
+    """Largest first (load balance), but the too-big-to-keep tensors spread evenly among the rest, so one
+    worker handles a big tensor while the others work through small ones instead of waiting for the lock."""
+    by_size = sorted(names, key=lambda n: -base.entry(n).numel)
+    big = [n for n in by_size if m * base.entry(n).numel * 4 > keep_bytes]
+    small = [n for n in by_size if m * base.entry(n).numel * 4 <= keep_bytes]
+    if not big:
+        return small
+    out: list[str] = []
+    per = -(-len(small) // len(big))
+    for i, b in enumerate(big):
+        out.append(b)
+        out.extend(small[i * per : (i + 1) * per])
+    return out
+
+
 def stream_stats(
     base: Checkpoint,
     models: Sequence[Checkpoint],
@@ -295,7 +311,8 @@ def stream_stats(
     dev = torch.device(device)
     if workers is None:
         workers = 1 if dev.type == "cuda" else max(1, min(4, os.cpu_count() or 1))
-    order = sorted(names, key=lambda n: -base.entry(n).numel)  # big tensors first: better load balance
+    order = _schedule(names, base, len(models), keep_bytes)
+    big_lock = threading.Lock()  # at most one tensor too big to keep is in flight: bounds peak memory
     local = threading.local()
     all_workers: list[_Worker] = []
     lock = threading.Lock()
@@ -306,6 +323,9 @@ def stream_stats(
             w = local.w = _Worker(dev)
             with lock:
                 all_workers.append(w)
+        if len(models) * base.entry(name).numel * 4 > keep_bytes:
+            with big_lock:
+                return _tensor_stats(name, base, models, top_k, w, keep_bytes, chunk_elems)
         return _tensor_stats(name, base, models, top_k, w, keep_bytes, chunk_elems)
 
     prev_threads = torch.get_num_threads()
