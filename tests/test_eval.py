@@ -160,6 +160,20 @@ def test_loss_matches_manual_log_softmax_all_reductions(em: EvalModel) -> None:
         assert M.loss(em, EXAMPLES, batch_size=bs)["loss"] == pytest.approx(lmc, rel=1e-5)
 
 
+def test_loss_without_separator_scores_plain_concatenation(em: EvalModel) -> None:
+    """separator="" = the zoo's training format: bos + input + output + eos, scored on output + eos."""
+    tok = em.tokenizer
+    nll = count = 0.0
+    for e in EXAMPLES:
+        a, b = tok.encode(e["input"]), tok.encode(e["output"], add_special_tokens=False) + [tok.eos_token_id]
+        with torch.no_grad():
+            logp = torch.log_softmax(em.model(torch.tensor([a + b])).logits[0].double(), -1)
+        nll -= sum(float(logp[len(a) + j - 1, t]) for j, t in enumerate(b))
+        count += len(b)
+    got = evaluate(em, EXAMPLES, "loss", loss_reduction="token", separator="")["loss"]
+    assert got == pytest.approx(nll / count, rel=1e-5)
+
+
 @pytest.mark.parametrize("group", [1, 2, 3])
 def test_loss_reproduces_lmcocktail_code(em: EvalModel, group: int) -> None:
     ref = _lmcocktail_reference(em.model, em.tokenizer, EXAMPLES, batch_size=group)

@@ -3,7 +3,8 @@
 Stable API::
 
     evaluate(model_or_path, dataset, metric, *, tokenizer=None, batch_size=None, device="cpu",
-             max_new_tokens=None, loss_reduction="lmcocktail", loss_group_size=2) -> dict[str, float]
+             max_new_tokens=None, loss_reduction="lmcocktail", loss_group_size=2,
+             separator=" ") -> dict[str, float]
 
 * ``model_or_path``: a local HF / sentence-transformers directory, a loaded transformers model (with
   ``tokenizer=`` or a local ``name_or_path``), or an :class:`EvalModel` (the fast path for repeated
@@ -14,6 +15,9 @@ Stable API::
   ``mrr`` (semantics in ``modelmix.eval.metrics``).
 * ``batch_size``: rows per forward pass; None picks batches by a token budget (recommended).
 * ``device``: only used when a path is loaded; an existing model stays where it is.
+* ``loss_reduction`` / ``loss_group_size``: see ``metrics.loss`` (default: LM-Cocktail's exact number).
+* ``separator``: text between input and output/option for ``loss`` and ``choice`` (LM-Cocktail: ``" "``;
+  ``""`` for models trained on ``input + output``, like the modelmix zoo).
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ def evaluate(
     max_new_tokens: int | None = None,
     loss_reduction: str = "lmcocktail",
     loss_group_size: int = 2,
+    separator: str = " ",
 ) -> dict[str, float]:
     """Evaluate a model on a dataset with one or more metrics; returns ``{score name: value}``."""
     from modelmix.eval import metrics as M
@@ -73,10 +78,17 @@ def evaluate(
             out.update(M.exact_match(em, ex, batch_size=batch_size, max_new_tokens=max_new_tokens))
         elif m == "loss":
             out.update(
-                M.loss(em, ex, batch_size=batch_size, reduction=loss_reduction, group_size=loss_group_size)
+                M.loss(
+                    em,
+                    ex,
+                    batch_size=batch_size,
+                    reduction=loss_reduction,
+                    group_size=loss_group_size,
+                    separator=separator,
+                )
             )
         elif m == "choice":
-            out.update(M.choice(em, ex, batch_size=batch_size))
+            out.update(M.choice(em, ex, batch_size=batch_size, separator=separator))
         else:
             out.update(M.retrieval(em, ex, batch_size=batch_size))
     return out

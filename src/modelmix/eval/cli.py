@@ -71,6 +71,12 @@ def format_table(scores: dict[str, dict[str, float]]) -> str:
     type=click.Choice(["lmcocktail", "token", "example"]),
     help="How per-token losses are averaged (see docs/evaluation.md).",
 )
+@click.option(
+    "--separator",
+    default=" ",
+    show_default=True,
+    help="Text between input and output for loss/choice (LM-Cocktail: a space; '' for the modelmix zoo's models).",
+)
 def eval_command(
     model: Path,
     data: tuple[Path, ...],
@@ -81,6 +87,7 @@ def eval_command(
     batch_size: int | None,
     device: str,
     loss_reduction: str,
+    separator: str,
 ) -> None:
     """Evaluate MODEL (a model directory) on --data files or on every matching task of a --zoo."""
     if bool(data) == bool(zoo):
@@ -102,7 +109,7 @@ def eval_command(
     if zoo:
         read_manifest(zoo)  # fail on a bad zoo before loading the model
         em = EvalModel.from_pretrained(model, device=device)
-        scores = evaluate_zoo(em, zoo, split, batch_size=batch_size)
+        scores = evaluate_zoo(em, zoo, split, batch_size=batch_size, separator=separator)
     else:
         stems = [p.stem for p in data]
         if len(set(stems)) != len(stems):
@@ -116,7 +123,9 @@ def eval_command(
         scores = {}
         for p in data:
             names = list(metrics) or _default_metrics(em.kind, p)
-            scores[p.stem] = evaluate(em, p, names, batch_size=batch_size, loss_reduction=loss_reduction)
+            scores[p.stem] = evaluate(
+                em, p, names, batch_size=batch_size, loss_reduction=loss_reduction, separator=separator
+            )
     if as_json:
         click.echo(json.dumps({"model": str(model), "scores": scores}))
     else:

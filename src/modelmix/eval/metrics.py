@@ -30,6 +30,9 @@ Results never depend on the batch size or order beyond float rounding.
     ``group_size`` (2) examples of each group's token-mean NLL, whatever batching is used for speed.
     ``reduction="token"`` is the plain token-weighted mean over all scored tokens; ``"example"`` the mean
     of per-example token-means. The three coincide when every example has the same number of tokens.
+    ``separator`` (default ``" "``, LM-Cocktail's) joins input and output; models trained on the plain
+    concatenation ``input + output`` (the modelmix zoo) are measured without the spurious space by
+    ``separator=""``.
 
 ``choice`` -> ``{"accuracy": ..., "accuracy_norm": ...}``
     Each option is scored as the summed log-probability of the tokens of ``input + " " + option`` after
@@ -108,11 +111,16 @@ def _batches(lengths: Sequence[int], batch_size: int | None, per_token: int) -> 
 
 # ---------------------------------------------------------------------------------------- scoring
 def _encode_pairs(
-    em: EvalModel, prompts: Sequence[str], conts: Sequence[str], add_eos: bool, max_length: int
+    em: EvalModel,
+    prompts: Sequence[str],
+    conts: Sequence[str],
+    add_eos: bool,
+    max_length: int,
+    sep: str = " ",
 ) -> tuple[list[list[int]], list[int]]:
-    """LM-Cocktail split: ids of ``prompt + " " + cont`` (+eos) and the count of leading prompt tokens."""
+    """LM-Cocktail split: ids of ``prompt + sep + cont`` (+eos) and the count of leading prompt tokens."""
     tok = em.tokenizer
-    full = tok([p + " " + c for p, c in zip(prompts, conts, strict=True)])["input_ids"]
+    full = tok([p + sep + c for p, c in zip(prompts, conts, strict=True)])["input_ids"]
     uniq = sorted(set(prompts))
     plen_of = dict(zip(uniq, (len(x) for x in tok(uniq)["input_ids"]), strict=True))
     seqs = []
@@ -178,6 +186,7 @@ def loss(
     reduction: str = "lmcocktail",
     group_size: int = 2,
     max_length: int = 2048,
+    separator: str = " ",
 ) -> dict[str, float]:
     """Mean per-token NLL of ``output`` given ``input`` (see module docstring for the reductions)."""
     _require(em, "decoder", "loss")
@@ -188,7 +197,7 @@ def loss(
     if group_size < 1:
         raise InputError(f"loss group_size must be >= 1, got {group_size}.")
     seqs, plens = _encode_pairs(
-        em, [e["input"] for e in examples], [e["output"] for e in examples], True, max_length
+        em, [e["input"] for e in examples], [e["output"] for e in examples], True, max_length, separator
     )
     lp, n = score_continuations(
         em, seqs, plens, batch_size=batch_size, mask_pad_ids=reduction == "lmcocktail"
@@ -209,7 +218,7 @@ def loss(
 
 @_threaded
 def choice(
-    em: EvalModel, examples: Sequence[dict[str, Any]], *, batch_size: int | None = None
+    em: EvalModel, examples: Sequence[dict[str, Any]], *, batch_size: int | None = None, separator: str = " "
 ) -> dict[str, float]:
     """Multiple-choice accuracy by summed and by per-token log-likelihood."""
     _require(em, "decoder", "choice")
@@ -219,7 +228,7 @@ def choice(
             prompts.append(e["input"])
             conts.append(c)
             owner.append(k)
-    seqs, plens = _encode_pairs(em, prompts, conts, False, em.max_seq_length)
+    seqs, plens = _encode_pairs(em, prompts, conts, False, em.max_seq_length, separator)
     lp, n = score_continuations(em, seqs, plens, batch_size=batch_size)
     norm = lp / n.clamp(min=1)
     hit = hit_norm = 0

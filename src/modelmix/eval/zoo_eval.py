@@ -15,7 +15,10 @@ model is loaded once and reused. Tasks without a ``train`` split (``general``) a
 Stable API::
 
     evaluate_zoo(model_or_path, zoo_dir, split="test", *, tasks=None, tokenizer=None, batch_size=None,
-                 device="cpu") -> {task: {score name: value}}
+                 device="cpu", separator=" ") -> {task: {score name: value}}
+
+``separator`` is passed to ``loss``/``choice``: the default ``" "`` gives LM-Cocktail's numbers; the zoo's
+models are trained on ``input + output`` without a space, so ``separator=""`` measures their own loss.
 """
 
 from __future__ import annotations
@@ -68,6 +71,7 @@ def evaluate_zoo(
     tokenizer: Any = None,
     batch_size: int | None = None,
     device: str = "cpu",
+    separator: str = " ",
 ) -> dict[str, dict[str, float]]:
     """Scores of one model on every zoo task of its kind (or the named ``tasks``), per task."""
     from modelmix.eval import metrics as M
@@ -108,9 +112,9 @@ def evaluate_zoo(
             if m == "exact_match":
                 scores.update(M.exact_match(em, ex, batch_size=batch_size))
             elif m == "loss":
-                scores.update(M.loss(em, ex, batch_size=batch_size))
+                scores.update(M.loss(em, ex, batch_size=batch_size, separator=separator))
             elif m == "choice":
-                scores.update(M.choice(em, ex, batch_size=batch_size))
+                scores.update(M.choice(em, ex, batch_size=batch_size, separator=separator))
             else:
                 scores.update(M.retrieval(em, ex, batch_size=batch_size))
         out[name] = scores
