@@ -210,6 +210,75 @@ def compare(kind: str, models: list[str], ex: Path, a: argparse.Namespace) -> di
     return res
 
 
+# ------------------------------------------------------------------------------------------ zoo experiment
+def zoo_experiment(zoo: Path, work: Path, experts: list[str], n_few: int) -> None:
+    """LM-Cocktail in miniature: expert + base (+ other experts) with weights from a few examples of its task."""
+    from modelmix.cocktail import compute_weights, mix
+    from modelmix.eval import evaluate_zoo
+
+    mf = json.loads((zoo / "zoo.json").read_text())
+    out = work / "zoo_merges"
+    out.mkdir(parents=True, exist_ok=True)
+
+    def few(task: str) -> Path:
+        lines = (zoo / mf["tasks"][task]["path"] / "validation.jsonl").read_text().splitlines()
+        p = out / f"few_{task}.jsonl"
+        p.write_text("\n".join([x for x in lines if x.strip()][:n_few]) + "\n")
+        return p
+
+    def table(kind: str, rows: list[tuple[str, Path]], cols: list[str]) -> None:
+        scores = {name: evaluate_zoo(str(path), str(zoo), "test", tasks=cols) for name, path in rows}
+        key = {c: ("loss" if kind == "decoder" else "recall@1") for c in cols}
+        sec = {c: ("exact_match" if kind == "decoder" and "exact_match" in scores[rows[0][0]][c] else "mrr") for c in cols}
+        print("| model | " + " | ".join(f"{c} {key[c]} / {sec[c] if sec[c] in scores[rows[0][0]][c] else ''}".rstrip(" /")
+                                            for c in cols) + " |")
+        print("|---" * (len(cols) + 1) + "|")
+        for name, _ in rows:
+            cells = []
+            for c in cols:
+                v = scores[name][c]
+                cells.append(f"{v[key[c]]:.3f}" + (f" / {v[sec[c]]:.3f}" if sec[c] in v else ""))
+            print(f"| {name} | " + " | ".join(cells) + " |")
+        print(json.dumps(scores), file=sys.stderr)
+
+    dec_tasks = [t for t, s in mf["tasks"].items() if s["type"] == "decoder"]
+    all_experts = [m for m, s in mf["models"].items() if m.startswith("experts/")]
+    base = zoo / mf["models"]["base"]["path"]
+    for task in experts:
+        ex_name = f"experts/{task}"
+        expert = zoo / mf["models"][ex_name]["path"]
+        f = few(task)
+        pair = compute_weights([expert, base], f)
+        others = [zoo / mf["models"][m]["path"] for m in all_experts if m != ex_name]
+        everyone = [expert, base, *others]
+        allw = compute_weights(everyone, f)
+        mix([expert, base], out / f"{task}_pair", weights=pair.weights, overwrite=True)
+        mix(everyone, out / f"{task}_all", weights=allw.weights, overwrite=True)
+        print(f"\n### decoder, expert `{task}` ({n_few} examples of {task}/validation)\n")
+        print(f"cocktail(expert+base) weights {[round(w, 3) for w in pair.weights]}; cocktail(all) weights "
+              f"{[round(w, 3) for w in allw.weights]} (expert, base, {', '.join(m.split('/')[1] for m in all_experts if m != ex_name)})\n")
+        table("decoder", [("base", base), ("expert", expert), ("cocktail(expert+base)", out / f"{task}_pair"),
+                          ("cocktail(all)", out / f"{task}_all")], dec_tasks)
+    enc_tasks = [t for t, s in mf["tasks"].items() if s["type"] == "encoder"]
+    emb = {m: zoo / s["path"] for m, s in mf["models"].items() if m.startswith("embedders/")}
+    for m, path in emb.items():
+        task = m.split("/", 1)[1]
+        if task == "base" or task not in mf["tasks"]:
+            continue
+        f = few(task)
+        ebase = emb["embedders/base"]
+        pair = compute_weights([path, ebase], f, type="encoder")
+        everyone = [path, ebase, *[p for k, p in emb.items() if k not in (m, "embedders/base")]]
+        allw = compute_weights(everyone, f, type="encoder")
+        mix([path, ebase], out / f"{task}_pair", weights=pair.weights, overwrite=True)
+        mix(everyone, out / f"{task}_all", weights=allw.weights, overwrite=True)
+        print(f"\n### encoder, expert `{task}` ({n_few} examples of {task}/validation)\n")
+        print(f"cocktail(expert+base) weights {[round(w, 3) for w in pair.weights]}; cocktail(all) weights "
+              f"{[round(w, 3) for w in allw.weights]}\n")
+        table("encoder", [("base", ebase), ("expert", path), ("cocktail(expert+base)", out / f"{task}_pair"),
+                          ("cocktail(all)", out / f"{task}_all")], enc_tasks)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--kind", choices=["decoder", "encoder", "both"], default="both")
@@ -224,8 +293,14 @@ def main() -> None:
     ap.add_argument("--skip-ref", action="store_true")
     ap.add_argument("--skip-rss-scaling", action="store_true")
     ap.add_argument("--json", type=Path, default=None, help="Also write all results here.")
+    ap.add_argument("--zoo", type=Path, default=None, help="Run the zoo experiment on this zoo instead.")
+    ap.add_argument("--zoo-experts", default="addition,sort", help="Decoder experts for the zoo experiment.")
+    ap.add_argument("--zoo-few", type=int, default=8, help="Examples of the expert's task used for the weights.")
     a = ap.parse_args()
     a.work.mkdir(parents=True, exist_ok=True)
+    if a.zoo:
+        zoo_experiment(a.zoo, a.work, a.zoo_experts.split(","), a.zoo_few)
+        return
     results = []
     if a.kind in ("decoder", "both"):
         models, ex = build_decoders(a.work, max(a.n_models, 4), a.hidden, a.layers, a.examples)
