@@ -14,6 +14,8 @@ The thresholds are rules of thumb, chosen so a statement is only made when it wo
 * ``TASK_TIE_REL`` (0.01): task losses within 1% (relative) of the best count as tied for "best".
 * ``LAYER_CONFLICT_GAP`` (0.10): a layer whose conflict rate exceeds the model-wide rate by 10 points is
   called out as a hotspot.
+* ``LMC_BARRIER_REL`` (0.05): a loss barrier (loss above the chord between the endpoint losses) larger than
+  5% of the endpoint loss means the two models are not linearly mode-connected.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ NORM_RATIO = 3.0
 IDENTICAL_REL_NORM = 1e-6
 TASK_TIE_REL = 0.01
 LAYER_CONFLICT_GAP = 0.10
+LMC_BARRIER_REL = 0.05
 
 
 @dataclass
@@ -139,15 +142,15 @@ def _task_findings(report: dict[str, Any], models: list[str]) -> list[Finding]:
     if lmc:
         for t, curve in lmc["loss"].items():
             ends = max(curve[0], curve[-1])
-            peak = max(curve)
-            if peak > ends * 1.05:
-                a = lmc["alphas"][curve.index(peak)]
+            bar = lmc.get("barrier", {}).get(t, max(curve) - ends)
+            if bar > LMC_BARRIER_REL * abs(ends):
                 out.append(Finding("loss_barrier", f"Loss barrier on {t}: interpolating {lmc['models'][0]} and "
-                                   f"{lmc['models'][1]} peaks at {peak:.3f} (alpha {a:.2f}) vs {ends:.3f} at the ends: "
-                                   f"they are not linearly mode-connected; linear merges will hurt.",
-                                   list(lmc["models"]), "warning"))
+                                   f"{lmc['models'][1]} rises {bar:.3f} above the straight line between their losses "
+                                   f"(peak {max(curve):.3f}): they are not linearly mode-connected; linear merges "
+                                   f"will hurt.", list(lmc["models"]), "warning"))
             elif min(curve[1:-1] or [ends]) < min(curve[0], curve[-1]) * (1 - TASK_TIE_REL):
-                out.append(Finding("lmc_gain", f"On {t} the midpoint region of {lmc['models'][0]}-{lmc['models'][1]} "
-                                   f"beats both endpoints (min loss {min(curve):.3f}): a linear merge helps.",
+                out.append(Finding("lmc_gain", f"On {t} the interior of the {lmc['models'][0]}-{lmc['models'][1]} "
+                                   f"path beats both endpoints (min loss {min(curve):.3f} at alpha "
+                                   f"{lmc['alphas'][curve.index(min(curve))]:.2f}): a linear merge helps.",
                                    list(lmc["models"])))
     return out

@@ -60,7 +60,34 @@ def score_models(
 def lmc_curve(
     path_a: Path, path_b: Path, tasks: dict[str, Path], device: str, points: int = 11
 ) -> dict[str, Any]:
-    """Loss at ``(1 - alpha) * A + alpha * B`` for ``points`` evenly spaced alphas, per task.
+    """Loss at ``(1 - alpha) * A + alpha * B`` for ``points`` evenly spaced alphas, per task, with the
+    barrier (max of loss minus the chord between the endpoint losses) and the best alpha.
+
+    Uses :func:`modelmix.lmc.lmc_curve` (the ``modelmix lmc`` implementation) when available.
+    """
+    try:
+        from modelmix.lmc import barrier_height
+        from modelmix.lmc import lmc_curve as lmc_impl
+    except ImportError:
+        res = _own_lmc_curve(path_a, path_b, tasks, device, points)
+        res["barrier"] = {t: max(v - ((1 - a) * ls[0] + a * ls[-1]) for a, v in zip(res["alphas"], ls, strict=True))
+                          for t, ls in res["loss"].items()}
+    else:
+        loss: dict[str, list[float]] = {}
+        barrier: dict[str, float] = {}
+        alphas: list[float] = []
+        for t, f in tasks.items():
+            r = lmc_impl(path_a, path_b, str(f), points, device=device)
+            alphas, loss[t], barrier[t] = list(r.ts), list(r.losses), barrier_height(r.ts, r.losses)
+        res = {"alphas": alphas, "loss": loss, "barrier": barrier}
+    res["best_alpha"] = {t: res["alphas"][min(range(len(ls)), key=lambda i: (ls[i], i))] for t, ls in res["loss"].items()}
+    return res
+
+
+def _own_lmc_curve(
+    path_a: Path, path_b: Path, tasks: dict[str, Path], device: str, points: int = 11
+) -> dict[str, Any]:
+    """Fallback when ``modelmix.lmc`` is unavailable: the loss at ``(1 - alpha) * A + alpha * B``.
 
     Weights are interpolated with ``modelmix.api.merge_tensors("linear", ...)`` (the same code a recipe
     runs), tensor by tensor, and copied into one loaded model.
