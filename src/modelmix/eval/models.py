@@ -51,13 +51,16 @@ def _st_info(path: Path) -> tuple[Path, str | None, int | None]:
     modules = _read_json(modules_file)
     tdir, pooling, max_len = path, None, None
     for mod in modules if isinstance(modules, list) else []:
-        mtype = str(mod.get("type", ""))
-        mpath = path / str(mod.get("path", ""))
-        if mtype.endswith("models.Transformer"):
+        mtype = str(mod.get("type", "")) if isinstance(mod, dict) else ""
+        cls_name = mtype.rsplit(".", 1)[
+            -1
+        ]  # module paths moved in sentence-transformers 5; class names did not
+        mpath = path / str(mod.get("path", "")) if isinstance(mod, dict) else path
+        if cls_name == "Transformer":
             tdir = mpath
-        elif mtype.endswith("models.Normalize"):
+        elif cls_name == "Normalize":
             continue  # cosine similarity normalises anyway
-        elif not mtype.endswith("models.Pooling"):
+        elif cls_name != "Pooling":
             raise InputError(
                 f"{modules_file}: module {mtype!r} is not supported by modelmix eval (only Transformer, Pooling, "
                 "Normalize); its embeddings would be computed wrongly."
@@ -70,7 +73,7 @@ def _st_info(path: Path) -> tuple[Path, str | None, int | None]:
                 for m in POOLINGS
                 if cfg.get(f"pooling_mode_{m}_token" if m == "cls" else f"pooling_mode_{m}_tokens")
             ]
-            if "pooling_mode" in cfg:  # newer sentence-transformers spell it directly
+            if "pooling_mode" in cfg:  # sentence-transformers 5 spells it directly
                 modes = [str(cfg["pooling_mode"])]
             if len(modes) != 1 or modes[0] not in POOLINGS:
                 raise InputError(
