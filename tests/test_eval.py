@@ -437,6 +437,20 @@ def test_unsupported_sentence_transformers_module(tmp_path: Path) -> None:
         EvalModel.from_pretrained(tmp_path)
 
 
+def test_sentence_transformers_v5_module_names(tmp_path: Path) -> None:
+    from modelmix.eval.models import _st_info
+
+    mods = [
+        {"path": "", "type": "sentence_transformers.base.modules.transformer.Transformer"},
+        {"path": "1_Pooling", "type": "sentence_transformers.sentence_transformer.modules.pooling.Pooling"},
+        {"path": "2_Normalize", "type": "sentence_transformers.base.modules.normalize.Normalize"},
+    ]
+    (tmp_path / "modules.json").write_text(json.dumps(mods))
+    (tmp_path / "1_Pooling").mkdir()
+    (tmp_path / "1_Pooling/config.json").write_text(json.dumps({"pooling_mode": "cls"}))
+    assert _st_info(tmp_path) == (tmp_path, "cls", None)
+
+
 def test_unknown_metric(em: EvalModel) -> None:
     with pytest.raises(InputError, match='Did you mean "exact_match"'):
         evaluate(em, EXAMPLES, "exact_mtch")
