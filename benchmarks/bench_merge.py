@@ -317,6 +317,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "ok": True,
         "wall_s": round(median([r["wall_s"] for r in good]), 2),
         "peak_rss_gb": round(median([r["peak_rss_gb"] for r in good]), 3),
+        "cpu_s": round(median([(r.get("user_s") or 0.0) + (r.get("sys_s") or 0.0) for r in good]), 2),
         "n": len(good),
     }
 
@@ -324,7 +325,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def table(size: str, results: dict[str, Any]) -> str:
     hdr = (
         "| recipe | mergekit s | mergekit peak GB | modelmix s | modelmix peak GB | speedup × | memory ratio × "
-        "| max abs diff | rel L2 |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "| max abs diff | rel L2 | mergekit CPU s | modelmix CPU s |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     )
     rows = [f"Merge benchmark, size {size} (median of runs; peak = max RSS of the child process)", "", hdr]
     for name, r in results.items():
@@ -344,9 +345,37 @@ def table(size: str, results: dict[str, Any]) -> str:
         mm_cell = "FAILED" if r.get("modelmix") and not mm.get("ok") else fmt(mms)
         rows.append(
             f"| {name} | {mk_cell} | {fmt(mkg, 2)} | {mm_cell} | {fmt(mmg, 2)} | {fmt(speed, 2)} | "
-            f"{fmt(memr, 2)} | {mad} | {rl2} |"
+            f"{fmt(memr, 2)} | {mad} | {rl2} | {fmt(mk.get('cpu_s'))} | {fmt(mm.get('cpu_s'))} |"
         )
     return "\n".join(rows)
+
+
+def save_results(a: argparse.Namespace, report: dict[str, Any], run_mk: bool, quiet: bool) -> None:
+    """Write --save-mergekit-cache / --json outputs (called after every recipe, so partial runs keep data)."""
+    if a.save_mergekit_cache is not None and run_mk:
+        cp = cache_path(a.size, a.save_mergekit_cache or None)
+        prev: dict[str, Any] = json.loads(cp.read_text()) if cp.exists() else {}
+        mk = {
+            "tool": "mergekit",
+            "version": MERGEKIT_VERSION,
+            "size": a.size,
+            "date": report["date"],
+            "machine": report["machine"],
+            "settings": {k: v for k, v in report["settings"].items() if k != "mergekit_cached_from"},
+            "recipes": {**prev.get("recipes", {})},
+        }
+        for r, e in report["recipes"].items():
+            if "mergekit" in e and not e["mergekit"].get("cached"):
+                mk["recipes"][r] = e["mergekit"]
+        cp.parent.mkdir(parents=True, exist_ok=True)
+        cp.write_text(json.dumps(mk, indent=2) + "\n")
+        if not quiet:
+            log(f"saved mergekit results to {cp}")
+    if a.json:
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        a.json.write_text(json.dumps(report, indent=2) + "\n")
+        if not quiet:
+            log(f"wrote {a.json}")
 
 
 def ensure_peers() -> None:
@@ -438,6 +467,7 @@ def main(argv: list[str] | None = None) -> int:
         tools = [t for t in TOOLS if (t == "mergekit" and run_mk) or (t == "modelmix" and run_mm)]
         if cached is not None and rname in cached.get("recipes", {}):
             entry["mergekit"] = {**cached["recipes"][rname], "cached": True}
+            entry["mergekit"]["summary"] = summarize(entry["mergekit"].get("runs", []))
         runs: dict[str, list[dict[str, Any]]] = {t: [] for t in tools}
         for rep in range(a.repeat):
             for tool in tools:
@@ -468,6 +498,7 @@ def main(argv: list[str] | None = None) -> int:
         for tool in tools:
             entry[tool] = {"cmd": tool_command(tool, recipe, Path("OUT"), a.threads), "runs": runs[tool]}
             entry[tool]["summary"] = summarize(runs[tool])
+        save_results(a, report, run_mk, quiet=True)
 
     md = table(a.size, report["recipes"])
     print(md)
@@ -486,28 +517,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\nCorrectness vs mergekit output:\n" + "\n".join(cmp_notes))
     report["markdown"] = md
 
-    if a.save_mergekit_cache is not None and run_mk:
-        cp = cache_path(a.size, a.save_mergekit_cache or None)
-        prev: dict[str, Any] = json.loads(cp.read_text()) if cp.exists() else {}
-        mk = {
-            "tool": "mergekit",
-            "version": MERGEKIT_VERSION,
-            "size": a.size,
-            "date": report["date"],
-            "machine": report["machine"],
-            "settings": {k: v for k, v in report["settings"].items() if k != "mergekit_cached_from"},
-            "recipes": {**prev.get("recipes", {})},
-        }
-        for r, e in report["recipes"].items():
-            if "mergekit" in e and not e["mergekit"].get("cached"):
-                mk["recipes"][r] = e["mergekit"]
-        cp.parent.mkdir(parents=True, exist_ok=True)
-        cp.write_text(json.dumps(mk, indent=2) + "\n")
-        log(f"saved mergekit results to {cp}")
-    if a.json:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps(report, indent=2) + "\n")
-        log(f"wrote {a.json}")
+    save_results(a, report, run_mk, quiet=False)
     failed = any(
         not e[t]["summary"].get("ok", True)
         for e in report["recipes"].values()
