@@ -299,7 +299,7 @@ def main() -> None:
     a = ap.parse_args()
     a.work.mkdir(parents=True, exist_ok=True)
     if a.zoo:
-        zoo_experiment(a.zoo, a.work, a.zoo_experts.split(","), a.zoo_few)
+        zoo_experiment(a.zoo, a.work, [t for t in a.zoo_experts.split(",") if t], a.zoo_few)
         return
     results = []
     if a.kind in ("decoder", "both"):

@@ -134,7 +134,8 @@ def check_models(models: Sequence[str | Path]) -> list[Path]:
     for p in paths:
         ck = Checkpoint(str(p))
         try:
-            shapes = {n: tuple(ck.entry(n).shape) for n in ck.names()}
+            # integer buffers (position_ids, ...) are not weights: some savers drop them, HF rebuilds them
+            shapes = {n: tuple(ck.entry(n).shape) for n in ck.names() if ck.entry(n).dtype.is_floating_point}
             cfg = ck.config()
         finally:
             ck.close()
