@@ -124,14 +124,7 @@ def _build(root: Path, p: Preset, seed: int, progress: bool) -> None:
 
     from modelmix.zoo import evaluate as E
     from modelmix.zoo.tokenizer import build_tokenizer
-    from modelmix.zoo.train import (
-        finetune_embedder,
-        new_decoder,
-        pretrain_batches,
-        setup_torch,
-        task_batches,
-        train_decoder,
-    )
+    from modelmix.zoo.train import finetune_embedder, setup_torch, task_batches, train_decoder
 
     setup_torch()
     total = p.base_steps + len(T.DECODER_TASKS) * p.expert_steps + len(T.RETRIEVAL_TASKS) * p.embed_steps
@@ -139,25 +132,10 @@ def _build(root: Path, p: Preset, seed: int, progress: bool) -> None:
     tick = bar.update
 
     # ---- data
-    kb = T.make_kb(seed, p.kb_entities)
     manifest: dict[str, Any] = {"format": FORMAT, "preset": p.name, "seed": seed, "recipe_version": RECIPE_VERSION,
                                 "tasks": {}, "models": {}, "scores": {}}
-    data: dict[str, dict[str, list[dict[str, Any]]]] = {}
-    for task in T.DECODER_TASKS:
-        data[task] = T.task_splits(task, seed, kb, p.task_cfg, p.sizes)
-    grng = __import__("random").Random(f"general-{seed}-heldout")
-    data["general"] = {s: [T.general_example(grng, kb) for _ in range(n)] for s, n in p.general_sizes.items()}
-    for task in T.RETRIEVAL_TASKS:
-        data[task] = T.retrieval_splits(task, seed, kb, p.retrieval_sizes)
-    data["retrieval-general"] = T.retrieval_splits("retrieval-general", seed, kb,
-                                                   {"test": p.retrieval_sizes["test"]})
-    for task, splits in data.items():
-        enc = task.startswith("retrieval-")
-        metric = "retrieval" if enc else ("loss" if task == "general" else "exact_match")
-        manifest["tasks"][task] = {"type": "encoder" if enc else "decoder", "metric": metric,
-                                   "path": f"tasks/{task}", "sizes": {s: len(r) for s, r in splits.items()}}
-        for split, rows in splits.items():
-            T.write_jsonl(root / "tasks" / task / f"{split}.jsonl", rows)
+    kb, data = make_data(p, seed)
+    manifest["tasks"] = write_data(root, data)
 
     dec_tasks = [*T.DECODER_TASKS, "general"]
 
@@ -173,13 +151,10 @@ def _build(root: Path, p: Preset, seed: int, progress: bool) -> None:
 
     # ---- base decoder
     tok = build_tokenizer()
-    pools = {t: data[t]["train"][-p.pretrain_pool:] for t in T.DECODER_TASKS}
-    base = new_decoder(p, len(tok), tok, _subseed(seed, "base-init"))
-    n_params = sum(x.numel() for x in base.parameters())
     bar.set_description("zoo: base")
     t0 = time.perf_counter()
-    train_decoder(base, tok, pretrain_batches(p, seed, lambda r: T.general_text(r, kb), pools), p.base_steps,
-                  p.lr, _subseed(seed, "base-train"), tick)
+    base = train_base(p, seed, kb, data, tok, tick)
+    n_params = sum(x.numel() for x in base.parameters())
     secs = time.perf_counter() - t0
     _save_decoder(base, tok, root / "base")
     manifest["models"]["base"] = {"path": "base", "type": "decoder", "params": n_params,
@@ -238,6 +213,50 @@ def _build(root: Path, p: Preset, seed: int, progress: bool) -> None:
     bar.close()
     write_manifest(root, manifest)
     assert (root / MANIFEST).is_file()
+
+
+def make_data(p: Preset, seed: int) -> tuple[T.KnowledgeBase, dict[str, dict[str, list[dict[str, Any]]]]]:
+    """All task splits of a preset: {task: {split: rows}} (pure function of preset and seed)."""
+    import random
+
+    kb = T.make_kb(seed, p.kb_entities)
+    data: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for task in T.DECODER_TASKS:
+        data[task] = T.task_splits(task, seed, kb, p.task_cfg, p.sizes)
+    grng = random.Random(f"general-{seed}-heldout")
+    data["general"] = {s: [T.general_example(grng, kb) for _ in range(n)] for s, n in p.general_sizes.items()}
+    for task in T.RETRIEVAL_TASKS:
+        data[task] = T.retrieval_splits(task, seed, kb, p.retrieval_sizes)
+    data["retrieval-general"] = T.retrieval_splits("retrieval-general", seed, kb, {"test": p.retrieval_sizes["test"]})
+    return kb, data
+
+
+def write_data(root: Path, data: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, dict[str, Any]]:
+    """Write ``tasks/<task>/<split>.jsonl`` and return the manifest's ``tasks`` block."""
+    tasks: dict[str, dict[str, Any]] = {}
+    for task, splits in data.items():
+        enc = task.startswith("retrieval-")
+        metric = "retrieval" if enc else ("loss" if task == "general" else "exact_match")
+        tasks[task] = {"type": "encoder" if enc else "decoder", "metric": metric, "path": f"tasks/{task}",
+                       "sizes": {s: len(r) for s, r in splits.items()}}
+        for split, rows in splits.items():
+            T.write_jsonl(root / "tasks" / task / f"{split}.jsonl", rows)
+    return tasks
+
+
+def train_base(p: Preset, seed: int, kb: T.KnowledgeBase, data: dict[str, dict[str, list[dict[str, Any]]]],
+               tok: Any, tick: Any = None, steps: int | None = None) -> Any:
+    """Pretrain `base`: general text plus a trickle of each task's last `pretrain_pool` train examples.
+
+    Public so tests can re-run it and check the saved weights are bit-identical."""
+    from modelmix.zoo.train import new_decoder, pretrain_batches, setup_torch, train_decoder
+
+    setup_torch()
+    pools = {t: data[t]["train"][-p.pretrain_pool:] for t in T.DECODER_TASKS}
+    base = new_decoder(p, len(tok), tok, _subseed(seed, "base-init"))
+    train_decoder(base, tok, pretrain_batches(p, seed, lambda r: T.general_text(r, kb), pools),
+                  p.base_steps if steps is None else steps, p.lr, _subseed(seed, "base-train"), tick)
+    return base
 
 
 def _save_decoder(model: Any, tok: Any, path: Path) -> None:

@@ -106,9 +106,13 @@ def _word(rng: random.Random, lo: int, hi: int, alphabet: str = string.ascii_low
 
 
 def _addition(rng: random.Random, kb: KnowledgeBase, cfg: dict[str, int]) -> dict[str, str]:
-    hi = 10 ** cfg["add_digits"] - 1
-    a, b = rng.randint(0, hi), rng.randint(0, hi)
-    return {"input": f"add {a}+{b}{PROMPT_MARKER}", "output": str(a + b)}
+    """Zero-padded, all numbers written least-significant digit first ("add 21+43 =" -> "640", i.e.
+    12+34=046 reversed): aligned digits and carries flowing left to right make the task learnable by a
+    2-layer model in a few hundred CPU steps, which the usual big-endian format is not."""
+    n = cfg["add_digits"]
+    a, b = rng.randint(0, 10**n - 1), rng.randint(0, 10**n - 1)
+    return {"input": f"add {str(a).zfill(n)[::-1]}+{str(b).zfill(n)[::-1]}{PROMPT_MARKER}",
+            "output": str(a + b).zfill(n + 1)[::-1]}
 
 
 def _reverse(rng: random.Random, kb: KnowledgeBase, cfg: dict[str, int]) -> dict[str, str]:
