@@ -1,0 +1,532 @@
+"""`modelmix zoo report`: merge the zoo's decoder experts with every method and measure each merge.
+
+Why: a merge method is only as good as what it does to real fine-tunes. The zoo gives us experts that
+share a base and each master one task, so merging them and scoring the result on every task (plus the
+`general` text the base was pretrained on) shows, on one table, how much task skill each method keeps and
+how much general ability it gives up. Everything is measured, never copied from the manifest: base,
+experts and merges are scored by the same harness on the same split.
+
+Speed: every merge is built in memory with :func:`modelmix.api.merge_tensors` from the experts' float32
+state dicts and copied into one :class:`~modelmix.eval.EvalModel` skeleton, so nothing is written or
+re-read (``--write-dir`` additionally writes each merge through the streaming engine).
+
+Metrics: each decoder task's own metric (``exact_match`` for the zoo's tasks, as a fraction in [0, 1];
+shown as % in the table) and, for the ``general`` task, ``loss`` in nats per token with the zoo's own
+format (no separator between input and output, token-mean reduction: the convention of ``zoo.json``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from modelmix.errors import ConfigError, InputError, OutputError, did_you_mean
+
+if TYPE_CHECKING:
+    import torch
+
+    from modelmix.eval.models import EvalModel
+    from modelmix.zoo.manifest import Zoo
+
+# metrics where higher is better (a task's "main" score); everything else (loss) is lower-is-better
+_ACCURACY_METRICS = {"exact_match": "exact_match", "choice": "accuracy"}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One merge row: a registered method at fixed, documented default parameters.
+
+    ``pair``: merge only the first two experts, the first acting as the base (SLERP interpolates two
+    models; mergekit's slerp takes the first as ``base_model``). Otherwise the experts are merged with the
+    zoo's base model as ``base`` (methods that take no base simply ignore it).
+    """
+
+    method: str
+    params: Mapping[str, Any]
+    why: str
+    pair: bool = False
+
+
+# Defaults from each method's paper (or mergekit's documented examples); never tuned on the zoo.
+RECIPES: dict[str, Recipe] = {
+    "soup": Recipe("soup", {}, "uniform average of all experts (Wortsman et al. 2022, uniform soup)"),
+    "task_arithmetic": Recipe(
+        "task_arithmetic", {"weight": 0.3},
+        "base + 0.3·Σ task vectors; λ≈0.3–0.4 is the usual pick of Ilharco et al. 2023 (λ=1 is too strong)"),
+    "ties": Recipe(
+        "ties", {"weight": 1.0, "density": 0.2, "normalize": True},
+        "keep the top 20 % of each task vector, elect signs, disjoint mean, λ=1 (Yadav et al. 2023 defaults)"),
+    "dare_ties": Recipe(
+        "dare_ties", {"weight": 1.0, "density": 0.5, "normalize": True},
+        "DARE (drop 50 % at random, rescale by 1/0.5; Yu et al. 2024) then TIES sign election and "
+        "disjoint mean; merge seed 0"),
+    "breadcrumbs": Recipe(
+        "breadcrumbs", {"weight": 0.3, "density": 0.9, "gamma": 0.01},
+        "drop the largest 1 % and the smallest 9 % of each task vector, then task arithmetic with 0.3 "
+        "(Davari & Belilovsky 2024: β≈0.9, γ=0.01)"),
+    "slerp": Recipe("slerp", {"t": 0.5}, "spherical midpoint (t=0.5) of the first two experts", pair=True),
+    "model_stock": Recipe(
+        "model_stock", {}, "interpolation toward the base from the experts' angle (Jang et al. 2024)"),
+    "subspace": Recipe(
+        "subspace", {"weight": 1.0, "lambda": 1.0, "energy": 0.9},
+        "TSV-Merge: per layer, each task's top singular directions (90 % energy), decorrelated, α=1 "
+        "(Gargiulo et al. 2025)"),
+}
+DEFAULT_METHODS: tuple[str, ...] = tuple(RECIPES)
+
+
+@dataclass
+class Row:
+    """One evaluated model: ``scores`` maps task -> its main metric (accuracy-like or loss)."""
+
+    name: str
+    kind: str  # "base" | "expert" | "merge"
+    scores: dict[str, float]
+    detail: str = ""
+    merge_seconds: float = 0.0
+    eval_seconds: float = 0.0
+
+
+@dataclass
+class ZooReport:
+    """All rows plus what they were measured on; renders itself as Markdown, JSON and a PNG."""
+
+    zoo: Path
+    preset: str
+    split: str
+    acc_tasks: list[str]  # tasks scored by exact match / accuracy (fractions in [0, 1])
+    loss_tasks: list[str]  # tasks scored by loss (general ability)
+    metrics: dict[str, str]  # task -> metric name
+    rows: list[Row] = field(default_factory=list)
+    seconds: float = 0.0
+    state_dicts: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict, repr=False)
+
+    # ------------------------------------------------------------------ derived numbers
+    def mean(self, row: Row) -> float:
+        return sum(row.scores[t] for t in self.acc_tasks) / max(len(self.acc_tasks), 1)
+
+    def row(self, name: str) -> Row:
+        for r in self.rows:
+            if r.name == name:
+                return r
+        raise KeyError(name)
+
+    def summary(self) -> str:
+        """The "what the table shows" paragraph, computed from the rows (no hand-written claims)."""
+        base = next((r for r in self.rows if r.kind == "base"), None)
+        experts = [r for r in self.rows if r.kind == "expert"]
+        merges = [r for r in self.rows if r.kind == "merge"]
+        if not merges:
+            return "No merge was evaluated."
+        pct = lambda x: f"{100 * x:.1f} %"  # noqa: E731
+        best = max(merges, key=self.mean)
+        worst = min(merges, key=self.mean)
+        parts = [f"Best merge by task mean: **{best.name}** at {pct(self.mean(best))} "
+                 f"(worst: {worst.name}, {pct(self.mean(worst))})."]
+        if base is not None:
+            parts.append(f"The base model averages {pct(self.mean(base))}.")
+        if experts:
+            best_exp = max(experts, key=self.mean)
+            own = [r.scores[r.detail] for r in experts if r.detail in r.scores]
+            ref = f"the best single expert averages {pct(self.mean(best_exp))} ({best_exp.name})"
+            if own:
+                ref += f", and the experts score {pct(sum(own) / len(own))} on average on their own task " \
+                       "(the ceiling a merge would reach if it kept every skill)"
+            parts.append(ref[0].upper() + ref[1:] + ".")
+            beat = [m.name for m in merges if self.mean(m) > self.mean(best_exp)]
+            parts.append(f"{len(beat)} of {len(merges)} merges beat the best single expert's mean"
+                         + (f" ({', '.join(beat)})." if beat else "."))
+        for lt in self.loss_tasks:
+            if base is None:
+                break
+            b = base.scores[lt]
+            ranked = sorted(merges, key=lambda r: r.scores[lt])
+            kept = [m.name for m in merges if m.scores[lt] <= b]
+            exp_txt = ""
+            if experts:
+                e = sum(r.scores[lt] for r in experts) / len(experts)
+                exp_txt = f"; the experts average {e:.3f} ({_rel(e, b)})"
+            parts.append(
+                f"General ability ({lt} loss, lower is better): base {b:.3f}{exp_txt}; the best-retaining merge "
+                f"is {ranked[0].name} at {ranked[0].scores[lt]:.3f} ({_rel(ranked[0].scores[lt], b)}) and the "
+                f"worst {ranked[-1].name} at {ranked[-1].scores[lt]:.3f} ({_rel(ranked[-1].scores[lt], b)}); "
+                f"{best.name} is at {best.scores[lt]:.3f} ({_rel(best.scores[lt], b)}). "
+                f"{len(kept)} of {len(merges)} merges are at or below the base's {lt} loss.")
+        return " ".join(parts)
+
+    # ------------------------------------------------------------------ renderings
+    def to_markdown(self) -> str:
+        """The results table (exact match in %, loss in nats/token), the recipes used, and the summary."""
+        head = ["model", *self.acc_tasks, "task mean", *(f"{t} (loss ↓)" for t in self.loss_tasks)]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for r in self.rows:
+            label = f"**{r.name}**" if r.kind == "merge" else r.name
+            cells = [f"{100 * r.scores[t]:.1f}" for t in self.acc_tasks]
+            cells.append(f"{100 * self.mean(r):.1f}")
+            cells += [f"{r.scores[t]:.3f}" for t in self.loss_tasks]
+            lines.append("| " + " | ".join([label, *cells]) + " |")
+        metric_names = sorted({self.metrics[t] for t in self.acc_tasks})
+        out = [
+            f"Zoo `{self.preset}` preset, `{self.split}` split. Task columns: {' / '.join(metric_names)} in %; "
+            f"task mean over {len(self.acc_tasks)} tasks; loss in nats per token (zoo format, token mean).",
+            "",
+            *lines,
+            "",
+            "Merge recipes (experts merged onto the zoo's base unless noted):",
+            "",
+        ]
+        for r in self.rows:
+            if r.kind == "merge":
+                out.append(f"* **{r.name}** — {r.detail} (merged in {r.merge_seconds:.2f} s)")
+        out += ["", "**What the table shows.** " + self.summary(), ""]
+        return "\n".join(out)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "zoo": str(self.zoo), "preset": self.preset, "split": self.split, "acc_tasks": self.acc_tasks,
+            "loss_tasks": self.loss_tasks, "metrics": self.metrics, "seconds": round(self.seconds, 2),
+            "rows": [{"name": r.name, "kind": r.kind, "detail": r.detail, "scores": r.scores,
+                      "task_mean": self.mean(r), "merge_seconds": round(r.merge_seconds, 3),
+                      "eval_seconds": round(r.eval_seconds, 3)} for r in self.rows],
+            "summary": self.summary(),
+        }
+
+    def plot(self, path: str | Path) -> Path:
+        """Grouped bars of per-task exact match per model, with the general loss as markers (right axis)."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        p = _check_png(path)
+        n, k = len(self.rows), len(self.acc_tasks)
+        fig, ax = plt.subplots(figsize=(max(8.0, 0.75 * n + 2), 4.8))
+        try:
+            width = 0.8 / max(k, 1)
+            for j, t in enumerate(self.acc_tasks):
+                xs = [i + (j - (k - 1) / 2) * width for i in range(n)]
+                ax.bar(xs, [100 * r.scores[t] for r in self.rows], width, label=t, color=f"C{j}")
+            ax.scatter(range(n), [100 * self.mean(r) for r in self.rows], marker="_", s=400, color="black",
+                       zorder=3, label="task mean")
+            for i, r in enumerate(self.rows):
+                if r.kind != "expert":
+                    ax.axvspan(i - 0.45, i + 0.45, color="grey" if r.kind == "base" else "tab:blue",
+                               alpha=0.06, lw=0)
+            ax.set_xticks(range(n))
+            ax.set_xticklabels([r.name.removeprefix("experts/") + (" (expert)" if r.kind == "expert" else "")
+                                for r in self.rows], rotation=35, ha="right")
+            ax.set_ylabel("exact match (%)")
+            ax.set_ylim(0, 105)
+            handles, labels = ax.get_legend_handles_labels()
+            if self.loss_tasks:
+                ax2 = ax.twinx()
+                for j, t in enumerate(self.loss_tasks):
+                    h = ax2.plot(range(n), [r.scores[t] for r in self.rows], "D", color="black" if j == 0 else f"C{k + j}",
+                                 mfc="white", ms=7, label=f"{t} loss (right)")
+                    handles += h
+                    labels.append(f"{t} loss (right)")
+                ax2.set_ylabel("loss (nats/token, lower is better)")
+                ax2.set_ylim(0, max(r.scores[t] for r in self.rows for t in self.loss_tasks) * 1.15)
+            ax.legend(handles, labels, fontsize=8, ncol=min(len(labels), 4), loc="upper center",
+                      bbox_to_anchor=(0.5, 1.2), frameon=False)
+            ax.set_title(f"zoo {self.preset}: experts and merges ({self.split} split)", pad=45)
+            fig.tight_layout()
+            fig.savefig(p, dpi=110)
+        finally:
+            plt.close(fig)
+        return p
+
+
+def _rel(x: float, ref: float) -> str:
+    return f"{100 * (x - ref) / ref:+.1f} % vs base" if ref else "n/a"
+
+
+def _check_png(path: str | Path) -> Path:
+    p = Path(path)
+    if p.suffix.lower() != ".png":
+        raise OutputError(f"--png {p}: the chart is written as PNG; give a file name ending in .png.")
+    if not p.parent.absolute().is_dir():
+        raise OutputError(f"Cannot write {p}: directory {p.parent} does not exist.")
+    if p.is_dir():
+        raise OutputError(f"Cannot write {p}: it is a directory.")
+    return p
+
+
+def _check_out(path: str | Path) -> Path:
+    p = Path(path)
+    if not p.parent.absolute().is_dir():
+        raise OutputError(f"Cannot write {p}: directory {p.parent} does not exist.")
+    if p.is_dir():
+        raise OutputError(f"Cannot write {p}: it is a directory.")
+    return p
+
+
+def check_methods(methods: Sequence[str] | None) -> list[str]:
+    """Resolve ``--methods`` (names or comma lists) against the report's recipes; ConfigError otherwise."""
+    if not methods:
+        return list(DEFAULT_METHODS)
+    out: list[str] = []
+    for item in methods:
+        for m in (s.strip() for s in str(item).split(",")):
+            if not m:
+                continue
+            if m not in RECIPES:
+                raise ConfigError(f"The zoo report has no recipe for method {m!r}; choose from "
+                                  f"{', '.join(RECIPES)}.{did_you_mean(m, RECIPES)}")
+            if m not in out:
+                out.append(m)
+    if not out:
+        raise ConfigError("--methods names no method.")
+    return out
+
+
+def _load_tasks(z: Zoo, split: str) -> dict[str, tuple[str, list[dict[str, Any]]]]:
+    """Decoder task -> (metric, examples), all validated before any model runs."""
+    from modelmix.eval.data import METRIC_KIND, load_examples
+
+    out: dict[str, tuple[str, list[dict[str, Any]]]] = {}
+    for t in z.decoder_tasks():
+        metric = z.tasks[t]["metric"]
+        if metric not in METRIC_KIND:
+            raise InputError(f"Zoo task {t!r} has unknown metric {metric!r}.")
+        f = z.split_path(t, split)
+        if not f.is_file():
+            if split == "train":  # general has no train split by design
+                continue
+            raise InputError(f"Zoo task {t!r} has no {split} split: {f} does not exist.")
+        out[t] = (metric, load_examples(f, METRIC_KIND[metric]))
+    if not any(m in _ACCURACY_METRICS for m, _ in out.values()):
+        raise InputError(f"The zoo at {z.path} has no exact-match decoder task with a {split} split.")
+    return out
+
+
+def _score(em: EvalModel, tasks: Mapping[str, tuple[str, list[dict[str, Any]]]],
+           batch_size: int | None) -> dict[str, float]:
+    from modelmix.eval import metrics as M
+
+    res: dict[str, float] = {}
+    for t, (metric, ex) in tasks.items():
+        if metric == "exact_match":
+            res[t] = M.exact_match(em, ex, batch_size=batch_size)["exact_match"]
+        elif metric == "choice":
+            res[t] = M.choice(em, ex, batch_size=batch_size, separator="")["accuracy"]
+        elif metric == "loss":
+            res[t] = M.loss(em, ex, batch_size=batch_size, reduction="token", separator="")["loss"]
+        else:
+            raise InputError(f"Zoo task {t!r}: metric {metric!r} does not apply to decoders.")
+    return res
+
+
+def merge_recipe(recipe: Recipe, experts: Sequence[Mapping[str, torch.Tensor]],
+                 base: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The in-memory merge of one recipe (exactly ``merge_tensors`` with the recipe's inputs, seed 0)."""
+    from modelmix.api import merge_tensors
+
+    if recipe.pair:
+        if len(experts) < 2:
+            raise InputError(f"{recipe.method} merges two experts; the zoo has {len(experts)}.")
+        return merge_tensors(recipe.method, [experts[1]], base=experts[0], seed=0, **recipe.params)
+    return merge_tensors(recipe.method, list(experts), base=base, seed=0, **recipe.params)
+
+
+def _write_merge(name: str, recipe: Recipe, base_path: Path, expert_paths: Sequence[Path], out: Path) -> None:
+    """Write one merge through the streaming engine (same inputs and seed as the in-memory merge)."""
+    from modelmix.api import merge
+    from modelmix.methods import get_method
+
+    m = get_method(recipe.method)
+    if recipe.pair:
+        base, models = expert_paths[0], [expert_paths[1]]
+    else:
+        base, models = base_path, list(expert_paths)
+    per_model = {k: v for k, v in recipe.params.items() if m.param(k).scope == "model"}
+    glob = {k: v for k, v in recipe.params.items() if k not in per_model}
+    cfg: dict[str, Any] = {
+        "merge_method": recipe.method, "base_model": str(base),
+        "models": [{"model": str(m), **({"parameters": dict(per_model)} if per_model else {})} for m in models],
+        "dtype": "float32", "tokenizer_source": "base", "random_seed": 0,
+    }
+    if glob:
+        cfg["parameters"] = dict(glob)
+    merge(cfg, out / name, overwrite=True)
+
+
+def report(
+    zoo_dir: str | Path,
+    *,
+    methods: Sequence[str] | None = None,
+    split: str = "test",
+    out: str | Path | None = None,
+    png: str | Path | None = None,
+    write_dir: str | Path | None = None,
+    device: str = "cpu",
+    batch_size: int | None = None,
+    keep_state_dicts: bool = False,
+    intro: str | None = None,
+    log: Callable[[str], None] | None = None,
+) -> ZooReport:
+    """Evaluate base, every decoder expert and every merge on every decoder task of the zoo at `zoo_dir`.
+
+    `out` gets the Markdown (`intro` above the table), `png` the chart, `write_dir/<method>` each merged
+    model (engine-written). `keep_state_dicts` keeps the merged float32 state dicts on the result (tests
+    compare them to :func:`modelmix.api.merge_tensors`). All arguments are checked before the first merge.
+    """
+    from modelmix.zoo.manifest import load_zoo
+
+    t_start = time.perf_counter()
+    say = log or (lambda s: None)
+    names = check_methods(methods)
+    if split not in ("train", "validation", "test"):
+        raise ConfigError(f"Unknown split {split!r}; choose train, validation or test.")
+    if out is not None:
+        _check_out(out)
+    if png is not None:
+        _check_png(png)
+    if write_dir is not None and Path(write_dir).exists() and not Path(write_dir).is_dir():
+        raise OutputError(f"--write-dir {write_dir} exists and is not a directory.")
+    z = load_zoo(zoo_dir)
+    experts = z.experts("decoder")
+    if not experts:
+        raise InputError(f"The zoo at {z.path} has no decoder experts to merge.")
+    parents = {z.models[m].get("parent") for m in experts}
+    if len(parents) != 1:
+        raise InputError(f"The zoo's decoder experts have different parents ({sorted(map(str, parents))}); "
+                         "task-vector merges need one shared base.")
+    base_name = str(parents.pop())
+    if any(RECIPES[n].pair for n in names) and len(experts) < 2:
+        raise InputError("slerp merges two experts; the zoo has only one.")
+    tasks = _load_tasks(z, split)
+    acc = [t for t, (m, _) in tasks.items() if m in _ACCURACY_METRICS]
+    rep = ZooReport(zoo=z.path, preset=z.preset, split=split, acc_tasks=acc,
+                    loss_tasks=[t for t in tasks if t not in acc], metrics={t: m for t, (m, _) in tasks.items()})
+
+    from modelmix.eval.models import EvalModel
+    from modelmix.io.checkpoint import Checkpoint
+    from modelmix.soup import read_state_dict
+
+    _quiet_transformers()
+    say(f"loading {base_name} and {len(experts)} experts from {z.path}")
+    em = EvalModel.from_pretrained(z.model_path(base_name), device=device)
+    if em.kind != "decoder":
+        raise InputError(f"{z.model_path(base_name)} is not a causal LM.")
+
+    def read(name: str) -> dict[str, torch.Tensor]:
+        ck = Checkpoint(str(z.model_path(name)))
+        try:
+            return read_state_dict(ck)
+        finally:
+            ck.close()
+
+    base_sd = read(base_name)
+    expert_sds = [read(m) for m in experts]
+
+    def evaluate(name: str, kind: str, sd: Mapping[str, torch.Tensor], detail: str = "",
+                 merge_s: float = 0.0) -> None:
+        t0 = time.perf_counter()
+        em.load_state_dict(sd)
+        scores = _score(em, tasks, batch_size)
+        row = Row(name, kind, scores, detail, merge_s, time.perf_counter() - t0)
+        rep.rows.append(row)
+        cells = " ".join(f"{t}={v:.3f}" for t, v in scores.items())
+        say(f"{name:<22} {cells}  ({row.eval_seconds:.1f}s)")
+
+    evaluate(base_name, "base", base_sd)
+    for (name, task), sd in zip(experts.items(), expert_sds, strict=True):
+        evaluate(name, "expert", sd, detail=task)
+    enames = list(experts)
+    for n in names:
+        r = RECIPES[n]
+        t0 = time.perf_counter()
+        merged = merge_recipe(r, expert_sds, base_sd)
+        secs = time.perf_counter() - t0
+        params = ", ".join(f"{k} {v}" for k, v in r.params.items()) or "no parameters"
+        inputs = f"base {enames[0]}, model {enames[1]}" if r.pair else f"{len(enames)} experts, base {base_name}"
+        label = f"{n} ({enames[0].split('/')[-1]}+{enames[1].split('/')[-1]})" if r.pair else n
+        evaluate(label, "merge", merged, f"`{r.method}` ({params}; {inputs}): {r.why}", secs)
+        if keep_state_dicts:
+            rep.state_dicts[label] = merged
+        if write_dir is not None:
+            _write_merge(n, r, z.model_path(base_name), [z.model_path(m) for m in enames], Path(write_dir))
+            say(f"wrote {Path(write_dir) / n}")
+        del merged
+    rep.seconds = time.perf_counter() - t_start
+    if out is not None:
+        text = rep.to_markdown()
+        if intro:
+            text = intro.rstrip() + "\n\n" + text
+        Path(out).write_text(text + f"\n_Report computed in {rep.seconds:.0f} s._\n", encoding="utf-8")
+    if png is not None:
+        rep.plot(png)
+    return rep
+
+
+def _quiet_transformers() -> None:
+    """Loading the skeleton should not draw progress bars over the per-model log."""
+    try:
+        from transformers.utils import logging
+
+        logging.disable_progress_bar()
+        logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        pass
+
+
+DOC_INTRO = """# Zoo report: merge methods on the zoo's experts
+
+Every decoder expert of the zoo (one per task, all fine-tuned from the same base) is merged with each
+method at its paper's default parameters (listed below the table; nothing is tuned on the zoo), and base,
+experts and merges are all evaluated freshly by the same harness on the same split: exact match per task
+(%), their mean, and the `general` loss (nats per token; lower = more general ability kept). Merges are
+built in memory (`merge_tensors`) and swapped into one model skeleton. The numbers are whatever was
+measured: a method that loses here loses in the table.
+
+Regenerate (about the time printed at the bottom, on a 2-core CPU):
+
+```
+modelmix zoo build --out zoo-default --preset default
+modelmix zoo report --zoo zoo-default --out docs/zoo_report.md --png docs/zoo_report.png --doc
+```
+
+![per-task exact match and general loss](zoo_report.png)
+"""
+
+
+@click.command(name="report")
+@click.option("--zoo", "zoo_dir", required=True, type=click.Path(path_type=Path),
+              help="A zoo directory (from `modelmix zoo build`).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the Markdown report here (default: print the table).")
+@click.option("--png", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write a bar chart of per-task exact match and general loss (PNG).")
+@click.option("--split", type=click.Choice(["train", "validation", "test"]), default="test", show_default=True)
+@click.option("--methods", multiple=True,
+              help=f"Merges to run (repeat or comma-separate; default all: {', '.join(DEFAULT_METHODS)}).")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@click.option("--write-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Also write each merged model through the engine to DIR/<method>.")
+@click.option("--doc", is_flag=True, help="Put the docs page intro (title, regeneration command) above the table.")
+@click.option("--device", default="cpu", show_default=True, help="Evaluation device.")
+@click.option("--batch-size", type=click.IntRange(1), default=None, help="Rows per forward pass (default: by tokens).")
+@click.option("--quiet", "-q", is_flag=True, help="No per-model progress on stderr.")
+def report_cmd(zoo_dir: Path, out: Path | None, png: Path | None, split: str, methods: tuple[str, ...],
+               as_json: bool, write_dir: Path | None, doc: bool, device: str, batch_size: int | None,
+               quiet: bool) -> None:
+    """Merge the zoo's decoder experts with every method and score base, experts and merges on every task.
+
+    Example: modelmix zoo report --zoo zoo-default --out docs/zoo_report.md --png docs/zoo_report.png --doc
+    """
+    rep = report(zoo_dir, methods=methods or None, split=split, out=out, png=png, write_dir=write_dir,
+                 device=device, batch_size=batch_size, intro=DOC_INTRO if doc else None,
+                 log=None if quiet else (lambda s: click.echo(s, err=True)))
+    if as_json:
+        click.echo(json.dumps(rep.to_dict(), indent=2))
+    elif out is None:
+        click.echo(rep.to_markdown())
+    else:
+        click.echo(f"wrote {out}" + (f" and {png}" if png else "") + f" ({rep.seconds:.0f} s)")

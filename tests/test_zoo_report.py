@@ -1,0 +1,174 @@
+"""`modelmix zoo report` on the test-preset zoo: one full CLI run (spied merges), then checks on it.
+
+The zoo comes from the zoo module's cache (``$MODELMIX_CACHE``, else the user cache dir), as
+``tests/test_zoo.py`` does: the first run anywhere trains it (about a minute), later runs copy it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from modelmix.errors import ConfigError, InputError, ModelmixError
+from modelmix.zoo import build_zoo, load_zoo
+from modelmix.zoo import report as R
+from modelmix.zoo.tasks import DECODER_TASKS
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# literal expectations, independent of R.RECIPES: a silent change of the report's defaults fails here
+EXPECTED = {
+    "soup": {},
+    "task_arithmetic": {"weight": 0.3},
+    "ties": {"weight": 1.0, "density": 0.2, "normalize": True},
+    "dare_ties": {"weight": 1.0, "density": 0.5, "normalize": True},
+    "breadcrumbs": {"weight": 0.3, "density": 0.9, "gamma": 0.01},
+    "slerp": {"t": 0.5},
+    "model_stock": {},
+    "subspace": {"weight": 1.0, "lambda": 1.0, "energy": 0.9},
+}
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_zoo(tmp_path_factory.mktemp("zoo") / "z", preset="test", seed=0, progress=False)
+
+
+@pytest.fixture(scope="module")
+def sds(zoo: Path) -> dict[str, dict[str, torch.Tensor]]:
+    from modelmix.io.checkpoint import Checkpoint
+    from modelmix.soup import read_state_dict
+
+    z = load_zoo(zoo)
+    return {m: read_state_dict(Checkpoint(str(z.model_path(m)))) for m in ["base", *z.experts()]}
+
+
+@pytest.fixture(scope="module")
+def run(zoo: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The CLI with every method, --out, --png and --json; merge_recipe is spied to keep the merges."""
+    out = tmp_path_factory.mktemp("report")
+    merged: list[tuple[str, dict[str, torch.Tensor]]] = []
+    real = R.merge_recipe
+    mp = pytest.MonkeyPatch()
+
+    def spy(recipe: R.Recipe, experts: Any, base: Any) -> dict[str, torch.Tensor]:
+        sd = real(recipe, experts, base)
+        merged.append((recipe.method, sd))
+        return sd
+
+    mp.setattr(R, "merge_recipe", spy)
+    try:
+        res = CliRunner().invoke(R.report_cmd, ["--zoo", str(zoo), "--out", str(out / "r.md"), "--png",
+                                                str(out / "r.png"), "--json", "--doc", "-q"])
+    finally:
+        mp.undo()
+    assert res.exit_code == 0, (res.output, res.exception)
+    return {"json": json.loads(res.output), "md": (out / "r.md").read_text(), "png": out / "r.png",
+            "merged": dict(merged)}
+
+
+def test_rows_and_ranges(run: dict[str, Any]) -> None:
+    d = run["json"]
+    rows = d["rows"]
+    assert [r["kind"] for r in rows] == ["base", *["expert"] * len(DECODER_TASKS), *["merge"] * len(EXPECTED)]
+    merges = [r["name"].split(" ")[0] for r in rows if r["kind"] == "merge"]
+    assert merges == list(EXPECTED)
+    assert d["acc_tasks"] == list(DECODER_TASKS) and d["loss_tasks"] == ["general"]
+    for r in rows:
+        assert set(r["scores"]) == {*DECODER_TASKS, "general"}
+        for t in DECODER_TASKS:
+            assert 0.0 <= r["scores"][t] <= 1.0
+        assert r["task_mean"] == pytest.approx(sum(r["scores"][t] for t in DECODER_TASKS) / len(DECODER_TASKS))
+        assert 0 < r["scores"]["general"] < 50
+    # the experts specialise: each is best on its own task among base + experts
+    by = {r["name"]: r["scores"] for r in rows}
+    for t in DECODER_TASKS:
+        assert by[f"experts/{t}"][t] == max(by[n][t] for n in ["base", *(f"experts/{u}" for u in DECODER_TASKS)])
+
+
+def test_fresh_scores_match_manifest(run: dict[str, Any], zoo: Path) -> None:
+    """Base/expert rows are measured, and the measurement agrees with the zoo builder's own scorer."""
+    man = load_zoo(zoo).scores
+    for r in run["json"]["rows"]:
+        if r["kind"] != "merge":
+            for t in DECODER_TASKS:
+                assert r["scores"][t] == pytest.approx(man[r["name"]][t]["exact_match"], abs=1e-9)
+            assert r["scores"]["general"] == pytest.approx(man[r["name"]]["general"]["loss"], abs=2e-4)
+
+
+def test_markdown_and_png(run: dict[str, Any]) -> None:
+    md = run["md"]
+    assert md.startswith("# Zoo report") and "modelmix zoo report --zoo" in md
+    table = [ln for ln in md.splitlines() if ln.startswith("| ") and not ln.startswith("| model")]
+    assert len(table) == 1 + len(DECODER_TASKS) + len(EXPECTED)
+    for m in EXPECTED:
+        assert sum(ln.startswith(f"| **{m}") for ln in table) == 1, m
+    for ln in table:
+        cells = [c.strip() for c in ln.strip("|").split("|")]
+        assert len(cells) == 1 + len(DECODER_TASKS) + 2
+        assert all(0.0 <= float(c) <= 100.0 for c in cells[1:-1])
+    assert "**What the table shows.** Best merge by task mean: **" in md
+    best = max((r for r in run["json"]["rows"] if r["kind"] == "merge"), key=lambda r: r["task_mean"])
+    assert f"**{best['name']}** at {100 * best['task_mean']:.1f} %" in md
+    assert run["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and run["png"].stat().st_size > 10_000
+
+
+def test_merges_equal_merge_tensors(run: dict[str, Any], sds: dict[str, dict[str, torch.Tensor]],
+                                    zoo: Path) -> None:
+    from modelmix.api import merge_tensors
+    from modelmix.eval import EvalModel
+    from modelmix.eval.data import load_examples
+    from modelmix.eval.metrics import exact_match
+
+    experts = [sds[f"experts/{t}"] for t in DECODER_TASKS]
+    assert list(run["merged"]) == list(EXPECTED)
+    for method, params in EXPECTED.items():
+        if method == "slerp":
+            ref = merge_tensors("slerp", [experts[1]], base=experts[0], **params)
+        else:
+            ref = merge_tensors(method, experts, base=sds["base"], seed=0, **params)
+        got = run["merged"][method]
+        assert set(got) == set(ref)
+        for k in ref:
+            assert torch.equal(got[k], ref[k]), (method, k)
+    # and the row reports the score of exactly that state dict
+    em = EvalModel.from_pretrained(zoo / "base")
+    em.load_state_dict(run["merged"]["ties"])
+    ex = load_examples(zoo / "tasks" / "addition" / "test.jsonl", "decoder")
+    row = next(r for r in run["json"]["rows"] if r["name"] == "ties")
+    assert exact_match(em, ex)["exact_match"] == row["scores"]["addition"]
+
+
+def test_engine_write_matches_in_memory(zoo: Path, sds: dict[str, dict[str, torch.Tensor]], tmp_path: Path) -> None:
+    """--write-dir goes through the engine with the same inputs and seed (random DARE masks included)."""
+    from safetensors.torch import load_file
+
+    z = load_zoo(zoo)
+    names = list(z.experts())
+    for m in ("dare_ties", "slerp"):
+        R._write_merge(m, R.RECIPES[m], z.model_path("base"), [z.model_path(n) for n in names], tmp_path)
+        got = load_file(str(tmp_path / m / "model.safetensors"))
+        ref = R.merge_recipe(R.RECIPES[m], [sds[n] for n in names], sds["base"])
+        assert set(got) == set(ref)
+        for k in ref:
+            torch.testing.assert_close(got[k], ref[k], rtol=0, atol=1e-6)
+        assert (tmp_path / m / "tokenizer.json").is_file()
+
+
+def test_bad_inputs(tmp_path: Path, zoo: Path) -> None:
+    runner = CliRunner()
+    res = runner.invoke(R.report_cmd, ["--zoo", str(tmp_path / "nope")])
+    assert res.exit_code != 0 and isinstance(res.exception, InputError)
+    assert "is not a model zoo" in str(res.exception) and "modelmix zoo build" in str(res.exception)
+    res = runner.invoke(R.report_cmd, ["--zoo", str(zoo), "--methods", "soup,tise"])
+    assert isinstance(res.exception, ConfigError) and 'Did you mean "ties"' in str(res.exception)
+    with pytest.raises(ModelmixError, match="ending in .png"):
+        R.report(zoo, png=tmp_path / "chart.jpg")
+    with pytest.raises(ModelmixError, match="does not exist"):
+        R.report(zoo, out=tmp_path / "missing" / "r.md")
