@@ -19,10 +19,12 @@ import math
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from modelmix.errors import ConfigError
+from modelmix.kernels import fused
 from modelmix.kernels.masks import della_keep_prob, model_generator, normalize_rescale
 from modelmix.kernels.select import CHUNK, Selection, _kth_from_top
 from modelmix.methods._gta import agree, elect_keep
@@ -127,9 +129,50 @@ class UniformStream:
 
 
 # ------------------------------------------------------------------------------------------ task vectors
+def _selection_pass_fused(src: ChunkSource, specs: list[list[int]]) -> list[list[Selection | None]]:
+    """Same as the torch selection passes, with the histogram loops in numba (one sweep per model)."""
+    n = src.numel
+    sels = [[StreamSelect(k, n) if 0 < k < n else None for k in ks] for ks in specs]
+    want = [i for i, row in enumerate(sels) if any(row)]
+    if not want:
+        return [[None] * len(ks) for ks in specs]
+    hists = {i: np.zeros(_HI_BINS, dtype=np.int64) for i in want}
+    scratch = np.empty(0, dtype=np.float32)
+    for _rows, xs, b in src.chunks():
+        bn = b.reshape(-1).numpy()
+        if scratch.shape[0] < bn.shape[0]:
+            scratch = np.empty(bn.shape[0], dtype=np.float32)
+        for i in want:
+            fused.hist_hi(xs[i].reshape(-1).numpy(), bn, scratch, hists[i])
+    for i in want:
+        for s in sels[i]:
+            if s is not None:
+                s.hist = torch.from_numpy(hists[i])
+                s.finish_hi()
+    los = {(i, j): np.zeros(_LO_BINS, dtype=np.int64) for i in want for j, s in enumerate(sels[i]) if s is not None}
+    for _rows, xs, b in src.chunks():
+        bn = b.reshape(-1).numpy()
+        for (i, j), lo in los.items():
+            fused.hist_lo(xs[i].reshape(-1).numpy(), bn, np.uint32(sels[i][j].bucket), scratch, lo)  # type: ignore[union-attr]
+    for (i, j), lo in los.items():
+        sels[i][j].lo[1 : _LO_BINS + 1] = torch.from_numpy(lo)  # type: ignore[union-attr]
+    return [[s.finish_lo() if s is not None else None for s in row] for row in sels]
+
+
+def _mask_params(sel: Selection | None, k: int, n: int) -> tuple[float, int]:
+    """(threshold, ties to keep) reproducing TopkMaskStream for the fused kernel."""
+    if k <= 0:
+        return math.inf, 0
+    if k >= n or sel is None:
+        return -1.0, 0
+    return sel.threshold, sel.k - sel.n_greater
+
+
 def _selection_pass(src: ChunkSource, specs: list[list[int]]) -> list[list[Selection | None]]:
     """For each model i and each k in specs[i] (0 < k < n), the exact selection; others None."""
     n = src.numel
+    if fused.AVAILABLE and getattr(src, "device", "cpu") == "cpu":
+        return _selection_pass_fused(src, specs)
     sels = [[StreamSelect(k, n) if 0 < k < n else None for k in ks] for ks in specs]
     if not any(s for row in sels for s in row):
         return [[None] * len(ks) for ks in specs]
@@ -189,6 +232,9 @@ def _gta_stream(sparsifier: str | None, consensus: bool, default_normalize: bool
                 start, stop = max(0, n - n_bottom - target), min(n, n - n_bottom)
                 ks[i] = [start, stop] if stop > start else [0, 0]
         sels = _selection_pass(src, ks) if sparsifier in ("magnitude", "outliers") else [[] for _ in range(m)]
+        if sparsifier in ("magnitude", "outliers", "random") and fused.AVAILABLE and getattr(src, "device", "cpu") == "cpu":
+            _gta_fused(src, sparsifier, ks, sels, active, density, weights, rescale, normalize, lam, cons, seed)
+            return
 
         def sparsifiers() -> list[Callable[[Tensor, Tensor], tuple[Tensor, Any]]]:
             """Fresh per-model maskers (stateful: tie counters, random streams) for one pass over the chunks."""
@@ -285,6 +331,90 @@ def _gta_stream(sparsifier: str | None, consensus: bool, default_normalize: bool
             src.emit(rows, b + mixed)
 
     return run
+
+
+def _gta_fused(src, sparsifier, ks, sels, active, density, weights, rescale, normalize, lam, cons, seed) -> None:
+    """The apply (and L1) passes of ``_gta_stream`` with numba kernels: two sweeps per chunk."""
+    m, n = len(weights), src.numel
+    modes, thr_hi, need_hi, thr_lo, need_lo, q = [], [], [], [], [], []
+    for i in range(m):
+        th, nh, tl, nl, mode = -1.0, 0, math.inf, 0, fused.DENSE
+        if active[i] and sparsifier == "magnitude":
+            if density[i] <= 0:
+                mode = fused.ZERO
+            elif ks[i][0] < n:
+                mode = fused.TOPK
+                th, nh = _mask_params(sels[i][0], ks[i][0], n)
+        elif active[i] and sparsifier == "outliers":
+            start, stop = ks[i]
+            if stop <= start:
+                mode = fused.ZERO
+            else:
+                mode = fused.BAND
+                th, nh = _mask_params(sels[i][1], stop, n)
+                if start > 0:
+                    tl, nl = _mask_params(sels[i][0], start, n)
+        elif active[i] and sparsifier == "random":
+            mode = fused.RANDOM
+        modes.append(mode)
+        thr_hi.append(np.float32(th))
+        need_hi.append(nh)
+        thr_lo.append(np.float32(tl))
+        need_lo.append(nl)
+        q.append(np.float32(density[i]))
+    empty = np.empty(0, dtype=np.float32)
+
+    def sweep(fn) -> None:
+        """One pass over the chunks with fresh tie counters and random streams."""
+        nh = [np.array([v], dtype=np.int64) for v in need_hi]
+        nl = [np.array([v], dtype=np.int64) for v in need_lo]
+        us = [UniformStream(model_generator(seed, i), n) if modes[i] == fused.RANDOM else None for i in range(m)]
+        for rows, xs, b in src.chunks():
+            k = b.numel()
+            u = [x.take(k).numpy() if x is not None else empty for x in us]
+            fn(rows, xs, b, nh, nl, u)
+
+    scale = [np.float32(1.0)] * m
+    if rescale == "l1" and any(active):
+        sums = np.zeros((m, 2), dtype=np.float64)
+        scratch = np.empty(0, dtype=np.float32)
+
+        def l1(rows, xs, b, nh, nl, u):
+            nonlocal scratch
+            bn = b.reshape(-1).numpy()
+            if scratch.shape[0] < bn.shape[0]:
+                scratch = np.empty(bn.shape[0], dtype=np.float32)
+            for i in range(m):
+                if active[i]:
+                    fused.sparsify_into(xs[i].reshape(-1).numpy(), bn, modes[i], thr_hi[i], nh[i], thr_lo[i], nl[i], u[i],
+                                        q[i], np.float32(1), np.float32(1), np.float32(1), scratch, sums[i])
+
+        sweep(l1)
+        for i in range(m):
+            if active[i] and sums[i, 0] >= _RESCALE_EPS and sums[i, 1] >= _RESCALE_EPS:
+                scale[i] = np.float32(sums[i, 0] / sums[i, 1])
+    div = [np.float32(q[i]) if rescale == "inverse_density" and active[i] and q[i] > 0 else np.float32(1) for i in range(m)]
+    w32 = np.asarray(weights, dtype=np.float32)
+    total = np.float32(torch.tensor(weights, dtype=torch.float32).sum().item())
+    consensus = 0 if cons is None else (1 if cons == "sum" else 2)
+    deltas = np.empty((m, 0), dtype=np.float32)
+    out = np.empty(0, dtype=np.float32)
+    dummy = np.zeros(2, dtype=np.float64)
+
+    def apply(rows, xs, b, nh, nl, u):
+        nonlocal deltas, out
+        bn = b.reshape(-1).numpy()
+        k = bn.shape[0]
+        if deltas.shape[1] < k:
+            deltas = np.empty((m, k), dtype=np.float32)
+            out = np.empty(k, dtype=np.float32)
+        for i in range(m):
+            fused.sparsify_into(xs[i].reshape(-1).numpy(), bn, modes[i], thr_hi[i], nh[i], thr_lo[i], nl[i], u[i], q[i],
+                                scale[i], div[i], w32[i], deltas[i], dummy)
+        fused.combine(deltas[:, :k], bn, w32, consensus, normalize, total, np.float32(lam), out)
+        src.emit(rows, torch.from_numpy(out[:k]).view(b.shape))
+
+    sweep(apply)
 
 
 # ------------------------------------------------------------------------------------------ slerp
