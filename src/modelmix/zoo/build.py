@@ -127,7 +127,7 @@ def _build(root: Path, p: Preset, seed: int, progress: bool) -> None:
     from modelmix.zoo.train import finetune_embedder, setup_torch, task_batches, train_decoder
 
     setup_torch()
-    total = p.base_steps + len(T.DECODER_TASKS) * p.expert_steps + len(T.RETRIEVAL_TASKS) * p.embed_steps
+    total = p.base_steps + sum(p.steps_for(t) for t in T.DECODER_TASKS) + len(T.RETRIEVAL_TASKS) * p.embed_steps
     bar = tqdm(total=total, disable=not progress, desc="zoo", unit="step", dynamic_ncols=True)
     tick = bar.update
 
@@ -167,13 +167,13 @@ def _build(root: Path, p: Preset, seed: int, progress: bool) -> None:
         bar.set_description(f"zoo: expert {task}")
         model = copy.deepcopy(base)
         t0 = time.perf_counter()
-        train_decoder(model, tok, task_batches(p, _subseed(seed, task), data[task]["train"]), p.expert_steps,
+        train_decoder(model, tok, task_batches(p, _subseed(seed, task), data[task]["train"]), p.steps_for(task),
                       p.expert_lr, _subseed(seed, f"expert-{task}"), tick)
         secs = time.perf_counter() - t0
         name = f"experts/{task}"
         _save_decoder(model, tok, root / name)
         manifest["models"][name] = {"path": name, "type": "decoder", "parent": "base", "params": n_params,
-                                    "train_steps": p.expert_steps, "train_seconds": round(secs, 2),
+                                    "train_steps": p.steps_for(task), "train_seconds": round(secs, 2),
                                     "trained_on": [task]}
         manifest["scores"][name] = score_decoder(model)
         del model

@@ -130,7 +130,9 @@ class ZooReport:
         parts = [f"Best merge by task mean: **{best.name}** at {pct(self.mean(best))} "
                  f"(worst: {worst.name}, {pct(self.mean(worst))})."]
         if base is not None:
-            parts.append(f"The base model averages {pct(self.mean(base))}.")
+            above = [m.name for m in merges if self.mean(m) > self.mean(base)]
+            parts.append(f"The base model averages {pct(self.mean(base))}; {len(above)} of {len(merges)} merges "
+                         "score above it" + (f" ({', '.join(above)})." if above else "."))
         if experts:
             best_exp = max(experts, key=self.mean)
             own = [r.scores[r.detail] for r in experts if r.detail in r.scores]
@@ -155,9 +157,11 @@ class ZooReport:
             parts.append(
                 f"General ability ({lt} loss, lower is better): base {b:.3f}{exp_txt}; the best-retaining merge "
                 f"is {ranked[0].name} at {ranked[0].scores[lt]:.3f} ({_rel(ranked[0].scores[lt], b)}) and the "
-                f"worst {ranked[-1].name} at {ranked[-1].scores[lt]:.3f} ({_rel(ranked[-1].scores[lt], b)}); "
-                f"{best.name} is at {best.scores[lt]:.3f} ({_rel(best.scores[lt], b)}). "
-                f"{len(kept)} of {len(merges)} merges are at or below the base's {lt} loss.")
+                f"worst {ranked[-1].name} at {ranked[-1].scores[lt]:.3f} ({_rel(ranked[-1].scores[lt], b)})"
+                + ("" if best is ranked[0] else
+                   f"; the best merge by task mean, {best.name}, is at {best.scores[lt]:.3f} "
+                   f"({_rel(best.scores[lt], b)})")
+                + f". {len(kept)} of {len(merges)} merges are at or below the base's {lt} loss.")
         return " ".join(parts)
 
     # ------------------------------------------------------------------ renderings
@@ -178,7 +182,7 @@ class ZooReport:
             "",
             *lines,
             "",
-            "Merge recipes (experts merged onto the zoo's base unless noted):",
+            "Merge recipes (parameters; inputs): why these defaults",
             "",
         ]
         for r in self.rows:
@@ -348,12 +352,18 @@ def _write_merge(name: str, recipe: Recipe, base_path: Path, expert_paths: Seque
     per_model = {k: v for k, v in recipe.params.items() if m.param(k).scope == "model"}
     glob = {k: v for k, v in recipe.params.items() if k not in per_model}
     cfg: dict[str, Any] = {
-        "merge_method": recipe.method, "base_model": str(base),
+        "merge_method": recipe.method,
         "models": [{"model": str(m), **({"parameters": dict(per_model)} if per_model else {})} for m in models],
         "dtype": "float32", "tokenizer_source": "base", "random_seed": 0,
     }
     if glob:
         cfg["parameters"] = dict(glob)
+    if m.uses_base or recipe.pair:  # the engine would average a base that the method does not use
+        cfg["base_model"] = str(base)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"Cannot create --write-dir {out}: {e}.") from None
     merge(cfg, out / name, overwrite=True)
 
 
@@ -446,7 +456,8 @@ def report(
         merged = merge_recipe(r, expert_sds, base_sd)
         secs = time.perf_counter() - t0
         params = ", ".join(f"{k} {v}" for k, v in r.params.items()) or "no parameters"
-        inputs = f"base {enames[0]}, model {enames[1]}" if r.pair else f"{len(enames)} experts, base {base_name}"
+        inputs = (f"{enames[1]} onto {enames[0]} as base" if r.pair
+                  else f"{len(enames)} experts onto `{base_name}`")
         label = f"{n} ({enames[0].split('/')[-1]}+{enames[1].split('/')[-1]})" if r.pair else n
         evaluate(label, "merge", merged, f"`{r.method}` ({params}; {inputs}): {r.why}", secs)
         if keep_state_dicts:
@@ -509,7 +520,7 @@ modelmix zoo report --zoo zoo-default --out docs/zoo_report.md --png docs/zoo_re
               help=f"Merges to run (repeat or comma-separate; default all: {', '.join(DEFAULT_METHODS)}).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @click.option("--write-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Also write each merged model through the engine to DIR/<method>.")
+              help="Also write each merged model through the engine to DIR/<method> (replacing it).")
 @click.option("--doc", is_flag=True, help="Put the docs page intro (title, regeneration command) above the table.")
 @click.option("--device", default="cpu", show_default=True, help="Evaluation device.")
 @click.option("--batch-size", type=click.IntRange(1), default=None, help="Rows per forward pass (default: by tokens).")

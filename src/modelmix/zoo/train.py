@@ -40,6 +40,10 @@ class Preset:
     embed_batch: int
     embed_lr: float
     eval_batch: int = 100
+    expert_step_scale: dict[str, float] | None = None  # per-task multiplier on expert_steps (harder tasks)
+
+    def steps_for(self, task: str) -> int:
+        return int(self.expert_steps * (self.expert_step_scale or {}).get(task, 1.0))
 
 
 PRESETS: dict[str, Preset] = {
@@ -57,7 +61,7 @@ PRESETS: dict[str, Preset] = {
         sizes={"train": 2000, "validation": 100, "test": 100}, general_sizes={"validation": 100, "test": 100},
         task_cfg={"add_digits": 3, "max_len": 7}, kb_entities=30, pretrain_task_frac=0.1, pretrain_pool=24,
         retrieval_sizes={"train": 320, "validation": 50, "test": 100}, embed_steps=16, embed_batch=16,
-        embed_lr=5e-5,
+        embed_lr=5e-5, expert_step_scale={"reverse": 1.6},
     ),
 }
 
