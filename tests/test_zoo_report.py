@@ -126,16 +126,20 @@ def test_merges_equal_merge_tensors(run: dict[str, Any], sds: dict[str, dict[str
     from modelmix.eval.data import load_examples
     from modelmix.eval.metrics import exact_match
 
-    experts = [sds[f"experts/{t}"] for t in DECODER_TASKS]
+    # a few tensors of each kind keep this cheap; per-tensor seeds depend on the name only, so DARE matches
+    keys = ["model.layers.0.self_attn.q_proj.weight", "model.layers.1.mlp.down_proj.weight",
+            "model.layers.0.input_layernorm.weight", "lm_head.weight"]
+    sub = {m: {k: sd[k] for k in keys} for m, sd in sds.items()}
+    experts = [sub[f"experts/{t}"] for t in DECODER_TASKS]
     assert list(run["merged"]) == list(EXPECTED)
     for method, params in EXPECTED.items():
         if method == "slerp":
             ref = merge_tensors("slerp", [experts[1]], base=experts[0], **params)
         else:
-            ref = merge_tensors(method, experts, base=sds["base"], seed=0, **params)
+            ref = merge_tensors(method, experts, base=sub["base"], seed=0, **params)
         got = run["merged"][method]
-        assert set(got) == set(ref)
-        for k in ref:
+        assert set(got) == set(sds["base"])
+        for k in keys:
             assert torch.equal(got[k], ref[k]), (method, k)
     # and the row reports the score of exactly that state dict
     em = EvalModel.from_pretrained(zoo / "base")
@@ -151,7 +155,7 @@ def test_engine_write_matches_in_memory(zoo: Path, sds: dict[str, dict[str, torc
 
     z = load_zoo(zoo)
     names = list(z.experts())
-    for m in ("dare_ties", "slerp"):
+    for m in ("dare_ties", "slerp", "soup"):  # random masks, pair base, a method without base
         R._write_merge(m, R.RECIPES[m], z.model_path("base"), [z.model_path(n) for n in names], tmp_path)
         got = load_file(str(tmp_path / m / "model.safetensors"))
         ref = R.merge_recipe(R.RECIPES[m], [sds[n] for n in names], sds["base"])
