@@ -115,7 +115,8 @@ class Progress:
                 self.bar.update(nbytes)
                 if finished_tensor:
                     self.bar.set_postfix_str(f"{self.tensors}/{self.n_tensors} tensors", refresh=False)
-            elif not self.quiet and self.total and self.done / self.total >= self._next_log:
+            elif (not self.quiet and self.total and self.done / self.total >= self._next_log
+                  and time.perf_counter() - self.t0 >= 2.0):  # no log lines for merges that take a moment
                 el = time.perf_counter() - self.t0
                 frac = self.done / self.total
                 eta = el / frac - el if frac else 0
