@@ -111,6 +111,10 @@ class ZooReport:
     def mean(self, row: Row) -> float:
         return sum(row.scores[t] for t in self.acc_tasks) / max(len(self.acc_tasks), 1)
 
+    def _rank_key(self, row: Row) -> tuple[float, float]:
+        """Task mean, ties broken by the lower general loss (the model that gave up less)."""
+        return self.mean(row), -sum(row.scores[t] for t in self.loss_tasks)
+
     def row(self, name: str) -> Row:
         for r in self.rows:
             if r.name == name:
@@ -125,16 +129,16 @@ class ZooReport:
         if not merges:
             return "No merge was evaluated."
         pct = lambda x: f"{100 * x:.1f} %"  # noqa: E731
-        best = max(merges, key=self.mean)
-        worst = min(merges, key=self.mean)
-        parts = [f"Best merge by task mean: **{best.name}** at {pct(self.mean(best))} "
+        best = max(merges, key=self._rank_key)
+        worst = min(merges, key=self._rank_key)
+        parts = [f"Best merge by task mean (ties: lower loss): **{best.name}** at {pct(self.mean(best))} "
                  f"(worst: {worst.name}, {pct(self.mean(worst))})."]
         if base is not None:
             above = [m.name for m in merges if self.mean(m) > self.mean(base)]
             parts.append(f"The base model averages {pct(self.mean(base))}; {len(above)} of {len(merges)} merges "
                          "score above it" + (f" ({', '.join(above)})." if above else "."))
         if experts:
-            best_exp = max(experts, key=self.mean)
+            best_exp = max(experts, key=self._rank_key)
             own = [r.scores[r.detail] for r in experts if r.detail in r.scores]
             ref = f"the best single expert averages {pct(self.mean(best_exp))} ({best_exp.name})"
             if own:
