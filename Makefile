@@ -27,7 +27,8 @@ lint: venv
 	$(VENV)/bin/ruff check src tests benchmarks examples
 
 bench: venv
-	$(PY) benchmarks/bench_merge.py
+	bash benchmarks/setup_peers.sh
+	$(PY) benchmarks/bench_merge.py --size 1.1b
 
 clean:
 	rm -rf $(VENV) build *.egg-info

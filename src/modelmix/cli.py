@@ -18,7 +18,7 @@ from modelmix.errors import ModelmixError
 
 _LAZY = {
     "zoo": ("modelmix.zoo.cli", "zoo", "Build the offline model zoo and its reports."),
-    "eval": ("modelmix.eval.cli", "eval_cmd", "Evaluate a model on JSONL data or on the zoo tasks."),
+    "eval": ("modelmix.eval.cli", "eval_command", "Evaluate a model on JSONL data or on the zoo tasks."),
     "cocktail": ("modelmix.cocktail_cli", "cocktail", "LM-Cocktail: merge with weights computed from a few examples."),
     "soup": ("modelmix.soup_cli", "soup", "Uniform or greedy model soup scored on held-out examples."),
     "lmc": ("modelmix.lmc_cli", "lmc", "Linear mode connectivity: loss along the path between two models."),

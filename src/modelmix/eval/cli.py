@@ -59,6 +59,13 @@ def format_table(scores: dict[str, dict[str, float]]) -> str:
 @click.option(
     "--metric", "metrics", multiple=True, type=click.Choice(METRIC_CHOICES), help="Metric (repeatable)."
 )
+@click.option(
+    "--lm-eval",
+    "lm_eval_tasks",
+    default=None,
+    help="Comma-separated lm-evaluation-harness tasks (needs `pip install lm-eval`), e.g. hellaswag,arc_easy.",
+)
+@click.option("--limit", type=float, default=None, help="With --lm-eval: examples per task (or a fraction).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 @click.option(
     "--batch-size", type=click.IntRange(min=1), default=None, help="Rows per forward pass (default: auto)."
@@ -83,6 +90,8 @@ def eval_command(
     zoo: Path | None,
     split: str,
     metrics: tuple[str, ...],
+    lm_eval_tasks: str | None,
+    limit: float | None,
     as_json: bool,
     batch_size: int | None,
     device: str,
@@ -90,8 +99,16 @@ def eval_command(
     separator: str,
 ) -> None:
     """Evaluate MODEL (a model directory) on --data files or on every matching task of a --zoo."""
-    if bool(data) == bool(zoo):
-        raise click.UsageError("Give either --data FILE (repeatable) or --zoo DIR.")
+    if sum(map(bool, (data, zoo, lm_eval_tasks))) != 1:
+        raise click.UsageError("Give one of --data FILE (repeatable), --zoo DIR or --lm-eval TASKS.")
+    if lm_eval_tasks:
+        from modelmix.eval.lm_eval_adapter import run_lm_eval
+
+        tasks = [t.strip() for t in lm_eval_tasks.split(",") if t.strip()]
+        lim = int(limit) if limit is not None and limit >= 1 else limit
+        scores = run_lm_eval(model, tasks, device=device, batch_size=batch_size or "auto", limit=lim)
+        _report(model, scores, as_json)
+        return
     if zoo and metrics:
         raise click.UsageError("--metric applies to --data; a zoo defines each task's metric.")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # local directories only: never wait on the network
@@ -126,6 +143,10 @@ def eval_command(
             scores[p.stem] = evaluate(
                 em, p, names, batch_size=batch_size, loss_reduction=loss_reduction, separator=separator
             )
+    _report(model, scores, as_json)
+
+
+def _report(model: Path, scores: dict[str, dict[str, float]], as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"model": str(model), "scores": scores}))
     else:

@@ -44,3 +44,13 @@ def build_cmd(out: Path, preset: str, seed: int, force: bool, no_progress: bool)
         sc = z.scores.get(name, {})
         cells = " ".join(f"{t}={sc.get(t, {}).get('exact_match', float('nan')):.2f}" for t in dec)
         click.echo(f"  {name:<20} {cells} general_loss={sc.get('general', {}).get('loss', float('nan')):.3f}")
+
+
+def _attach_report() -> None:
+    """`zoo report` lives in its own module (merges + evaluation); attach it to this group."""
+    from modelmix.zoo.report import report_cmd
+
+    zoo.add_command(report_cmd, name="report")
+
+
+_attach_report()
