@@ -79,24 +79,22 @@ def select_kth(x: Tensor, k: int) -> Selection:
     dev = flat.device
     # One reusable index buffer: fresh multi-MiB temporaries per chunk cost page faults on CPU.
     buf = torch.empty(min(CHUNK, n), dtype=torch.int32, device=dev)
-    cdt = torch.int32 if n < 2**31 else torch.int64  # bin counts must not overflow
-    ones = torch.ones(min(CHUNK, n), dtype=cdt, device=dev)
     # Pass 1: histogram of the high 16 bits of |x| (arithmetic shift, then drop the sign).
-    hist = torch.zeros(_HI_BINS, dtype=cdt, device=dev)
+    hist = torch.zeros(_HI_BINS, dtype=torch.int64, device=dev)
     for s in range(0, n, CHUNK):
         bits = _int_view(flat[s : s + CHUNK])
         idx = buf[: bits.numel()]
         torch.bitwise_right_shift(bits, 16, out=idx).bitwise_and_(0x7FFF)
-        hist.index_add_(0, idx, ones[: idx.numel()])
+        hist += torch.bincount(idx, minlength=_HI_BINS)  # faster than index_add_ and needs no ones buffer
     b, above_b = _kth_from_top(hist, k)
     # Pass 2: histogram of the low 16 bits inside bucket b; elements below/above the bucket land in the
     # sentinel bins 0 / _LO_BINS + 1, which avoids a (slow) masked gather.
-    lo_hist = torch.zeros(_LO_BINS + 2, dtype=cdt, device=dev)
+    lo_hist = torch.zeros(_LO_BINS + 2, dtype=torch.int64, device=dev)
     for s in range(0, n, CHUNK):
         bits = _int_view(flat[s : s + CHUNK])
         idx = buf[: bits.numel()]
         torch.bitwise_and(bits, 0x7FFFFFFF, out=idx).sub_((b << 16) - 1).clamp_(0, _LO_BINS + 1)
-        lo_hist.index_add_(0, idx, ones[: idx.numel()])
+        lo_hist += torch.bincount(idx, minlength=_LO_BINS + 2)
     lo_bin, above_lo = _kth_from_top(lo_hist[1 : _LO_BINS + 1], k - above_b)
     thr_bits = torch.tensor([(b << 16) | lo_bin], dtype=torch.int32)
     threshold = float(thr_bits.view(torch.float32).item())
