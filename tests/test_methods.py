@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from modelmix.errors import ConfigError
-from modelmix.kernels.masks import model_generator
+from modelmix.kernels.masks import model_seed, uniforms
 from modelmix.methods import REQUIRED, all_methods, get_method
 
 EXPECTED = {
@@ -383,8 +383,8 @@ def test_random_methods_deterministic(name):
 def test_dare_reference_masks():
     base, ms = models(2, shape=(30, 20))
     dens = [0.4, 0.7]
-    # each model draws from its own generator (model_generator(seed, i)), in flat order
-    masks = [torch.rand(600, generator=model_generator(11, i)).view(30, 20) < d for i, d in enumerate(dens)]
+    # each model has its own counter-based mask stream (model_seed(seed, i)), in flat order
+    masks = [uniforms(model_seed(11, i), 0, 600).view(30, 20) < d for i, d in enumerate(dens)]
     w = [1.0, 0.5]
     # no rescale: plain masked task arithmetic / TIES
     close(
@@ -432,7 +432,7 @@ def test_della_reference():
     base, ms = models(2, shape=(6, 8))
     dens, eps, w = [0.5, 0.4], [0.1, 0.2], [1.0, 0.6]
     probs = [ref_della_probs(m - base, d, e) for m, d, e in zip(ms, dens, eps, strict=True)]
-    masks = [torch.rand(48, generator=model_generator(5, i)).double().view(6, 8) < p for i, p in enumerate(probs)]
+    masks = [uniforms(model_seed(5, i), 0, 48).double().view(6, 8) < p for i, p in enumerate(probs)]
     kw = {"weight": w, "density": dens, "epsilon": eps, "seed": 5}
     close(run("della_linear", ms, base, rescale="none", **kw), ref_gta(base, ms, w, masks))
     close(

@@ -88,3 +88,18 @@ def test_slerp_streamer(t):
     src = _Src(colinear, base, 7)
     STREAMERS["slerp"][0](src, t=t)
     torch.testing.assert_close(src.out, get_method("slerp").fn(colinear, base=base, t=t))
+
+
+def test_counter_uniforms_numba_equals_numpy_and_are_uniform(monkeypatch):
+    from modelmix.kernels import fused
+    from modelmix.kernels.masks import model_seed, uniforms
+
+    a = uniforms(model_seed(7, 1), 1000, 5000)
+    monkeypatch.setattr(fused, "AVAILABLE", False)
+    b = uniforms(model_seed(7, 1), 1000, 5000)
+    assert torch.equal(a, b)
+    assert torch.equal(uniforms(model_seed(7, 1), 3000, 10), a[2000:2010])  # a pure function of the index
+    assert not torch.equal(uniforms(model_seed(7, 2), 1000, 5000), a)  # models have independent streams
+    big = uniforms(model_seed(3, 0), 0, 200_000)
+    assert 0 <= float(big.min()) and float(big.max()) < 1
+    assert abs(float(big.mean()) - 0.5) < 0.01 and abs(float((big < 0.3).float().mean()) - 0.3) < 0.01

@@ -25,8 +25,8 @@ from torch import Tensor
 
 from modelmix.errors import ConfigError
 from modelmix.kernels import fused
-from modelmix.kernels.masks import della_keep_prob, model_generator, normalize_rescale
-from modelmix.kernels.select import CHUNK, Selection, _kth_from_top
+from modelmix.kernels.masks import della_keep_prob, model_seed, normalize_rescale, uniforms
+from modelmix.kernels.select import Selection, _kth_from_top
 from modelmix.methods._gta import agree, elect_keep
 from modelmix.methods.slerp import DOT_THRESHOLD, NORM_EPS
 
@@ -107,25 +107,15 @@ class TopkMaskStream:
 
 
 class UniformStream:
-    """The same uniforms as ``bernoulli_keep_mask`` draws (fixed CHUNK blocks), served in arbitrary pieces."""
+    """The uniforms of one model's mask stream, served chunk by chunk in flat order."""
 
-    def __init__(self, gen: torch.Generator, numel: int):
-        self.gen, self.numel, self.pos = gen, numel, 0
-        self.block = torch.empty(0)
-        self.off = 0
+    def __init__(self, seed: int, numel: int):
+        self.seed, self.pos = seed, 0
 
     def take(self, n: int) -> Tensor:
-        parts = []
-        while n > 0:
-            if self.off >= self.block.numel():
-                self.block = torch.rand(min(CHUNK, self.numel - self.pos), generator=self.gen, dtype=torch.float32)
-                self.pos += self.block.numel()
-                self.off = 0
-            m = min(n, self.block.numel() - self.off)
-            parts.append(self.block[self.off : self.off + m])
-            self.off += m
-            n -= m
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
+        u = uniforms(self.seed, self.pos, n)
+        self.pos += n
+        return u
 
 
 # ------------------------------------------------------------------------------------------ task vectors
@@ -264,13 +254,13 @@ def _gta_stream(sparsifier: str | None, consensus: bool, default_normalize: bool
 
                         out.append(f)
                 elif sparsifier == "random":
-                    us = UniformStream(model_generator(seed, i), n)
+                    us = UniformStream(model_seed(seed, i), n)
                     out.append(lambda d, _x, us=us, q=density[i]: (d * (us.take(d.numel()).to(d.device).view(d.shape) < q), q))
                 else:  # della
                     if density[i] <= 0:
                         out.append(lambda d, _x: (torch.zeros_like(d), 1.0))
                         continue
-                    us = UniformStream(model_generator(seed, i), n)
+                    us = UniformStream(model_seed(seed, i), n)
 
                     def f(d, _x, us=us, q=density[i], e=epsilon[i]):
                         probs = della_keep_prob(d, q, e)
@@ -362,32 +352,31 @@ def _gta_fused(src, sparsifier, ks, sels, active, density, weights, rescale, nor
         thr_lo.append(np.float32(tl))
         need_lo.append(nl)
         q.append(np.float32(density[i]))
-    empty = np.empty(0, dtype=np.float32)
+    useeds = [np.uint64(model_seed(seed, i)) for i in range(m)]
 
     def sweep(fn) -> None:
         """One pass over the chunks with fresh tie counters and random streams."""
         nh = [np.array([v], dtype=np.int64) for v in need_hi]
         nl = [np.array([v], dtype=np.int64) for v in need_lo]
-        us = [UniformStream(model_generator(seed, i), n) if modes[i] == fused.RANDOM else None for i in range(m)]
+        pos = 0
         for rows, xs, b in src.chunks():
-            k = b.numel()
-            u = [x.take(k).numpy() if x is not None else empty for x in us]
-            fn(rows, xs, b, nh, nl, u)
+            fn(rows, xs, b, nh, nl, pos)  # pos: flat index of the chunk's first element (mask streams)
+            pos += b.numel()
 
     scale = [np.float32(1.0)] * m
     if rescale == "l1" and any(active):
         sums = np.zeros((m, 2), dtype=np.float64)
         scratch = np.empty(0, dtype=np.float32)
 
-        def l1(rows, xs, b, nh, nl, u):
+        def l1(rows, xs, b, nh, nl, pos):
             nonlocal scratch
             bn = b.reshape(-1).numpy()
             if scratch.shape[0] < bn.shape[0]:
                 scratch = np.empty(bn.shape[0], dtype=np.float32)
             for i in range(m):
                 if active[i]:
-                    fused.sparsify_into(xs[i].reshape(-1).numpy(), bn, modes[i], thr_hi[i], nh[i], thr_lo[i], nl[i], u[i],
-                                        q[i], np.float32(1), np.float32(1), np.float32(1), scratch, sums[i])
+                    fused.sparsify_into(xs[i].reshape(-1).numpy(), bn, modes[i], thr_hi[i], nh[i], thr_lo[i], nl[i], useeds[i],
+                                        pos, q[i], np.float32(1), np.float32(1), np.float32(1), scratch, sums[i])
 
         sweep(l1)
         for i in range(m):
@@ -401,7 +390,7 @@ def _gta_fused(src, sparsifier, ks, sels, active, density, weights, rescale, nor
     out = np.empty(0, dtype=np.float32)
     dummy = np.zeros(2, dtype=np.float64)
 
-    def apply(rows, xs, b, nh, nl, u):
+    def apply(rows, xs, b, nh, nl, pos):
         nonlocal deltas, out
         bn = b.reshape(-1).numpy()
         k = bn.shape[0]
@@ -409,8 +398,8 @@ def _gta_fused(src, sparsifier, ks, sels, active, density, weights, rescale, nor
             deltas = np.empty((m, k), dtype=np.float32)
             out = np.empty(k, dtype=np.float32)
         for i in range(m):
-            fused.sparsify_into(xs[i].reshape(-1).numpy(), bn, modes[i], thr_hi[i], nh[i], thr_lo[i], nl[i], u[i], q[i],
-                                scale[i], div[i], w32[i], deltas[i], dummy)
+            fused.sparsify_into(xs[i].reshape(-1).numpy(), bn, modes[i], thr_hi[i], nh[i], thr_lo[i], nl[i], useeds[i], pos,
+                                q[i], scale[i], div[i], w32[i], deltas[i], dummy)
         fused.combine(deltas[:, :k], bn, w32, consensus, normalize, total, np.float32(lam), out)
         src.emit(rows, torch.from_numpy(out[:k]).view(b.shape))
 

@@ -28,6 +28,30 @@ except ImportError:  # pragma: no cover
 # sparsifier modes
 DENSE, TOPK, BAND, ZERO, RANDOM = 0, 1, 2, 3, 4
 
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_INV24 = np.float32(1.0 / (1 << 24))
+
+
+@njit(inline="always")
+def _uniform(seed, index):  # pragma: no cover - compiled
+    """The random-mask uniform for element ``index`` of a model stream: splitmix64 of (seed, index), top
+    24 bits as a float32 in [0, 1). A pure function of the index, so any chunking, thread count or device
+    gives the same masks without replaying a generator."""
+    z = seed + (np.uint64(index) + np.uint64(1)) * _GOLDEN
+    z = (z ^ (z >> np.uint64(30))) * _M1
+    z = (z ^ (z >> np.uint64(27))) * _M2
+    z = z ^ (z >> np.uint64(31))
+    return np.float32(z >> np.uint64(40)) * _INV24
+
+
+@njit(nogil=True, cache=True)
+def uniforms(seed, start, out):  # pragma: no cover - compiled
+    """out[j] = the uniform of element start + j of stream ``seed``."""
+    for j in range(out.shape[0]):
+        out[j] = _uniform(seed, start + j)
+
 
 @njit(nogil=True, cache=True)
 def hist_hi(x, b, scratch, hist):  # pragma: no cover - compiled
@@ -54,12 +78,12 @@ def hist_lo(x, b, bucket, scratch, lo):  # pragma: no cover - compiled
 
 
 @njit(nogil=True, cache=True)
-def sparsify_into(x, b, mode, thr_hi, need_hi, thr_lo, need_lo, u, q, scale, div, weight, out, sums):  # pragma: no cover
+def sparsify_into(x, b, mode, thr_hi, need_hi, thr_lo, need_lo, useed, ustart, q, scale, div, weight, out, sums):  # pragma: no cover
     """out = (((mask * (x - b)) * scale) / div) * weight for one model's chunk (scale/div skipped when 1).
 
     TOPK keeps |d| > thr_hi plus the first ``need_hi[0]`` elements equal to it (flat-index order, the
     counter carries over to the next chunk); BAND keeps top-``stop`` minus top-``start`` (two counters);
-    RANDOM keeps u < q. ``sums`` accumulates (sum |d|, sum |mask * d|) in float64 for L1 rescaling.
+    RANDOM keeps u < q with u = uniform(useed, ustart + j). ``sums`` accumulates (sum |d|, sum |mask * d|) in float64 for L1 rescaling.
     """
     n = x.shape[0]
     s_before = 0.0
@@ -87,7 +111,7 @@ def sparsify_into(x, b, mode, thr_hi, need_hi, thr_lo, need_lo, u, q, scale, div
                 in_lo = True
             keep = in_hi and not in_lo
         elif mode == RANDOM:
-            keep = u[j] < q
+            keep = _uniform(useed, ustart + j) < q
         else:
             keep = True
         m = d * (one if keep else zero)

@@ -1,14 +1,15 @@
 """Sparsification of task vectors (deltas) as used by TIES, DARE, breadcrumbs and DELLA (mergekit 0.1.5).
 
 Each function takes a float32 delta and returns a new, sparsified (and optionally rescaled) float32 tensor.
-Random masks are drawn from a CPU ``torch.Generator`` in fixed-size chunks of the flattened tensor and then
-moved to the tensor's device, so the same seed gives bit-identical masks on any device and thread count.
+Random masks come from counter-based per-model streams (``uniforms``: a hash of seed and element index),
+computed on the CPU and moved to the tensor's device, so the same seed gives bit-identical masks on any device and thread count.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -85,44 +86,55 @@ def breadcrumbs_prune(delta: Tensor, density: float, gamma: float, rescale: Resc
     return _finish(delta, mask, rescale, density)
 
 
-def model_generator(seed: int, index: int) -> torch.Generator:
-    """Independent CPU generator for model ``index`` of a tensor's merge: each model's mask is its own
-    stream, so a chunked executor can regenerate any model's draws without replaying the others'."""
-    mixed = (int(seed) * 0x9E3779B97F4A7C15 + (index + 1) * 0xBF58476D1CE4E5B9) & ((1 << 63) - 1)
-    return torch.Generator(device="cpu").manual_seed(mixed)
+def model_seed(seed: int, index: int) -> int:
+    """Seed of model ``index``'s mask stream for one tensor: every model has its own stream, so a chunked
+    executor can produce any model's draws for any element range directly (see ``uniforms``)."""
+    z = (int(seed) * 0x9E3779B97F4A7C15 + (index + 1) * 0xBF58476D1CE4E5B9) & ((1 << 64) - 1)
+    return z ^ (z >> 29)
 
 
-def _uniform_chunks(numel: int, generator: torch.Generator):
-    """Yield (start, uniform[0,1) float32 CPU chunk) covering ``numel`` draws, in a fixed chunking."""
-    for s in range(0, numel, CHUNK):
-        yield s, torch.rand(min(CHUNK, numel - s), generator=generator, dtype=torch.float32)
+def uniforms(seed: int, start: int, n: int) -> Tensor:
+    """Uniforms in [0, 1) for elements ``start .. start+n`` of mask stream ``seed`` (float32, CPU).
 
-
-def bernoulli_keep_mask(
-    shape: torch.Size, p: float | Tensor, generator: torch.Generator, device: torch.device
-) -> Tensor:
-    """Mask with each entry kept with probability ``p`` (scalar, or a tensor of per-entry probabilities).
-
-    Draws ``numel`` uniforms from the CPU generator (in flat order) and keeps ``u < p``.
+    Counter-based (splitmix64 of seed and element index, top 24 bits): a pure function of the index, so the
+    same seed gives bit-identical masks whatever the chunking, thread count or device.
     """
+    from modelmix.kernels import fused
+
+    out = np.empty(n, dtype=np.float32)
+    if fused.AVAILABLE:
+        fused.uniforms(np.uint64(seed), np.int64(start), out)
+        return torch.from_numpy(out)
+    with np.errstate(over="ignore"):  # same arithmetic as the numba kernel, vectorised (mod 2**64 wraps)
+        z = np.uint64(seed) + (np.arange(start, start + n, dtype=np.uint64) + np.uint64(1)) * fused._GOLDEN
+        z = (z ^ (z >> np.uint64(30))) * fused._M1
+        z = (z ^ (z >> np.uint64(27))) * fused._M2
+        z = z ^ (z >> np.uint64(31))
+    out[:] = (z >> np.uint64(40)).astype(np.float32) * fused._INV24
+    return torch.from_numpy(out)
+
+
+def bernoulli_keep_mask(shape: torch.Size, p: float | Tensor, seed: int, device: torch.device) -> Tensor:
+    """Mask with each entry kept with probability ``p`` (scalar, or a tensor of per-entry probabilities):
+    ``u < p`` with u from mask stream ``seed`` in flat order, computed on the CPU in chunks."""
     numel = 1
     for d in shape:
         numel *= d
     out = torch.empty(numel, dtype=torch.bool, device=device)
     p_flat = p.reshape(-1) if isinstance(p, Tensor) else None
-    for s, u in _uniform_chunks(numel, generator):
-        u = u.to(device, non_blocking=False)
+    for s in range(0, numel, CHUNK):
+        u = uniforms(seed, s, min(CHUNK, numel - s)).to(device)
         thr = p_flat[s : s + u.numel()] if p_flat is not None else p
         torch.lt(u, thr, out=out[s : s + u.numel()])
     return out.view(shape)
 
 
-def dare_prune(delta: Tensor, density: float, generator: torch.Generator, rescale: Rescale = "l1") -> Tensor:
+def dare_prune(delta: Tensor, density: float, seed: int, rescale: Rescale = "l1") -> Tensor:
     """DARE: keep each entry with probability ``density``. Every model with density < 1 consumes exactly
     ``numel`` draws (density <= 0 too, as mergekit), so one model's density never shifts another's mask."""
     if density >= 1:
         return delta.clone()
-    mask = bernoulli_keep_mask(delta.shape, density, generator, delta.device)
+    mask = bernoulli_keep_mask(delta.shape, density, seed, delta.device)
     return _finish(delta, mask, rescale, density)
 
 
@@ -151,7 +163,7 @@ def della_keep_prob(delta: Tensor, density: float, epsilon: float) -> Tensor:
 
 
 def della_prune(
-    delta: Tensor, density: float, epsilon: float, generator: torch.Generator, rescale: Rescale = "l1"
+    delta: Tensor, density: float, epsilon: float, seed: int, rescale: Rescale = "l1"
 ) -> Tensor:
     """DELLA: drop entries at random, with small magnitudes dropped more often (MagPrune)."""
     if density >= 1:
@@ -164,5 +176,5 @@ def della_prune(
             f"epsilon={epsilon}. Lower epsilon (default 0.15) or move density away from 0 and 1."
         )
     probs = della_keep_prob(delta, density, epsilon)
-    mask = bernoulli_keep_mask(delta.shape, probs, generator, delta.device)
+    mask = bernoulli_keep_mask(delta.shape, probs, seed, delta.device)
     return _finish(delta, mask, rescale, probs)

@@ -14,7 +14,7 @@ from modelmix.kernels.masks import (
     dare_prune,
     della_prune,
     magnitude_prune,
-    model_generator,
+    model_seed,
     normalize_rescale,
 )
 from modelmix.methods._common import WEIGHT
@@ -78,12 +78,12 @@ def _make(
             if sparsifier == "magnitude":
                 return magnitude_prune(d, density[i], rescale)
             if sparsifier == "random":
-                return dare_prune(d, density[i], model_generator(seed, i), rescale)
+                return dare_prune(d, density[i], model_seed(seed, i), rescale)
             if sparsifier == "outliers":
                 gamma = p.get("gamma") or [0.01] * n
                 return breadcrumbs_prune(d, density[i], gamma[i], rescale)
             epsilon = p.get("epsilon") or [0.15] * n
-            return della_prune(d, density[i], epsilon[i], model_generator(seed, i), rescale)
+            return della_prune(d, density[i], epsilon[i], model_seed(seed, i), rescale)
 
         return merge_deltas(
             tensors,
