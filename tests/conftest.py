@@ -149,6 +149,23 @@ def trio(tmp_path: Path):
     return tmp_path, {"base": base, "ft1": ft1, "ft2": ft2}
 
 
+def run_cli(*args: str) -> tuple[int, str, str]:
+    """Run the modelmix CLI in-process; returns (exit code, stdout, stderr)."""
+    import contextlib
+    import io
+
+    from modelmix.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(list(args))
+        except SystemExit as e:
+            code = int(e.code or 0)
+    return code, out.getvalue(), err.getvalue()
+
+
 def write_recipe(path: Path, text: str) -> Path:
     path.write_text(text)
     return path

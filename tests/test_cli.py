@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from conftest import run_cli
 from modelmix.cli import _LAZY, app
-from test_merge import run_cli
 
 
 @pytest.mark.parametrize("name", ["merge", "check", *_LAZY])

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from pathlib import Path
 
@@ -11,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from modelmix.cli import main
+from conftest import run_cli
 from modelmix.errors import DataError, InputError
 from modelmix.eval.api import evaluate
 from modelmix.lmc import barrier_height, grid, lmc_curve
@@ -19,15 +17,6 @@ from modelmix.lmc import barrier_height, grid, lmc_curve
 EXAMPLES = [{"input": f"{a}*{b}=", "output": str(a * b)} for a in range(2, 5) for b in range(2)]
 
 
-def run_cli(*args: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main(list(args))
-        except SystemExit as e:
-            code = int(e.code or 0)
-    return code, out.getvalue(), err.getvalue()
 
 
 def _save(model, tok, d: Path) -> Path:

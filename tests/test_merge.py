@@ -11,23 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import make_model, snapshot, write_recipe
+from conftest import make_model, run_cli, snapshot, write_recipe
 from modelmix.cli import main
-
-
-def run_cli(*args: str) -> tuple[int, str, str]:
-    """Run the CLI in-process; returns (exit code, stdout, stderr)."""
-    import contextlib
-    import io
-
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main(list(args))
-        except SystemExit as e:
-            code = int(e.code or 0)
-    return code, out.getvalue(), err.getvalue()
 
 
 def load_dir(d: Path) -> dict[str, torch.Tensor]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from pathlib import Path
 
@@ -11,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from modelmix.cli import main
+from conftest import run_cli
 from modelmix.errors import DataError, InputError, OutputError
 from modelmix.eval.api import evaluate
 from modelmix.soup import model_soup
@@ -19,15 +17,6 @@ from modelmix.soup import model_soup
 EXAMPLES = [{"input": f"{a}+{b}=", "output": str(a + b)} for a in range(3) for b in range(2)]
 
 
-def run_cli(*args: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main(list(args))
-        except SystemExit as e:
-            code = int(e.code or 0)
-    return code, out.getvalue(), err.getvalue()
 
 
 def make_family(root: Path, n: int, *, hidden: int = 32, scale: float = 0.02) -> tuple[list[Path], list[dict]]:

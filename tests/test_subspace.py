@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import make_model, write_recipe
+from conftest import make_model, run_cli, write_recipe
 from modelmix.api import merge_tensors
-from modelmix.cli import main
 from modelmix.methods import get_method
 from modelmix.methods import subspace as sub
 
@@ -110,15 +107,6 @@ def test_randomized_svd_for_large_matrices_is_deterministic(monkeypatch) -> None
     torch.testing.assert_close(e, ref, rtol=1e-2, atol=1e-2)
 
 
-def _run(*args: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main(list(args))
-        except SystemExit as e:
-            code = int(e.code or 0)
-    return code, out.getvalue(), err.getvalue()
 
 
 def test_yaml_recipe_end_to_end(tmp_path: Path) -> None:
@@ -138,7 +126,7 @@ parameters:
   lambda: 0.9
 dtype: float32
 """)
-    code, _out, err = _run("merge", str(recipe), str(tmp_path / "out"))
+    code, _out, err = run_cli("merge", str(recipe), str(tmp_path / "out"))
     assert code == 0, err
     got = load_file(str(tmp_path / "out" / "model.safetensors"))
     for k, v in got.items():
@@ -147,7 +135,7 @@ dtype: float32
         if v.dim() == 2:
             assert torch.linalg.matrix_rank(v - base[k]).item() <= 4
     bad = write_recipe(tmp_path / "bad.yml", recipe.read_text().replace("rank: 2", "energy: 1.5"))
-    code, _out, err = _run("merge", str(bad), str(tmp_path / "out2"))
+    code, _out, err = run_cli("merge", str(bad), str(tmp_path / "out2"))
     assert code != 0 and "energy" in err and not (tmp_path / "out2").exists()
 
 

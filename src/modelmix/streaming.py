@@ -27,7 +27,7 @@ from modelmix.errors import ConfigError
 from modelmix.kernels import fused
 from modelmix.kernels.masks import della_keep_prob, model_seed, normalize_rescale, uniforms
 from modelmix.kernels.select import Selection, _kth_from_top
-from modelmix.methods._gta import agree, elect_keep
+from modelmix.methods._gta import combine_deltas
 from modelmix.methods.slerp import DOT_THRESHOLD, NORM_EPS
 
 _HI_BINS = 1 << 15
@@ -283,7 +283,6 @@ def _gta_stream(sparsifier: str | None, consensus: bool, default_normalize: bool
             for i in range(m):
                 if active[i] and before[i] >= _RESCALE_EPS and after[i] >= _RESCALE_EPS:
                     scale[i] = before[i] / after[i]
-        total = float(torch.tensor(weights, dtype=torch.float32).sum())
         sp = sparsifiers()
         for rows, xs, b in src.chunks():
             deltas = []
@@ -299,26 +298,7 @@ def _gta_stream(sparsifier: str | None, consensus: bool, default_normalize: bool
             if not deltas:
                 src.emit(rows, b.clone())
                 continue
-            if cons is not None:
-                positive = elect_keep(deltas, cons)
-                mixed = torch.zeros_like(b)
-                divisor = torch.zeros_like(b)
-                for d, w in zip(deltas, weights, strict=True):
-                    keep = agree(d, positive)
-                    mixed += d * keep
-                    divisor += keep * float(w)
-                divisor[divisor == 0] = 1
-                if normalize:
-                    mixed /= divisor
-            else:
-                mixed = deltas[0]
-                for d in deltas[1:]:
-                    mixed += d
-                if normalize and abs(total) >= 1e-8:
-                    mixed /= total
-            if lam != 1:
-                mixed *= lam
-            src.emit(rows, b + mixed)
+            src.emit(rows, combine_deltas(deltas, b, weight=weights, consensus=cons, normalize=normalize, lam=lam))
 
     return run
 

@@ -55,6 +55,13 @@ def merge_deltas(
         if sparsify is not None:
             d = sparsify(i, d)
         deltas.append(d.mul_(weight[i]))
+    return combine_deltas(deltas, b, weight=weight, consensus=consensus, normalize=normalize, lam=lam)
+
+
+def combine_deltas(
+    deltas: list[Tensor], b: Tensor, *, weight: list[float], consensus: Consensus | None, normalize: bool, lam: float
+) -> Tensor:
+    """Steps 3-4 on already sparsified and weighted deltas (also used chunk by chunk by the streamers)."""
     if consensus is not None:
         positive = elect_keep(deltas, consensus)
         mixed = torch.zeros_like(b)
@@ -63,7 +70,6 @@ def merge_deltas(
             keep = agree(d, positive)
             mixed += d * keep
             divisor += keep * float(w)
-        del deltas
         divisor[divisor == 0] = 1
         if normalize:
             mixed /= divisor
