@@ -265,7 +265,7 @@ BAD = {
     "missing shard": ({}, _missing_shard, "model-00001-of-00002.safetensors"),
     "truncated safetensors": ({}, _corrupt_truncate, "truncated"),
     "mismatched shapes": ({}, _mismatch_shape, "Shape mismatch"),
-    "mismatched names": ({}, _mismatch_names, "missing from model"),
+    "mismatched names": ({}, _mismatch_names, "same architecture?"),
     "unknown method": ({"method": "tiez"}, None, 'Did you mean "ties"'),
     "typo'd parameter": ({"p1": "weight: 1.0, densty: 0.5"}, None, 'Did you mean "density"'),
     "missing required parameter": ({"p1": "density: 0.5"}, None, "weight"),
@@ -396,3 +396,39 @@ def test_streamed_chunks_equal_whole_tensor(trio, monkeypatch, method, params):
     a, b = load_dir(root / "whole"), load_dir(root / "chunked")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+def test_tensor_missing_from_some_models_is_merged_over_the_others(trio):
+    """A few tensors absent from one model (not a different architecture): merged over the models that have
+    them, with a note; the base lacking one means it is copied from the first model that has it."""
+    from safetensors.torch import save_file
+
+    root, sds = trio
+    k = "model.layers.1.mlp.up_proj.weight"
+    sd = load_file(str(root / "ft1" / "model.safetensors"))
+    del sd[k]
+    save_file(sd, str(root / "ft1" / "model.safetensors"))
+    recipe = write_recipe(root / "r.yml", f"""
+merge_method: linear
+models:
+  - model: {root}/ft1
+    parameters: {{weight: 0.3}}
+  - model: {root}/ft2
+    parameters: {{weight: 0.5}}
+dtype: float32
+""")
+    code, out, err = run_cli("merge", str(recipe), str(root / "out"))
+    assert code == 0, err
+    assert "note:" in err and k in err
+    got = load_dir(root / "out")
+    torch.testing.assert_close(got[k], sds["ft2"][k])  # normalised over the one model that has it
+    other = "model.layers.0.mlp.up_proj.weight"
+    torch.testing.assert_close(got[other], (0.3 * sds["ft1"][other] + 0.5 * sds["ft2"][other]) / 0.8)
+    # ties with the tensor missing from the base: copied from the first model that has it
+    sd = load_file(str(root / "base" / "model.safetensors"))
+    del sd["model.norm.weight"]
+    save_file(sd, str(root / "base" / "model.safetensors"))
+    code, out, err = run_cli("merge", str(write_recipe(root / "t.yml", _ties(root))), str(root / "t"))
+    assert code == 0, err
+    assert "missing from the base model" in err
+    torch.testing.assert_close(load_dir(root / "t")["model.norm.weight"], sds["ft1"]["model.norm.weight"])

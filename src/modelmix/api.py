@@ -83,6 +83,8 @@ def merge(
     out = Path(out_dir)
     check_target(out.absolute(), overwrite)  # before any heavy work
     mp = plan(config, base_dir=base_dir, allow_pickle=allow_pickle, seed=seed)
+    if not quiet:
+        show_notes(mp)
     try:
         specs = [OutSpec(t.name, t.out_dtype, t.shape) for t in mp.tasks]
         writer = ModelWriter(out, specs, max_shard_bytes=out_shard_size, overwrite=overwrite)
@@ -100,6 +102,16 @@ def merge(
     finally:
         mp.close()
     return MergeResult(out.absolute(), len(mp.tasks), writer.total_bytes, time.perf_counter() - t0)
+
+
+def show_notes(mp, limit: int = 10) -> None:
+    """Print the plan's non-fatal observations (e.g. tensors missing from some models) to stderr."""
+    import sys
+
+    for n in mp.notes[:limit]:
+        print(f"note: {n}", file=sys.stderr)
+    if len(mp.notes) > limit:
+        print(f"note: ... and {len(mp.notes) - limit} more", file=sys.stderr)
 
 
 def _write_aux(mp, path) -> None:

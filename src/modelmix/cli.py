@@ -93,6 +93,7 @@ def merge(ctx, recipe, out_dir, overwrite, threads, device, seed, out_shard_size
 
     if dry_run:
         p = api.plan(recipe, allow_pickle=allow_pickle, seed=seed)
+        api.show_notes(p, limit=len(p.notes))
         try:
             click.echo(f"# {len(p.tasks)} output tensors, {p.out_bytes / 1e9:.3f} GB, method {p.method.name}")
             for t in p.tasks:
@@ -117,6 +118,7 @@ def check(ctx, recipe, allow_pickle, debug):
     from modelmix import api
 
     p = api.plan(recipe, allow_pickle=allow_pickle)
+    api.show_notes(p, limit=len(p.notes))
     try:
         click.echo(
             f"ok: {len(p.models)} model(s), {len(p.tasks)} output tensors, {p.out_bytes / 1e9:.3f} GB, "

@@ -90,6 +90,7 @@ class MergePlan:
     out_config: dict[str, Any]
     tokenizer_dir: Path | None
     method: Method
+    notes: list[str] = field(default_factory=list)  # non-fatal observations shown to the user
 
     @property
     def out_bytes(self) -> int:
@@ -150,6 +151,7 @@ class _Planner:
         compute = parse_dtype(config.dtype) if config.dtype else None
         self.out_dtype_cfg = parse_dtype(config.out_dtype) if config.out_dtype else compute
         self.tasks: list[TensorTask] = []
+        self.notes: list[str] = []
         self.vocab: _VocabAligner | None = None
 
     # ------------------------------------------------------------------ entry
@@ -168,20 +170,19 @@ class _Planner:
                 full.append((r, (0, n)))
             slices.append((None, None, full))
         self.vocab = _VocabAligner.maybe(self.config, self.models, self.base_key, self.tokenizer_dir())
-        first_sources = slices[0][2]
-        # pre-layer weights from the first slice's models, post-layer from the last's (as mergekit)
-        ref_model = self.models[_key(first_sources[0][0])]
-        nonlayer = [n for n in ref_model.names() if layer_index(n) is None]
-        for name in nonlayer:
+        # pre-layer weights from the first slice's models, post-layer from the last's (as mergekit); names are
+        # the union over those models, so a tensor missing from one of them is still merged over the others
+        for name in self._union(slices[0][2], None):
             if is_pre_weight(name):
                 self._plan_tensor(name, name, slices[0], t=0.0)
         out_layer = 0
         for sl in slices:
             out_layer = self._plan_slice(sl, out_layer)
-        for name in nonlayer:
+        for name in self._union(slices[-1][2], None):
             if not is_pre_weight(name):
                 self._plan_tensor(name, name, slices[-1], t=0.0)
-        return MergePlan(cfg, self.models, self.tasks, self._out_config(out_layer), self.tokenizer_dir(), self.method)
+        return MergePlan(cfg, self.models, self.tasks, self._out_config(out_layer), self.tokenizer_dir(), self.method,
+                         self.notes)
 
     def _plan_slice(self, sl: tuple, out_layer: int) -> int:
         index, _base, sources = sl
@@ -194,20 +195,30 @@ class _Planner:
                 + "."
             )
         n = lengths.pop()
-        first_ref, (start0, _end0) = sources[0]
-        first = self.models[_key(first_ref)]
         for ref, (a, b) in sources:
             have = count_layers(self.models[_key(ref)].names())
             if b > have or a < 0:
                 raise ConfigError(f"layer_range {[a, b]} of {ref} is out of bounds: that model has {have} layers.")
         for j in range(n):
             t = layer_t(j, n)
-            names = [nm for nm in first.names() if layer_index(nm) == start0 + j]
-            for nm in names:
-                out_name = with_layer(nm, out_layer + j)
-                per_source = [(ref, with_layer(nm, a + j)) for ref, (a, _b) in sources]
+            for tmpl in self._union(sources, j):  # names with layer index 0, e.g. model.layers.0.mlp.up_proj.weight
+                out_name = with_layer(tmpl, out_layer + j)
+                per_source = [(ref, with_layer(tmpl, a + j)) for ref, (a, _b) in sources]
                 self._plan_tensor(out_name, per_source, sl, t=t)
         return out_layer + n
+
+    def _union(self, sources: list, j: int | None) -> list[str]:
+        """Tensor names over all sources, first source's order first: non-layer names (j None), or the
+        names of each source's layer ``start + j`` as templates with layer index 0."""
+        seen: dict[str, None] = {}
+        for ref, (a, _b) in sources:
+            for nm in self.models[_key(ref)].names():
+                li = layer_index(nm)
+                if j is None and li is None:
+                    seen.setdefault(nm, None)
+                elif j is not None and li == a + j:
+                    seen.setdefault(with_layer(nm, 0), None)
+        return list(seen)
 
     # ------------------------------------------------------------------ one tensor
     def _plan_tensor(self, out_name: str, in_names: str | list, sl: tuple, *, t: float) -> None:
@@ -218,18 +229,30 @@ class _Planner:
         base_key = _key(base_ref) if base_ref is not None else None
         # -- existence and shapes
         present = []
+        missing = []
         for ref, nm in in_names:
             ck = self.models[_key(ref)]
             if nm not in ck:
-                alt = _tied_alias(ck, nm)
-                if alt is None:
-                    raise InputError(
-                        f"Tensor {nm!r} is missing from model {ref} but present in "
-                        f"{next(str(r) for r, n2 in in_names if n2 in self.models[_key(r)])}. The models do not have "
-                        f"matching tensor names; are they the same architecture?"
-                    )
-                nm = alt
+                nm = _tied_alias(ck, nm)  # type: ignore[assignment]
+                if nm is None:
+                    missing.append(ref)
+                    continue
             present.append((ref, nm))
+        if missing:
+            self._check_same_architecture(missing, [r for r, _ in present])
+            self.notes.append(
+                f"{out_name}: missing from {', '.join(map(str, missing))}; merged over the models that have it"
+            )
+            base_ref_here = slice_base if slice_base is not None else self.config.base_model
+            if self.method.needs_base and base_ref_here is not None and base_ref_here in missing:
+                present = present[:1]  # no base to take task vectors against: keep the first model's tensor
+                self.notes[-1] = f"{out_name}: missing from the base model; copied from {present[0][0]}"
+                r0, n0 = present[0]
+                e0 = self.models[_key(r0)].entry(n0)
+                copy = get_method("passthrough")
+                self.tasks.append(TensorTask(out_name, e0.shape, self.out_dtype_cfg or e0.dtype, copy,
+                                             [Source(_key(r0), n0)], model_params={"scale": [None]}))
+                return
         entries = [self.models[_key(r)].entry(nm) for r, nm in present]
         shapes = {e.shape for e in entries}
         vocab_maps = None
@@ -302,6 +325,21 @@ class _Planner:
                 vocab_maps=vocab_maps,
             )
         )
+
+    def _check_same_architecture(self, missing: list, present: list) -> None:
+        """A few tensors absent from a model is tolerated (merged over the others); a different tensor
+        layout is not: that is two architectures, which cannot be merged."""
+        ref_names = set(self.models[_key(present[0])].names()) if present else set()
+        for ref in missing:
+            have = set(self.models[_key(ref)].names())
+            gone = ref_names - have
+            if len(gone) > max(2, len(ref_names) // 20):
+                example = sorted(gone)[:3]
+                raise InputError(
+                    f"Model {ref} does not have the same tensors as {present[0]}: {len(gone)} of "
+                    f"{len(ref_names)} tensor names are missing from it (e.g. {', '.join(map(repr, example))}), "
+                    f"so the tensor names do not match; are they the same architecture?"
+                )
 
     # ------------------------------------------------------------------ outputs
     def tokenizer_dir(self) -> Path | None:
