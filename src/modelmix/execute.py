@@ -66,6 +66,29 @@ def _units(plan: MergePlan, chunk_elems: int) -> Iterator[Unit]:
             yield Unit(task, None, numel * 4 * (n_in + 3))
 
 
+_MALLOC_TUNED = False
+
+
+def _bound_malloc() -> None:
+    """Pin glibc's mmap threshold at 1 MiB (process-wide, once).
+
+    glibc raises its mmap threshold dynamically after large blocks are freed, after which chunk-sized
+    temporaries come from per-thread heap arenas that fragment and never shrink: with two worker threads
+    a 1.1B-parameter TIES merge peaked at 1.96 GB instead of 0.43 GB. A fixed threshold keeps large blocks
+    on mmap, returned to the OS on free. No-op where glibc's mallopt is unavailable.
+    """
+    global _MALLOC_TUNED
+    if _MALLOC_TUNED or not sys.platform.startswith("linux"):
+        return
+    _MALLOC_TUNED = True
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
 class _Budget:
     """Counting semaphore over bytes; a unit larger than the whole budget runs alone."""
 
@@ -149,6 +172,7 @@ class Executor:
     # ------------------------------------------------------------------ public
     def run(self, sink: Callable[[TensorTask, torch.Tensor, int], None], progress: Progress | None = None) -> None:
         """Compute every unit; ``sink(task, out_tensor_in_out_dtype, byte_offset)`` stores the result."""
+        _bound_malloc()
         units = list(_units(self.plan, self.chunk_elems))
         for u in units:
             self._remaining[u.task.name] = self._remaining.get(u.task.name, 0) + 1
