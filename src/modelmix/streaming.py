@@ -367,20 +367,20 @@ def _gta_fused(src, sparsifier, ks, sels, active, density, weights, rescale, nor
     total = np.float32(torch.tensor(weights, dtype=torch.float32).sum().item())
     consensus = 0 if cons is None else (1 if cons == "sum" else 2)
     deltas = np.empty((m, 0), dtype=np.float32)
-    out = np.empty(0, dtype=np.float32)
-    dummy = np.zeros(2, dtype=np.float64)
+    out = acc = mixed = divisor = np.empty(0, dtype=np.float32)
+    dummy = np.zeros(0, dtype=np.float64)  # no statistics in the apply pass
 
     def apply(rows, xs, b, nh, nl, pos):
-        nonlocal deltas, out
+        nonlocal deltas, out, acc, mixed, divisor
         bn = b.reshape(-1).numpy()
         k = bn.shape[0]
         if deltas.shape[1] < k:
             deltas = np.empty((m, k), dtype=np.float32)
-            out = np.empty(k, dtype=np.float32)
+            out, acc, mixed, divisor = (np.empty(k, dtype=np.float32) for _ in range(4))
         for i in range(m):
             fused.sparsify_into(xs[i].reshape(-1).numpy(), bn, modes[i], thr_hi[i], nh[i], thr_lo[i], nl[i], useeds[i], pos,
                                 q[i], scale[i], div[i], w32[i], deltas[i], dummy)
-        fused.combine(deltas[:, :k], bn, w32, consensus, normalize, total, np.float32(lam), out)
+        fused.combine(deltas, k, bn, w32, consensus, normalize, total, np.float32(lam), acc, mixed, divisor, out)
         src.emit(rows, torch.from_numpy(out[:k]).view(b.shape))
 
     sweep(apply)
@@ -388,24 +388,37 @@ def _gta_fused(src, sparsifier, ks, sels, active, density, weights, rescale, nor
 
 # ------------------------------------------------------------------------------------------ slerp
 def _slerp_stream(src: ChunkSource, *, t: float, **_: Any) -> None:
-    ss_a = ss_b = dot = 0.0
+    use_fused = fused.AVAILABLE and getattr(src, "device", "cpu") == "cpu"
+    acc = np.zeros(3, dtype=np.float64)
     for _rows, xs, a in src.chunks():
         b = xs[0]
-        ss_a += float(a.square().sum(dtype=torch.float64))
-        ss_b += float(b.square().sum(dtype=torch.float64))
-        dot += float((a.double() * b.double()).sum())
+        if use_fused:
+            fused.dot_stats(a.reshape(-1).numpy(), b.reshape(-1).numpy(), acc)
+        else:
+            acc[0] += float(a.square().sum(dtype=torch.float64))
+            acc[1] += float(b.square().sum(dtype=torch.float64))
+            acc[2] += float((a.double() * b.double()).sum())
+    ss_a, ss_b, dot = (float(v) for v in acc)
     na, nb = math.sqrt(ss_a), math.sqrt(ss_b)
     na = na if na > NORM_EPS else 1.0
     nb = nb if nb > NORM_EPS else 1.0
     cos = torch.tensor(max(-1.0, min(1.0, dot / (na * nb))), dtype=torch.float32)
     if src.numel == 0 or cos.abs().item() > DOT_THRESHOLD:
-        ca, cb = 1 - t, t
+        ca, cb = torch.tensor(1 - t, dtype=torch.float32), torch.tensor(t, dtype=torch.float32)
     else:
         theta = torch.acos(cos)
-        ca = float(torch.sin((1 - t) * theta) / torch.sin(theta))
-        cb = float(torch.sin(t * theta) / torch.sin(theta))
+        ca = torch.sin((1 - t) * theta) / torch.sin(theta)
+        cb = torch.sin(t * theta) / torch.sin(theta)
+    out = np.empty(0, dtype=np.float32)
     for rows, xs, a in src.chunks():
-        src.emit(rows, ca * a + cb * xs[0])
+        if use_fused:
+            if out.shape[0] < a.numel():
+                out = np.empty(a.numel(), dtype=np.float32)
+            o = out[: a.numel()]
+            fused.axpby(a.reshape(-1).numpy(), xs[0].reshape(-1).numpy(), np.float32(ca), np.float32(cb), o)
+            src.emit(rows, torch.from_numpy(o).view(a.shape))
+        else:
+            src.emit(rows, ca * a + cb * xs[0])
 
 
 STREAMERS: dict[str, tuple[Callable[..., None], Callable[[tuple[int, ...], dict], bool]]] = {

@@ -77,30 +77,63 @@ def hist_lo(x, b, bucket, scratch, lo):  # pragma: no cover - compiled
             lo[v & 0xFFFF] += 1
 
 
+@njit(inline="always")
+def _finish(d, keep, scale, div, weight):  # pragma: no cover - compiled
+    m = d * (np.float32(1.0) if keep else np.float32(0.0))
+    if scale != 1:
+        m = m * scale
+    if div != 1:
+        m = m / div
+    return m * weight
+
+
 @njit(nogil=True, cache=True)
 def sparsify_into(x, b, mode, thr_hi, need_hi, thr_lo, need_lo, useed, ustart, q, scale, div, weight, out, sums):  # pragma: no cover
     """out = (((mask * (x - b)) * scale) / div) * weight for one model's chunk (scale/div skipped when 1).
 
     TOPK keeps |d| > thr_hi plus the first ``need_hi[0]`` elements equal to it (flat-index order, the
     counter carries over to the next chunk); BAND keeps top-``stop`` minus top-``start`` (two counters);
-    RANDOM keeps u < q with u = uniform(useed, ustart + j). ``sums`` accumulates (sum |d|, sum |mask * d|) in float64 for L1 rescaling.
+    RANDOM keeps u < q with u = uniform(useed, ustart + j). If ``sums`` has length 2 it accumulates
+    (sum |d|, sum |mask * d|) in float64 for L1 rescaling (the statistics pass), else nothing is summed.
+    Each mode has its own loop (the mode is tested once, not per element), and keep decisions are 0/1
+    factors rather than branches: task-vector signs and magnitudes are random, so branches mispredict.
     """
     n = x.shape[0]
+    stats = sums.shape[0] == 2
     s_before = 0.0
     s_after = 0.0
-    one = np.float32(1.0)
-    zero = np.float32(0.0)
-    for j in range(n):
-        d = x[j] - b[j]
-        a = abs(d)
-        # data-dependent keep decisions are computed as 0/1 factors, not branches: task-vector signs and
-        # magnitudes are random, and mispredicted branches cost more than the arithmetic here
-        if mode == TOPK:
-            keep = a > thr_hi
-            if a == thr_hi and need_hi[0] > 0:  # rare: ties at the threshold, first come first kept
-                need_hi[0] -= 1
-                keep = True
-        elif mode == BAND:
+    if mode == RANDOM:
+        for j in range(n):
+            d = x[j] - b[j]
+            m = _finish(d, _uniform(useed, ustart + j) < q, scale, div, weight)
+            out[j] = m
+            if stats:
+                s_before += abs(d)
+                s_after += abs(d) if _uniform(useed, ustart + j) < q else 0.0
+    elif mode == TOPK:
+        # vectorisable main loop (strictly above the threshold); the rare elements equal to it are taken
+        # afterwards in index order while the tie budget lasts
+        ties = 0
+        for j in range(n):
+            d = x[j] - b[j]
+            a = abs(d)
+            out[j] = _finish(d, a > thr_hi, scale, div, weight)
+            ties += 1 if a == thr_hi else 0
+            if stats:
+                s_before += a
+                s_after += a if a > thr_hi else 0.0
+        if ties and need_hi[0] > 0:
+            for j in range(n):
+                d = x[j] - b[j]
+                if abs(d) == thr_hi and need_hi[0] > 0:
+                    need_hi[0] -= 1
+                    out[j] = _finish(d, True, scale, div, weight)
+                    if stats:
+                        s_after += abs(d)
+    elif mode == BAND:
+        for j in range(n):
+            d = x[j] - b[j]
+            a = abs(d)
             in_hi = a > thr_hi
             if a == thr_hi and need_hi[0] > 0:
                 need_hi[0] -= 1
@@ -110,60 +143,97 @@ def sparsify_into(x, b, mode, thr_hi, need_hi, thr_lo, need_lo, useed, ustart, q
                 need_lo[0] -= 1
                 in_lo = True
             keep = in_hi and not in_lo
-        elif mode == RANDOM:
-            keep = _uniform(useed, ustart + j) < q
-        else:
-            keep = True
-        m = d * (one if keep else zero)
-        if mode == ZERO:
-            m = zero
-        elif mode == DENSE:
-            m = d
-        s_before += a
-        s_after += abs(m)
-        if scale != 1:
-            m = m * scale
-        if div != 1:
-            m = m / div
-        out[j] = m * weight
-    sums[0] += s_before
-    sums[1] += s_after
+            out[j] = _finish(d, keep, scale, div, weight)
+            if stats:
+                s_before += a
+                s_after += a if keep else 0.0
+    else:  # DENSE keeps everything, ZERO nothing (as exact zeros, like zeros_like)
+        for j in range(n):
+            d = x[j] - b[j]
+            if mode == ZERO:
+                out[j] = np.float32(0.0)
+            else:
+                m = d
+                if scale != 1:
+                    m = m * scale
+                if div != 1:
+                    m = m / div
+                out[j] = m * weight
+            if stats:
+                s_before += abs(d)
+                s_after += 0.0 if mode == ZERO else abs(d)
+    if stats:
+        sums[0] += s_before
+        sums[1] += s_after
 
 
 @njit(nogil=True, cache=True)
-def combine(deltas, b, weights, consensus, normalize, total, lam, out):  # pragma: no cover - compiled
-    """Merge weighted deltas (models x n) onto the base: TIES sign election (consensus 1 = sum of deltas,
-    2 = count of signs, 0 = none), the normalisation of ``merge_deltas`` and the lambda scale."""
-    m, n = deltas.shape
+def combine(deltas, n, b, weights, consensus, normalize, total, lam, acc, mixed, divisor, out):  # pragma: no cover
+    """Merge weighted deltas (rows of ``deltas``, first ``n`` columns) onto the base: TIES sign election
+    (consensus 1 = sum of deltas, 2 = count of signs, 0 = none), the normalisation of ``merge_deltas`` and
+    the lambda scale. Model-outer, element-inner loops over contiguous rows (vectorisable), in the same
+    float order as the torch reference; ``acc``, ``mixed``, ``divisor`` are scratch rows."""
+    m = deltas.shape[0]
     zero = np.float32(0.0)
     one = np.float32(1.0)
-    for j in range(n):
-        if consensus == 0:
-            mixed = deltas[0, j]
-            for i in range(1, m):
-                mixed += deltas[i, j]
-            if normalize and abs(total) >= 1e-8:
-                mixed = mixed / total
-        else:
-            acc = zero
-            for i in range(m):
+    if consensus == 0:
+        for j in range(n):
+            mixed[j] = deltas[0, j]
+        for i in range(1, m):
+            for j in range(n):
+                mixed[j] += deltas[i, j]
+        if normalize and abs(total) >= 1e-8:
+            for j in range(n):
+                mixed[j] = mixed[j] / total
+    else:
+        for j in range(n):
+            acc[j] = zero
+            mixed[j] = zero
+            divisor[j] = zero
+        for i in range(m):
+            for j in range(n):
                 d = deltas[i, j]
                 if consensus == 1:
-                    acc += d
+                    acc[j] += d
                 else:
-                    acc += (one if d > 0 else zero) - (one if d < 0 else zero)
-            sgn = one if acc >= 0 else -one
-            mixed = zero
-            divisor = zero
-            for i in range(m):
+                    acc[j] += (one if d > 0 else zero) - (one if d < 0 else zero)
+        for i in range(m):
+            w = weights[i]
+            for j in range(n):
                 d = deltas[i, j]
-                k = one if d * sgn > 0 else zero  # agrees with the elected sign (zeros never agree)
-                mixed += d * k
-                divisor += k * weights[i]
-            if divisor == 0:
-                divisor = one
+                k = one if d * (one if acc[j] >= 0 else -one) > 0 else zero  # agrees with the elected sign
+                mixed[j] += d * k
+                divisor[j] += k * w
+        for j in range(n):
+            dv = divisor[j] if divisor[j] != 0 else one
             if normalize:
-                mixed = mixed / divisor
+                mixed[j] = mixed[j] / dv
+    for j in range(n):
+        v = mixed[j]
         if lam != 1:
-            mixed = mixed * lam
-        out[j] = b[j] + mixed
+            v = v * lam
+        out[j] = b[j] + v
+
+
+@njit(nogil=True, cache=True, fastmath=True)
+def dot_stats(a, b, acc):  # pragma: no cover - compiled
+    """acc += (sum a^2, sum b^2, sum a*b) in float64, one sweep (SLERP's whole-tensor statistics)."""
+    saa = 0.0
+    sbb = 0.0
+    sab = 0.0
+    for j in range(a.shape[0]):
+        x = np.float64(a[j])
+        y = np.float64(b[j])
+        saa += x * x
+        sbb += y * y
+        sab += x * y
+    acc[0] += saa
+    acc[1] += sbb
+    acc[2] += sab
+
+
+@njit(nogil=True, cache=True)
+def axpby(a, b, ca, cb, out):  # pragma: no cover - compiled
+    """out = ca * a + cb * b in float32, the same operations as the torch expression."""
+    for j in range(a.shape[0]):
+        out[j] = ca * a[j] + cb * b[j]
