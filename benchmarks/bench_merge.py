@@ -168,10 +168,24 @@ def tool_command(tool: str, recipe: Path, out: Path, threads: int | None) -> lis
     return cmd
 
 
+# Linux carries a process's peak RSS across fork+exec: a child forked from this (by then large) benchmark
+# process reports at least our own RSS as its ru_maxrss. So every measured tool is started by a small
+# launcher process, and the peak reported is the launcher's RUSAGE_CHILDREN: the tool alone.
+_LAUNCHER = (
+    "import resource, subprocess, sys\n"
+    "rc = subprocess.run(sys.argv[2:]).returncode\n"
+    "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))\n"
+    "sys.exit(rc)\n"
+)
+
+
 def run_timed(cmd: list[str], logfile: Path, timeout: float) -> dict[str, Any]:
-    """Run one child; wall time and ru_maxrss of exactly that child (and its reaped descendants)."""
+    """Run one child; wall time, CPU time and the peak RSS of exactly that tool (see _LAUNCHER)."""
     env = {**os.environ, **CHILD_ENV}
     la = loadavg()
+    peak_file = logfile.with_suffix(".maxrss")
+    peak_file.unlink(missing_ok=True)
+    cmd = [sys.executable, "-c", _LAUNCHER, str(peak_file), *cmd]
     with open(logfile, "wb") as lf:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=lf, stderr=subprocess.STDOUT, env=env, cwd=str(ROOT))
@@ -194,7 +208,7 @@ def run_timed(cmd: list[str], logfile: Path, timeout: float) -> dict[str, Any]:
     res: dict[str, Any] = {
         "rc": rc,
         "wall_s": round(wall, 2),
-        "peak_rss_gb": round(ru.ru_maxrss * 1024 / GB, 3) if ru is not None else None,
+        "peak_rss_gb": round(int(peak_file.read_text()) * 1024 / GB, 3) if peak_file.is_file() else None,
         "user_s": round(ru.ru_utime, 2) if ru is not None else None,
         "sys_s": round(ru.ru_stime, 2) if ru is not None else None,
         "loadavg_1m_before": la,
