@@ -95,8 +95,8 @@ def test_experts_beat_base(zoo_dir: Path) -> None:
         base, exp = s["base"][t], s[f"experts/{t}"][t]
         assert exp["exact_match"] >= base["exact_match"] + 0.2 or exp["loss"] < 0.5 * base["loss"], (t, base, exp)
         assert exp["loss"] < base["loss"], (t, base, exp)
-    # specialising costs general ability
-    assert all(s[f"experts/{t}"]["general"]["loss"] > s["base"]["general"]["loss"] for t in DECODER_TASKS)
+    # experts stay near the base (general-text replay while fine-tuning): general ability is mostly kept
+    assert all(s[f"experts/{t}"]["general"]["loss"] < 3 * s["base"]["general"]["loss"] for t in DECODER_TASKS)
 
 
 def test_decoders_load_with_transformers(zoo_dir: Path) -> None:

@@ -4,6 +4,18 @@ Nothing can be downloaded here or in CI, so merge methods are exercised on model
 a small Llama `base` pretrained on templated text plus a trickle of every task, one expert per task
 fine-tuned from it, and sentence-transformers embedders fine-tuned from the pip-packaged all-MiniLM-L6-v2.
 
+Recipe (version 2; see `PRESETS` for the numbers). Experts must stay *mergeable* - close to the base, as
+real fine-tunes of a shared base are - not just good at their task:
+
+* the base sees a larger trickle of the algorithmic tasks (default: 15 % of pretraining rows, drawn from
+  the whole train split; `facts` only from a small pool, so the base still answers few fact questions);
+* each expert is fine-tuned on its one task only, for fewer steps than recipe 1 (default: 400, 800 for
+  addition, 600 for reverse), and every step also replays `expert_replay * batch` fresh lines of the
+  base's *general* pretraining text (never another task's examples) as a separately averaged loss term,
+  so general ability is kept (expert general loss ~1x the base's, where recipe 1 gave ~30x);
+* optional knobs, off in both presets: `expert_anchor` (decoupled weight decay toward the base instead of
+  toward 0) and `expert_freeze` (parameters left untouched).
+
 Builds go to ``<cache>/zoo/<preset>-<seed>-<recipe_version>`` where ``<cache>`` is ``$MODELMIX_CACHE``, else
 ``$XDG_CACHE_HOME/modelmix``, else ``~/.cache/modelmix``. A build is written to a temporary sibling and
 renamed into place, so an interrupted build never looks complete; `out` receives a full copy (not a
@@ -26,7 +38,7 @@ from modelmix.zoo import tasks as T
 from modelmix.zoo.manifest import FORMAT, MANIFEST, load_zoo, write_manifest
 from modelmix.zoo.train import PRESETS, Preset
 
-RECIPE_VERSION = "1"
+RECIPE_VERSION = "2"
 
 
 def cache_root() -> Path:
@@ -124,7 +136,7 @@ def _build(root: Path, p: Preset, seed: int, progress: bool) -> None:
 
     from modelmix.zoo import evaluate as E
     from modelmix.zoo.tokenizer import build_tokenizer
-    from modelmix.zoo.train import finetune_embedder, setup_torch, task_batches, train_decoder
+    from modelmix.zoo.train import finetune_embedder, setup_torch
 
     setup_torch()
     total = p.base_steps + sum(p.steps_for(t) for t in T.DECODER_TASKS) + len(T.RETRIEVAL_TASKS) * p.embed_steps
@@ -165,10 +177,8 @@ def _build(root: Path, p: Preset, seed: int, progress: bool) -> None:
     # ---- experts
     for task in T.DECODER_TASKS:
         bar.set_description(f"zoo: expert {task}")
-        model = copy.deepcopy(base)
         t0 = time.perf_counter()
-        train_decoder(model, tok, task_batches(p, _subseed(seed, task), data[task]["train"]), p.steps_for(task),
-                      p.expert_lr, _subseed(seed, f"expert-{task}"), tick)
+        model = train_expert(p, seed, kb, data, tok, base, task, tick)
         secs = time.perf_counter() - t0
         name = f"experts/{task}"
         _save_decoder(model, tok, root / name)
@@ -246,17 +256,31 @@ def write_data(root: Path, data: dict[str, dict[str, list[dict[str, Any]]]]) -> 
 
 def train_base(p: Preset, seed: int, kb: T.KnowledgeBase, data: dict[str, dict[str, list[dict[str, Any]]]],
                tok: Any, tick: Any = None, steps: int | None = None) -> Any:
-    """Pretrain `base`: general text plus a trickle of each task's last `pretrain_pool` train examples.
+    """Pretrain `base`: general text plus a trickle of each task's last `pool_for(task)` train examples.
 
     Public so tests can re-run it and check the saved weights are bit-identical."""
     from modelmix.zoo.train import new_decoder, pretrain_batches, setup_torch, train_decoder
 
     setup_torch()
-    pools = {t: data[t]["train"][-p.pretrain_pool:] for t in T.DECODER_TASKS}
+    pools = {t: data[t]["train"][-p.pool_for(t):] for t in T.DECODER_TASKS}
     base = new_decoder(p, len(tok), tok, _subseed(seed, "base-init"))
     train_decoder(base, tok, pretrain_batches(p, seed, lambda r: T.general_text(r, kb), pools),
                   p.base_steps if steps is None else steps, p.lr, _subseed(seed, "base-train"), tick)
     return base
+
+
+def train_expert(p: Preset, seed: int, kb: T.KnowledgeBase, data: dict[str, dict[str, list[dict[str, Any]]]],
+                 tok: Any, base: Any, task: str, tick: Any = None) -> Any:
+    """Fine-tune a copy of `base` on `task` only (plus `expert_replay` general text), kept near the base."""
+    from modelmix.zoo.train import replay_batches, setup_torch, task_batches, train_decoder
+
+    setup_torch()
+    model = copy.deepcopy(base)
+    sub = _subseed(seed, task)
+    train_decoder(model, tok, task_batches(p, sub, data[task]["train"]), p.steps_for(task), p.expert_lr,
+                  _subseed(seed, f"expert-{task}"), tick, anchor_decay=p.expert_anchor, freeze=p.expert_freeze,
+                  replay=replay_batches(p, sub, lambda r: T.general_text(r, kb)))
+    return model
 
 
 def _save_decoder(model: Any, tok: Any, path: Path) -> None:

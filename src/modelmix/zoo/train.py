@@ -41,9 +41,17 @@ class Preset:
     embed_lr: float
     eval_batch: int = 100
     expert_step_scale: dict[str, float] | None = None  # per-task multiplier on expert_steps (harder tasks)
+    pretrain_pools: dict[str, int] | None = None  # per-task override of pretrain_pool
+    # --- what keeps experts close to the base (mergeable): see `finetune_expert`
+    expert_replay: float = 0.0  # general-text rows per fine-tuning step, as a fraction of `batch`
+    expert_anchor: float = 0.0  # decoupled weight decay toward the base weights (instead of toward 0)
+    expert_freeze: tuple[str, ...] = ()  # parameter-name substrings kept frozen while fine-tuning
 
     def steps_for(self, task: str) -> int:
         return int(self.expert_steps * (self.expert_step_scale or {}).get(task, 1.0))
+
+    def pool_for(self, task: str) -> int:
+        return (self.pretrain_pools or {}).get(task, self.pretrain_pool)
 
 
 PRESETS: dict[str, Preset] = {
@@ -53,15 +61,16 @@ PRESETS: dict[str, Preset] = {
         sizes={"train": 400, "validation": 40, "test": 40}, general_sizes={"validation": 40, "test": 40},
         task_cfg={"add_digits": 1, "max_len": 4}, kb_entities=8, pretrain_task_frac=0.1, pretrain_pool=8,
         retrieval_sizes={"train": 32, "validation": 16, "test": 24}, embed_steps=2, embed_batch=8,
-        embed_lr=5e-5,
+        embed_lr=5e-5, expert_replay=0.25,
     ),
     "default": Preset(
-        name="default", d_model=128, layers=2, heads=4, batch=32, base_steps=1000, expert_steps=700,
+        name="default", d_model=128, layers=2, heads=4, batch=32, base_steps=1500, expert_steps=400,
         lr=2e-3, expert_lr=2e-3,
         sizes={"train": 2000, "validation": 100, "test": 100}, general_sizes={"validation": 100, "test": 100},
-        task_cfg={"add_digits": 3, "max_len": 7}, kb_entities=30, pretrain_task_frac=0.1, pretrain_pool=24,
+        task_cfg={"add_digits": 3, "max_len": 7}, kb_entities=30, pretrain_task_frac=0.15, pretrain_pool=2000,
+        pretrain_pools={"facts": 24},
         retrieval_sizes={"train": 320, "validation": 50, "test": 100}, embed_steps=16, embed_batch=16,
-        embed_lr=5e-5, expert_step_scale={"reverse": 1.6},
+        embed_lr=5e-5, expert_step_scale={"addition": 2.0, "reverse": 1.5}, expert_replay=0.25,
     ),
 }
 
@@ -101,23 +110,44 @@ def _lr_at(step: int, total: int, peak: float) -> float:
 
 
 def train_decoder(model: Any, tok: Any, batches: Callable[[int], tuple[Sequence[dict[str, str]], bool]],
-                  steps: int, lr: float, seed: int, tick: Callable[[], None] | None = None) -> None:
-    """AdamW with warmup + cosine decay; `batches(step)` returns (examples, loss_on_input)."""
+                  steps: int, lr: float, seed: int, tick: Callable[[], None] | None = None, *,
+                  anchor_decay: float = 0.0, freeze: Sequence[str] = (),
+                  replay: Callable[[int], Sequence[dict[str, str]]] | None = None) -> None:
+    """AdamW with warmup + cosine decay; `batches(step)` returns (examples, loss_on_input).
+
+    Pretraining (the defaults) decays weights toward 0 (AdamW, 0.01). Fine-tuning with `anchor_decay` > 0
+    decays them toward their values at the start instead (``w -= lr * anchor_decay * (w - w_start)``, i.e.
+    decoupled L2 to the base): since an Adam step moves a weight by at most about `lr`, no weight drifts much
+    further than ``1 / anchor_decay`` from the base. Parameters whose name contains a `freeze` substring
+    are not trained. `replay(step)` gives extra rows (general text, loss on the whole line) whose mean loss
+    is added with weight 1 to the batch's: a separate mean, so long text lines cannot drown a short answer.
+    """
     import torch
 
     torch.manual_seed(seed)
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
+    named = [(n, p) for n, p in model.named_parameters() if not any(f in n for f in freeze)]
+    params = [p for _, p in named]
+    start = [p.detach().clone() for p in params] if anchor_decay > 0 else []
+    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.98), weight_decay=0.0 if anchor_decay > 0 else 0.01)
     for step in range(steps):
+        step_lr = _lr_at(step, steps, lr)
         for g in opt.param_groups:
-            g["lr"] = _lr_at(step, steps, lr)
+            g["lr"] = step_lr
         examples, on_input = batches(step)
         ids, labels, mask = collate(tok, examples, loss_on_input=on_input)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        if replay is not None:
+            rids, rlabels, rmask = collate(tok, replay(step), loss_on_input=True)
+            loss = loss + model(input_ids=rids, attention_mask=rmask, labels=rlabels).loss
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if start:
+            with torch.no_grad():
+                for p, p0 in zip(params, start, strict=True):
+                    p.sub_(step_lr * anchor_decay * (p - p0))
         if tick is not None:
             tick()
     model.eval()
@@ -148,6 +178,21 @@ def task_batches(preset: Preset, seed: int, train: list[dict[str, str]]
 
     def batch(step: int) -> tuple[list[dict[str, str]], bool]:
         return [rng.choice(train) for _ in range(preset.batch)], False
+
+    return batch
+
+
+def replay_batches(preset: Preset, seed: int, general: Callable[[random.Random], str]
+                   ) -> Callable[[int], list[dict[str, str]]] | None:
+    """`expert_replay * batch` fresh lines of general pretraining text per step (never another task's
+    examples), or None when `expert_replay` is 0."""
+    n = round(preset.expert_replay * preset.batch)
+    if n <= 0:
+        return None
+    rng = random.Random(f"replay-{seed}")
+
+    def batch(step: int) -> list[dict[str, str]]:
+        return [{"input": general(rng), "output": ""} for _ in range(n)]
 
     return batch
 
