@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-WORK = ROOT / "demo-out"
 RECIPES = ["linear", "ties", "dare_ties"]
 
 
@@ -22,7 +21,8 @@ def main() -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     preset = os.environ.get("MODELMIX_DEMO_PRESET", "default")
-    WORK.mkdir(exist_ok=True)
+    WORK = ROOT / "demo-out" / preset  # one work dir per preset: a zoo dir holds one build
+    WORK.mkdir(parents=True, exist_ok=True)
     modelmix = [sys.executable, "-m", "modelmix.cli"]
 
     print(f"== 1. model zoo (preset {preset}; cached after the first build)", flush=True)
@@ -30,10 +30,10 @@ def main() -> int:
     subprocess.run([*modelmix, "zoo", "build", "--out", str(WORK / "zoo"), "--preset", preset], check=True)
     print(f"   zoo ready in {time.perf_counter() - t0:.0f}s: {WORK / 'zoo'}\n", flush=True)
 
-    print("== 2. merges (cwd demo-out/, so the recipes' ./zoo/... paths resolve)", flush=True)
+    print(f"== 2. merges (cwd {WORK.relative_to(ROOT)}/, so the recipes' ./zoo/... paths resolve)", flush=True)
     for r in RECIPES:
         cmd = [*modelmix, "merge", str(ROOT / "examples" / f"{r}.yml"), f"merged-{r}", "--overwrite"]
-        print("   $ modelmix merge " + " ".join(cmd[3:]), flush=True)
+        print("   $ modelmix " + " ".join(cmd[3:]), flush=True)
         subprocess.run(cmd, check=True, cwd=WORK)
     print()
 
@@ -59,7 +59,8 @@ def main() -> int:
         ems = [100 * scores[task]["exact_match"] for task in decoder_tasks]
         cells = [f"{v:.0f}" for v in ems] + [f"{sum(ems) / len(ems):.1f}", f"{scores['general']['loss']:.3f}"]
         print(f"| {name} | " + " | ".join(cells) + f" |   ({time.perf_counter() - t:.1f}s)", flush=True)
-    print("\nThe merges combine the addition, reverse and upper experts; see docs/zoo_report.md for every method.")
+    print("\nEach merge combines the addition, reverse and upper experts (examples/*.yml). Numbers are measured,")
+    print("not curated: docs/zoo_report.md compares every method (`modelmix zoo report --zoo demo-out/default/zoo`).")
     return 0
 
 
