@@ -248,10 +248,10 @@ def zoo_experiment(zoo: Path, work: Path, experts: list[str], n_few: int) -> Non
         ex_name = f"experts/{task}"
         expert = zoo / mf["models"][ex_name]["path"]
         f = few(task)
-        pair = compute_weights([expert, base], f)
+        pair = compute_weights([expert, base], f, separator="")  # zoo models are trained without the space
         others = [zoo / mf["models"][m]["path"] for m in all_experts if m != ex_name]
         everyone = [expert, base, *others]
-        allw = compute_weights(everyone, f)
+        allw = compute_weights(everyone, f, separator="")
         mix([expert, base], out / f"{task}_pair", weights=pair.weights, overwrite=True)
         mix(everyone, out / f"{task}_all", weights=allw.weights, overwrite=True)
         print(f"\n### decoder, expert `{task}` ({n_few} examples of {task}/validation)\n")

@@ -280,3 +280,15 @@ def test_bad_inputs(dec, tmp_path, capsys):
         compute_weights(models, one, granularity="layer")
     out.mkdir()
     _fails(["--models", *m, "--weights", "1", "1", "1", "--out", str(out)], capsys, "already exists")
+
+
+def test_separator_changes_the_scored_text(dec):
+    """--separator '' scores input+output without LM-Cocktail's space (models trained on plain concatenation)."""
+    from modelmix.eval import evaluate
+
+    models, ex = dec
+    plain = compute_weights(models, ex, separator="")
+    spaced = compute_weights(models, ex)
+    assert plain.losses != pytest.approx(spaced.losses, abs=1e-6)
+    ref = [evaluate(str(m), DEC_EXAMPLES, "loss", separator="", batch_size=2)["loss"] for m in models]
+    assert plain.losses == pytest.approx(ref, abs=1e-4)

@@ -211,12 +211,14 @@ class _Scorer:
         max_length: int,
         neg_number: int,
         seed: int,
+        separator: str = " ",
     ) -> None:
         self.em, self.kind, self.group = em, kind, batch_size
         tok = em.tokenizer
         if kind == "decoder":
-            # LM-Cocktail preprocess_data_for_llm: encode(input + " " + output) + [eos], prompt = encode(input)
-            full = tok([e["input"] + " " + e["output"] for e in examples])["input_ids"]
+            # LM-Cocktail preprocess_data_for_llm: encode(input + " " + output) + [eos], prompt = encode(input);
+            # the separator is configurable for models trained without that space
+            full = tok([e["input"] + separator + e["output"] for e in examples])["input_ids"]
             prompts = tok([e["input"] for e in examples])["input_ids"]
             self.seqs = [(list(ids) + [tok.eos_token_id])[:max_length] for ids in full]
             self.plens = [len(p) for p in prompts]
@@ -302,6 +304,7 @@ def compute_weights(
     granularity: str = "model",
     budget: int = 40,
     blocks: int = 4,
+    separator: str = " ",
     log: Callable[[str], None] | None = None,
 ) -> CocktailWeights:
     """LM-Cocktail weights ``softmax(-L / temperature)`` of ``models`` on ``examples`` (see module docstring).
@@ -309,7 +312,8 @@ def compute_weights(
     ``type`` is detected from the first model when None. ``batch_size`` is LM-Cocktail's batch size, which
     defines the loss (mean of per-batch means; in-batch negatives for encoders), not how we batch.
     ``granularity="layer"`` also searches per-group weights with ``budget`` loss evaluations over
-    ``blocks`` contiguous blocks of layers plus embeddings and head.
+    ``blocks`` contiguous blocks of layers plus embeddings and head. ``separator`` joins input and output
+    of decoder examples (LM-Cocktail: a space; ``""`` for models trained on plain concatenations).
     """
     if granularity not in GRANULARITIES:
         raise ConfigError(f"granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}.")
@@ -326,7 +330,8 @@ def compute_weights(
         raise DataError("granularity='layer' needs at least 2 examples (a fit split and a held-out split).")
     say = log or (lambda s: None)
     em = _load_skeleton(paths[0], kind, device)
-    scorer = _Scorer(em, exs, kind, batch_size=batch_size, max_length=max_length, neg_number=neg_number, seed=seed)
+    scorer = _Scorer(em, exs, kind, batch_size=batch_size, max_length=max_length, neg_number=neg_number, seed=seed,
+                     separator=separator)
     losses: list[float] = []
     for i, p in enumerate(paths):
         if i:

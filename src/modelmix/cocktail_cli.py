@@ -67,14 +67,17 @@ def _is_number(s: str) -> bool:
 @click.option("--neg-number", type=click.IntRange(0, 10000), default=7, show_default=True,
               help="Negatives sampled per encoder example.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for sampling encoder negatives.")
+@click.option("--separator", default=" ", show_default=True,
+              help="Text between input and output when scoring decoder examples: LM-Cocktail's ' ', or '' for "
+                   "models trained on plain input+output concatenations (e.g. the modelmix zoo).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists (only once the new model is complete).")
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
 @click.pass_context
 def cocktail(ctx: click.Context, models: tuple[str, ...], examples: str | None, weights: tuple[float, ...],
              out_dir: str | None, kind: str | None, temperature: float, weights_only: bool, granularity: str,
-             budget: int, blocks: int, batch_size: int, max_length: int, neg_number: int, seed: int, device: str,
-             overwrite: bool, debug: bool) -> None:
+             budget: int, blocks: int, batch_size: int, max_length: int, neg_number: int, seed: int, separator: str,
+             device: str, overwrite: bool, debug: bool) -> None:
     """Mix models with LM-Cocktail weights softmax(-loss/T) computed on a few examples (or given weights)."""
     if ctx.obj is not None:
         ctx.obj["debug"] = ctx.obj.get("debug", False) or debug
@@ -102,7 +105,7 @@ def cocktail(ctx: click.Context, models: tuple[str, ...], examples: str | None, 
         check_target(Path(out_dir).absolute(), overwrite)  # before computing anything
     log = None if weights_only else (lambda s: click.echo(s, err=True))
     cw = C.compute_weights(model_list, examples, type=kind, temperature=temperature, batch_size=batch_size,  # type: ignore[arg-type]
-                           max_length=max_length, neg_number=neg_number, seed=seed, device=device,
+                           max_length=max_length, neg_number=neg_number, seed=seed, device=device, separator=separator,
                            granularity=granularity, budget=budget, blocks=blocks, log=log)
     if weights_only:
         click.echo(json.dumps(cw.to_dict()))
