@@ -301,16 +301,14 @@ class _Planner:
             )
         gparams: dict[str, Any] = {}
         mparams: dict[str, list[Any]] = {}
-        for p in m.params:
+        for p in m.params:  # recipe value at this tensor/layer/model, else the method's default
             if p.scope == "global":
-                v = self.config.resolve_param(p.name, tensor_name=out_name, t=t, model=None, slice_index=slice_index)
-                gparams[p.name] = _default(p, v, out_name, None)
+                gparams[p.name] = self.config.get_param(p.name, tensor_name=out_name, t=t, slice_index=slice_index)
             else:
-                vals = []
-                for ref, _nm in inputs:
-                    v = self.config.resolve_param(p.name, tensor_name=out_name, t=t, model=ref, slice_index=slice_index)
-                    vals.append(_default(p, v, out_name, ref))
-                mparams[p.name] = vals
+                mparams[p.name] = [
+                    self.config.get_param(p.name, tensor_name=out_name, t=t, model=ref, slice_index=slice_index)
+                    for ref, _nm in inputs
+                ]
         self.tasks.append(
             TensorTask(
                 name=out_name,
@@ -366,15 +364,6 @@ class _Planner:
                 if k in out:
                     out[k] = self.vocab.size
         return out
-
-
-def _default(p, v, tensor: str, model) -> Any:
-    if v is None:
-        if p.required:
-            who = f" for model {model}" if model is not None else ""
-            raise ConfigError(f'Required parameter "{p.name}" is not set{who} (tensor {tensor!r}).')
-        return p.default
-    return v
 
 
 def _tied_alias(ck: Checkpoint, name: str) -> str | None:
