@@ -22,7 +22,6 @@ from dataclasses import dataclass
 import torch
 
 from modelmix.errors import InputError, ModelmixError
-from modelmix.io.writer import ModelWriter
 from modelmix.plan import MergePlan, Source, TensorTask
 
 CHUNK_ELEMS = 1 << 19  # 512K float32 = 2 MiB per operand: stays in L2/L3 across the few ops of a chunk
@@ -372,8 +371,3 @@ def align_vocab(task: TensorTask, tensors: list[torch.Tensor], base: torch.Tenso
     if base is not None:
         return aligned[:-1], aligned[-1]
     return aligned, None
-
-
-def run_to_writer(plan: MergePlan, writer: ModelWriter, *, device: str = "cpu", threads: int | None = None,
-                  progress: Progress | None = None) -> None:
-    Executor(plan, device=device, threads=threads).run(lambda t, x, off: writer.write(t.name, x, off), progress)

@@ -9,7 +9,6 @@ count from the names (and the config key that holds it is updated for layer-stac
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -417,21 +416,3 @@ def _vocab(d: Path) -> dict[str, int] | None:
     from tokenizers import Tokenizer
 
     return Tokenizer.from_file(str(f)).get_vocab(with_added_tokens=True)
-
-
-def plan_json(plan: MergePlan) -> str:
-    """The plan as JSON lines (for --dry-run --json and debugging)."""
-    rows = []
-    for t in plan.tasks:
-        rows.append(
-            {
-                "name": t.name,
-                "shape": list(t.shape),
-                "dtype": str(t.out_dtype).removeprefix("torch."),
-                "method": t.method.name if t.method else "copy",
-                "sources": [[s.model, s.name] for s in t.sources],
-                "base": [t.base.model, t.base.name] if t.base else None,
-                "params": {**t.global_params, **t.model_params},
-            }
-        )
-    return "\n".join(json.dumps(r) for r in rows)

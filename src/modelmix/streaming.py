@@ -25,14 +25,10 @@ from torch import Tensor
 
 from modelmix.errors import ConfigError
 from modelmix.kernels import fused
-from modelmix.kernels.masks import della_keep_prob, model_seed, normalize_rescale, uniforms
-from modelmix.kernels.select import Selection, _kth_from_top
+from modelmix.kernels.masks import _RESCALE_EPS, della_keep_prob, model_seed, normalize_rescale, uniforms
+from modelmix.kernels.select import _HI_BINS, _LO_BINS, Selection, _kth_from_top
 from modelmix.methods._gta import combine_deltas
 from modelmix.methods.slerp import DOT_THRESHOLD, NORM_EPS
-
-_HI_BINS = 1 << 15
-_LO_BINS = 1 << 16
-_RESCALE_EPS = 1e-7
 
 
 class ChunkSource(Protocol):
@@ -166,24 +162,21 @@ def _selection_pass(src: ChunkSource, specs: list[list[int]]) -> list[list[Selec
     sels = [[StreamSelect(k, n) if 0 < k < n else None for k in ks] for ks in specs]
     if not any(s for row in sels for s in row):
         return [[None] * len(ks) for ks in specs]
-    for _rows, xs, b in src.chunks():
-        for i, row in enumerate(sels):
-            if any(row):
-                d = xs[i] - b
-                for s in row:
-                    if s is not None:
-                        s.add_hi(d)
+    def sweep(step: str) -> None:
+        for _rows, xs, b in src.chunks():
+            for i, row in enumerate(sels):
+                if any(row):
+                    d = xs[i] - b
+                    for sel in row:
+                        if sel is not None:
+                            getattr(sel, step)(d)
+
+    sweep("add_hi")
     for row in sels:
-        for s in row:
-            if s is not None:
-                s.finish_hi()
-    for _rows, xs, b in src.chunks():
-        for i, row in enumerate(sels):
-            if any(row):
-                d = xs[i] - b
-                for s in row:
-                    if s is not None:
-                        s.add_lo(d)
+        for sel in row:
+            if sel is not None:
+                sel.finish_hi()
+    sweep("add_lo")
     return [[s.finish_lo() if s is not None else None for s in row] for row in sels]
 
 
