@@ -167,3 +167,63 @@ def test_writer_refuses_full_or_unwritable(tmp_path: Path, monkeypatch):
     with pytest.raises(OutputError, match="does not exist|not a directory"):
         ModelWriter(tmp_path / "file" / "o", specs, max_shard_bytes=10**9, overwrite=False)
     assert not (tmp_path / "o").exists()
+
+
+def _write_all(out: Path, tensors: dict, direct: bool, staged: bool = False, chunk_rows: int = 3) -> dict:
+    specs = [OutSpec(k, v.dtype, tuple(v.shape)) for k, v in tensors.items()]
+    w = ModelWriter(out, specs, max_shard_bytes=10**9, overwrite=False, direct_io=direct)
+    for k, v in tensors.items():
+        row = v[0].numel() * v.element_size()
+        for r in range(0, v.shape[0], chunk_rows):
+            part = v[r:r + chunk_rows]
+            if staged:
+                st = w.staging(k, r * row, part.numel() * part.element_size())
+                if st is not None:
+                    st.view(part.dtype).view(part.shape).copy_(part)
+                    part = st.view(part.dtype).view(part.shape)
+            w.write(k, part, r * row)
+    w.commit()
+    return load_file(str(out / "model.safetensors"))
+
+
+@pytest.mark.parametrize("staged", [False, True])
+def test_writer_direct_io_matches_buffered(tmp_path: Path, staged: bool):
+    """Direct writes of aligned middles + buffered edges give the same file as plain buffered writes."""
+    g = torch.Generator().manual_seed(0)
+    tensors = {
+        "odd": torch.randn(37, 1001, generator=g).to(torch.bfloat16),  # rows not a multiple of 4 KiB
+        "big": torch.randn(96, 4096, generator=g),  # 16 KiB rows: aligned middles
+        "tiny": torch.randn(3, generator=g).to(torch.float16),
+        "tail": torch.randn(41, 777, generator=g),
+    }
+    a = _write_all(tmp_path / "direct", tensors, direct=True, staged=staged, chunk_rows=17)
+    b = _write_all(tmp_path / "buffered", tensors, direct=False)
+    assert (tmp_path / "direct" / "model.safetensors").read_bytes() == (tmp_path / "buffered" / "model.safetensors").read_bytes()
+    assert all(torch.equal(a[k], v) and torch.equal(b[k], v) for k, v in tensors.items())
+    head = read_header(tmp_path / "direct" / "model.safetensors")[0]
+    assert min(e.offset for e in head.values()) % 4096 == 0  # data section starts on a 4 KiB boundary
+
+
+def test_writer_falls_back_when_direct_io_is_refused(tmp_path: Path, monkeypatch):
+    import errno
+    import os
+
+    tensors = {"w": torch.randn(64, 4096)}
+    real_open, real_pwrite = os.open, os.pwrite
+    direct_fds: set[int] = set()
+
+    def fake_open(path, flags, *a):  # noqa: ANN001
+        fd = real_open(path, flags & ~getattr(os, "O_DIRECT", 0), *a)
+        if flags & getattr(os, "O_DIRECT", 0):
+            direct_fds.add(fd)
+        return fd
+
+    def fake_pwrite(fd, buf, pos):  # noqa: ANN001
+        if fd in direct_fds:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_pwrite(fd, buf, pos)
+
+    monkeypatch.setattr(os, "open", fake_open)
+    monkeypatch.setattr(os, "pwrite", fake_pwrite)
+    got = _write_all(tmp_path / "o", tensors, direct=True, chunk_rows=16)
+    assert torch.equal(got["w"], tensors["w"])

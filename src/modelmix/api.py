@@ -91,7 +91,10 @@ def merge(
         try:
             progress = Progress(writer.total_bytes, len(mp.tasks), quiet=quiet)
             try:
-                Executor(mp, device=device, threads=threads).run(lambda t, x, off: writer.write(t.name, x, off), progress)
+                Executor(mp, device=device, threads=threads).run(
+                    lambda t, x, off: writer.write(t.name, x, off), progress,
+                    staging=lambda t, off, n: writer.staging(t.name, off, n),
+                )
             finally:
                 progress.close()
             _write_aux(mp, writer.path)
