@@ -227,3 +227,33 @@ def test_writer_falls_back_when_direct_io_is_refused(tmp_path: Path, monkeypatch
     monkeypatch.setattr(os, "pwrite", fake_pwrite)
     got = _write_all(tmp_path / "o", tensors, direct=True, chunk_rows=16)
     assert torch.equal(got["w"], tensors["w"])
+
+
+def test_writer_background_write_error_surfaces_and_leaves_nothing(tmp_path: Path, monkeypatch):
+    """A failing background (direct) write is reported as a clear OutputError and no output appears."""
+    import errno
+
+    tensors = {"w": torch.randn(64, 4096)}
+    real = ModelWriter._pwrite
+
+    def failing(fd, raw, pos):  # noqa: ANN001
+        if raw.numel() >= 65536:  # the aligned middles only
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, raw, pos)
+
+    monkeypatch.setattr(ModelWriter, "_pwrite", staticmethod(failing))
+    specs = [OutSpec("w", torch.float32, (64, 4096))]
+    w = ModelWriter(tmp_path / "o", specs, max_shard_bytes=10**9, overwrite=False)
+    with pytest.raises(OutputError, match="No space left"):
+        try:
+            for r in range(0, 64, 16):
+                part = tensors["w"][r:r + 16]
+                st = w.staging("w", r * 4096 * 4, part.numel() * 4)
+                assert st is not None  # staged: the middle is written in the background
+                st.view(torch.float32).view(part.shape).copy_(part)
+                w.write("w", st.view(torch.float32).view(part.shape), r * 4096 * 4)
+            w.commit()
+        except BaseException:
+            w.abort()  # as modelmix.merge does
+            raise
+    assert list(tmp_path.iterdir()) == []

@@ -396,6 +396,13 @@ def test_streamed_chunks_equal_whole_tensor(trio, monkeypatch, method, params):
     a, b = load_dir(root / "whole"), load_dir(root / "chunked")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    # streamed tensors are cached in float32 after their first pass when small enough; without the cache
+    # every pass re-reads the files: identical bits either way
+    monkeypatch.setattr(ex, "STREAM_CACHE_BYTES", 0)
+    code, _, err = run_cli("merge", str(recipe), str(root / "uncached"), "-q", "--threads", "2")
+    assert code == 0, err
+    c = load_dir(root / "uncached")
+    assert all(torch.equal(b[k], c[k]) for k in b)
 
 
 def test_tensor_missing_from_some_models_is_merged_over_the_others(trio):
@@ -432,3 +439,45 @@ dtype: float32
     assert code == 0, err
     assert "missing from the base model" in err
     torch.testing.assert_close(load_dir(root / "t")["model.norm.weight"], sds["ft1"]["model.norm.weight"])
+
+
+def test_bf16_inputs_fused_conversion_and_nan_detection(tmp_path: Path, monkeypatch):
+    """bf16 checkpoints go through the fused bit-shift conversion (TIES loads the numba kernels): the result
+    equals a float32 copy of the same inputs, and a NaN in a bf16 input is still reported by name."""
+    import numpy as np
+
+    from modelmix.kernels import fused
+
+    if not fused.AVAILABLE:
+        pytest.skip("numba not installed")
+    raw = torch.randint(-(1 << 15), 1 << 15, (5000,), dtype=torch.int32).to(torch.int16)
+    out = np.empty(5000, dtype=np.uint32)
+    finite = fused.bf16_to_f32(raw.numpy().view(np.uint16), out)
+    ref = raw.view(torch.bfloat16).float()
+    assert torch.equal(torch.from_numpy(out.view(np.float32)).nan_to_num(7.0), ref.nan_to_num(7.0))
+    assert finite == bool(torch.isfinite(ref).all())
+    assert fused.bf16_to_f32(torch.ones(9, dtype=torch.bfloat16).view(torch.int16).numpy().view(np.uint16),
+                             np.empty(9, dtype=np.uint32))
+    import modelmix
+    import modelmix.execute as ex
+    from safetensors.torch import load_file as lf
+    from safetensors.torch import save_file as sf
+
+    base = make_model(tmp_path / "base", dtype=torch.bfloat16)
+    fts = [make_model(tmp_path / f"ft{i}", like=base, seed=i, dtype=torch.bfloat16) for i in (1, 2)]
+    text = _ties(tmp_path).replace("dtype: float32", "dtype: float32\nout_dtype: float32")
+    recipe = write_recipe(tmp_path / "r.yml", text)
+    monkeypatch.setattr(ex, "CHUNK_ELEMS", 64)  # stream (and cache) every matrix in row chunks
+    code, _, err = run_cli("merge", str(recipe), str(tmp_path / "out"), "-q")
+    assert code == 0, err
+    got = load_dir(tmp_path / "out")
+    ref = modelmix.merge_tensors("ties", fts, base=base, weight=1.0, density=0.5)
+    for k in got:
+        torch.testing.assert_close(got[k], ref[k], rtol=1e-5, atol=1e-6)
+    f = tmp_path / "ft2" / "model.safetensors"
+    sd = lf(str(f))
+    k = "model.layers.1.mlp.up_proj.weight"
+    sd[k][3, 5] = float("nan")
+    sf(sd, str(f))
+    code, _, err = run_cli("merge", str(recipe), str(tmp_path / "bad"), "-q")
+    assert code != 0 and k in err and "NaN" in err and not (tmp_path / "bad").exists()

@@ -26,6 +26,11 @@ from modelmix.plan import MergePlan, Source, TensorTask
 
 CHUNK_ELEMS = 1 << 19  # 512K float32 = 2 MiB per operand: stays in L2/L3 across the few ops of a chunk
 DEFAULT_BUDGET = 1 << 30  # bytes of whole-tensor working memory in flight at once
+# A streamed tensor whose float32 inputs fit in this many bytes is read and converted once, on its first
+# pass, into a per-thread cache that later passes reuse: TIES walks a tensor three times, and re-reading
+# from the page cache (a copy) plus re-converting cost more than the arithmetic. 160 MiB holds the three
+# inputs of an 11.5M-element Llama MLP matrix; embeddings and lm_head stay streamed.
+STREAM_CACHE_BYTES = 160 << 20
 
 
 @dataclass
@@ -34,6 +39,23 @@ class Unit:
     rows: tuple[int, int] | None  # None: the whole tensor
     cost: int  # estimated working bytes
     stream: bool = False  # whole tensor, computed by a multi-pass row-chunk streamer (modelmix.streaming)
+
+
+def _fused():
+    """The numba kernels module once something else (a streamer) has imported it, else None.
+
+    Importing numba and loading the cached kernels costs ~0.5 s, more than the fused bf16 conversion saves
+    in a linear merge, so plain element-wise merges keep torch's conversion.
+    """
+    global _FUSED
+    if _FUSED is None:
+        mod = sys.modules.get("modelmix.kernels.fused")
+        if mod is not None and mod.AVAILABLE:
+            _FUSED = mod
+    return _FUSED
+
+
+_FUSED = None
 
 
 def _streamer(task: TensorTask):
@@ -54,7 +76,8 @@ def _units(plan: MergePlan, chunk_elems: int) -> Iterator[Unit]:
         streamable = (task.method is None or task.method.elementwise) and task.vocab_maps is None
         if not streamable and numel > chunk_elems and _streamer(task) is not None:
             row = numel // task.shape[0]
-            yield Unit(task, None, max(1, chunk_elems // max(row, 1)) * row * 4 * (n_in + 6), stream=True)
+            cache = n_in * numel * 4 if n_in * numel * 4 <= STREAM_CACHE_BYTES else 0
+            yield Unit(task, None, max(1, chunk_elems // max(row, 1)) * row * 4 * (n_in + 6) + cache, stream=True)
         elif streamable and task.shape and numel > chunk_elems:
             row = numel // task.shape[0]
             step = max(1, chunk_elems // max(row, 1))
@@ -249,6 +272,13 @@ class Executor:
         step = max(1, self.chunk_elems // max(row, 1))
         ex = self
 
+        inputs = [*task.sources, *([task.base] if task.base is not None else [])]
+        numel = math.prod(task.shape)
+        cache = None
+        if (self.device.type == "cpu" and len(inputs) * numel * 4 <= STREAM_CACHE_BYTES
+                and all(self.plan.models[s.model].can_read_into(s.name) for s in inputs)):
+            cache = self._buffer(("cache",), (len(inputs), numel), torch.float32)
+
         class Src:
             device = ex.device.type
             shape = task.shape
@@ -257,13 +287,22 @@ class Executor:
             passes = 0
 
             def chunks(self):
-                check = self.passes == 0  # inputs are validated on the first pass over them only
+                first = self.passes == 0  # inputs are read (and validated) on the first pass only
                 self.passes += 1
                 for r0 in range(0, task.shape[0], step):
                     rows = (r0, min(task.shape[0], r0 + step))
-                    xs = [ex._load(task, s, rows, i, check) for i, s in enumerate(task.sources)]
-                    b = ex._load(task, task.base, rows, len(xs), check) if task.base is not None else None
-                    yield rows, xs, b
+                    if cache is None:
+                        vals = [ex._load(task, s, rows, i, first) for i, s in enumerate(inputs)]
+                    else:
+                        shape = (rows[1] - rows[0], *task.shape[1:])
+                        vals = [cache[i, rows[0] * row: rows[1] * row].view(shape) for i in range(len(inputs))]
+                        if first:
+                            for i, s in enumerate(inputs):
+                                ex._load(task, s, rows, i, True, into=vals[i])
+                    if task.base is not None:
+                        yield rows, vals[:-1], vals[-1]
+                    else:
+                        yield rows, vals, None
 
             def emit(self, rows, out):
                 offset = rows[0] * row * task.out_dtype.itemsize
@@ -295,29 +334,38 @@ class Executor:
         ob.copy_(out)
         return ob
 
-    def _load(self, task: TensorTask, src: Source, rows: tuple[int, int] | None, slot: int, check: bool = True) -> torch.Tensor:
+    def _load(self, task: TensorTask, src: Source, rows: tuple[int, int] | None, slot: int, check: bool = True,
+              into: torch.Tensor | None = None) -> torch.Tensor:
         """Read one input (or row range) as float32 on the device, rejecting NaN/Inf with a clear error.
 
-        Row chunks are read and converted through per-thread buffers (``slot`` = input position), so the
-        hot loop never touches freshly allocated pages; methods never modify their inputs, so reuse is safe.
-        (Converting straight from an mmap of the file was tried: page faults plus MADV_DONTNEED to keep RSS
-        bounded cost as much system time as the pread copy.)
+        Row chunks are read and converted through per-thread buffers (``slot`` = input position; or into
+        ``into``), so the hot loop never touches freshly allocated pages; methods never modify their inputs,
+        so reuse is safe. (Converting straight from an mmap of the file was tried: page faults plus
+        MADV_DONTNEED to keep RSS bounded cost as much system time as the pread copy.)
         """
         ck = self.plan.models[src.model]
+        finite = None
         if rows is not None and ck.can_read_into(src.name):
             e = ck.entry(src.name)
             shape = (rows[1] - rows[0], *e.shape[1:])
             raw = self._buffer(("raw", slot), shape, e.dtype)
             ck.read_into(src.name, raw, rows)
             if self.device.type == "cpu":
-                x = self._buffer(("f32", slot), shape, torch.float32)
-                x.copy_(raw)
+                x = into if into is not None else self._buffer(("f32", slot), shape, torch.float32)
+                if e.dtype == torch.bfloat16 and _fused() is not None:
+                    finite = _fused().bf16_to_f32(raw.view(torch.int16).reshape(-1).numpy().view("uint16"),
+                                                  x.view(torch.int32).reshape(-1).numpy().view("uint32"))
+                else:
+                    x.copy_(raw)
             else:
                 x = raw.to(device=self.device, dtype=torch.float32)
         else:
             x = ck.read(src.name, rows).to(device=self.device, dtype=torch.float32)
+            if into is not None:
+                into.copy_(x)
+                x = into
         # one fused reduction instead of an isfinite mask: NaN/Inf anywhere make the sum non-finite
-        if check and not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
+        if check and (finite is False or (finite is None and not bool(torch.isfinite(x.sum())))) and not bool(torch.isfinite(x).all()):
             bad = int((~torch.isfinite(x)).sum())
             raise InputError(
                 f"Tensor {src.name!r} of model {src.model} contains {bad} NaN/Inf value(s)"

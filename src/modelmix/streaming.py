@@ -325,55 +325,48 @@ def _gta_fused(src, sparsifier, ks, sels, active, density, weights, rescale, nor
         thr_lo.append(np.float32(tl))
         need_lo.append(nl)
         q.append(np.float32(density[i]))
-    useeds = [np.uint64(model_seed(seed, i)) for i in range(m)]
+    useeds = np.array([model_seed(seed, i) for i in range(m)], dtype=np.uint64)
+    modes_a = np.array(modes, dtype=np.int64)
+    thr_hi_a, thr_lo_a, q_a = (np.array(v, dtype=np.float32) for v in (thr_hi, thr_lo, q))
 
     def sweep(fn) -> None:
-        """One pass over the chunks with fresh tie counters and random streams."""
-        nh = [np.array([v], dtype=np.int64) for v in need_hi]
-        nl = [np.array([v], dtype=np.int64) for v in need_lo]
+        """One pass over the chunks with fresh tie counters (m x 1 rows) and random streams."""
+        nh = np.array(need_hi, dtype=np.int64).reshape(m, 1)
+        nl = np.array(need_lo, dtype=np.int64).reshape(m, 1)
         pos = 0
         for rows, xs, b in src.chunks():
             fn(rows, xs, b, nh, nl, pos)  # pos: flat index of the chunk's first element (mask streams)
             pos += b.numel()
 
-    scale = [np.float32(1.0)] * m
+    scale = np.ones(m, dtype=np.float32)
     if rescale == "l1" and any(active):
         sums = np.zeros((m, 2), dtype=np.float64)
-        scratch = np.empty(0, dtype=np.float32)
 
         def l1(rows, xs, b, nh, nl, pos):
-            nonlocal scratch
             bn = b.reshape(-1).numpy()
-            if scratch.shape[0] < bn.shape[0]:
-                scratch = np.empty(bn.shape[0], dtype=np.float32)
             for i in range(m):
                 if active[i]:
-                    fused.sparsify_into(xs[i].reshape(-1).numpy(), bn, modes[i], thr_hi[i], nh[i], thr_lo[i], nl[i], useeds[i],
-                                        pos, q[i], np.float32(1), np.float32(1), np.float32(1), scratch, sums[i])
+                    fused.l1_sums(xs[i].reshape(-1).numpy(), bn, modes[i], thr_hi_a[i], nh[i], thr_lo_a[i], nl[i],
+                                  useeds[i], pos, q_a[i], sums[i])
 
         sweep(l1)
         for i in range(m):
             if active[i] and sums[i, 0] >= _RESCALE_EPS and sums[i, 1] >= _RESCALE_EPS:
                 scale[i] = np.float32(sums[i, 0] / sums[i, 1])
-    div = [np.float32(q[i]) if rescale == "inverse_density" and active[i] and q[i] > 0 else np.float32(1) for i in range(m)]
+    div = np.array([q[i] if rescale == "inverse_density" and active[i] and q[i] > 0 else 1 for i in range(m)], dtype=np.float32)
     w32 = np.asarray(weights, dtype=np.float32)
     total = np.float32(torch.tensor(weights, dtype=torch.float32).sum().item())
     consensus = 0 if cons is None else (1 if cons == "sum" else 2)
-    deltas = np.empty((m, 0), dtype=np.float32)
-    out = acc = mixed = divisor = np.empty(0, dtype=np.float32)
-    dummy = np.zeros(0, dtype=np.float64)  # no statistics in the apply pass
+    out = np.empty(0, dtype=np.float32)
 
     def apply(rows, xs, b, nh, nl, pos):
-        nonlocal deltas, out, acc, mixed, divisor
+        nonlocal out
         bn = b.reshape(-1).numpy()
         k = bn.shape[0]
-        if deltas.shape[1] < k:
-            deltas = np.empty((m, k), dtype=np.float32)
-            out, acc, mixed, divisor = (np.empty(k, dtype=np.float32) for _ in range(4))
-        for i in range(m):
-            fused.sparsify_into(xs[i].reshape(-1).numpy(), bn, modes[i], thr_hi[i], nh[i], thr_lo[i], nl[i], useeds[i], pos,
-                                q[i], scale[i], div[i], w32[i], deltas[i], dummy)
-        fused.combine(deltas, k, bn, w32, consensus, normalize, total, np.float32(lam), acc, mixed, divisor, out)
+        if out.shape[0] < k:
+            out = np.empty(k, dtype=np.float32)
+        fused.gta_apply(tuple(x.reshape(-1).numpy() for x in xs), bn, modes_a, thr_hi_a, nh, thr_lo_a, nl, useeds, pos,
+                        q_a, scale, div, w32, consensus, normalize, total, np.float32(lam), out)
         src.emit(rows, torch.from_numpy(out[:k]).view(b.shape))
 
     sweep(apply)

@@ -35,6 +35,25 @@ ALIGN = 4096  # O_DIRECT offset/length/address alignment that every Linux block 
 _MIN_DIRECT = 64 * 1024  # smaller aligned middles are not worth a separate syscall
 _BOUNCE = 4 << 20  # bytes per copy through the bounce buffer when a caller's memory is misaligned
 _STAGE_MAX = 32 << 20  # staging buffers up to this size are kept per thread
+_RING = 4  # staging buffers per computing thread: up to 3 writes in flight while it computes the next
+_IO_THREADS = 2  # background direct writes in flight at once (queue depth for the device)
+
+
+class _Stage:
+    """One staging buffer and the background write (a Future) still reading from it."""
+
+    __slots__ = ("buf", "fut")
+
+    def __init__(self) -> None:
+        self.buf: torch.Tensor | None = None
+        self.fut = None
+
+
+def _within(t: torch.Tensor, buf: torch.Tensor | None) -> bool:
+    if buf is None:
+        return False
+    p, b = t.data_ptr(), buf.data_ptr()
+    return b <= p and p + t.numel() <= b + buf.numel()
 
 
 @dataclass(frozen=True)
@@ -77,6 +96,8 @@ class ModelWriter:
         self.target = Path(target).absolute()
         self.direct_io = direct_io and hasattr(os, "O_DIRECT") and os.environ.get("MODELMIX_DIRECT_IO", "1") != "0"
         self._tls = threading.local()
+        self._pool = None  # background direct-write threads, started on the first staged write
+        self._stages: list[_Stage] = []  # every thread's staging ring
         self.overwrite = overwrite
         check_target(self.target, overwrite)
         parent = self.target.parent
@@ -147,22 +168,44 @@ class ModelWriter:
             pos += s.nbytes
 
     def staging(self, name: str, byte_start: int, nbytes: int) -> torch.Tensor | None:
-        """A per-thread uint8 buffer of ``nbytes`` whose address is congruent to the write's file offset mod 4 KiB.
+        """A uint8 buffer of ``nbytes`` whose address is congruent to the write's file offset mod 4 KiB.
 
-        Valid until the same thread asks again; None when direct I/O is off, the write is too large to stage,
-        or the file offset is not a multiple of the tensor's item size (the buffer could not be viewed as it).
+        Each thread cycles through a ring of _RING buffers; a buffer passed back to ``write`` is written
+        to disk in the background (direct I/O blocks for the device, not the CPU), and is handed out again
+        only once that write is done. None when direct I/O is off, the write is too large to stage, or the
+        file offset is not a multiple of the tensor's item size (the buffer could not be viewed as it).
         """
         fd, dfd, off, spec = self._where[name]
         if dfd is None or nbytes > _STAGE_MAX or (off + byte_start) % spec.dtype.itemsize:
             return None
-        buf = getattr(self._tls, "stage", None)
-        if buf is None or buf.numel() < nbytes + ALIGN:
-            buf = self._tls.stage = torch.empty(max(nbytes, 4 << 20) + ALIGN, dtype=torch.uint8)
-        shift = (off + byte_start - buf.data_ptr()) % ALIGN
-        return buf[shift:shift + nbytes]
+        ring = getattr(self._tls, "ring", None)
+        if ring is None:
+            ring = self._tls.ring = [_Stage() for _ in range(_RING)]
+            self._tls.next = 0
+            self._stages.extend(ring)
+        st = ring[self._tls.next]
+        self._tls.next = (self._tls.next + 1) % _RING
+        self._wait(st)
+        if st.buf is None or st.buf.numel() < nbytes + ALIGN:
+            st.buf = torch.empty(max(nbytes, 1 << 20) + ALIGN, dtype=torch.uint8)
+        shift = (off + byte_start - st.buf.data_ptr()) % ALIGN
+        self._tls.last = st
+        return st.buf[shift:shift + nbytes]
+
+    def _wait(self, st: _Stage) -> None:
+        fut, st.fut = st.fut, None
+        if fut is not None:
+            try:
+                fut.result()
+            except OSError as e:
+                raise _oserror(e, self.target) from None
 
     def write(self, name: str, tensor: torch.Tensor, byte_start: int = 0) -> None:
-        """Write ``tensor`` (already in the output dtype) at ``byte_start`` within output tensor ``name``."""
+        """Write ``tensor`` (already in the output dtype) at ``byte_start`` within output tensor ``name``.
+
+        The aligned middle of a tensor that lives in this thread's latest staging buffer is written in the
+        background; everything else is written before returning.
+        """
         fd, dfd, off, spec = self._where[name]
         t = tensor.detach()
         if t.device.type != "cpu":
@@ -184,18 +227,37 @@ class ModelWriter:
             self._pwrite(fd, raw[: a0 - pos], pos)
             self._pwrite(fd, raw[a1 - pos:], a1)
             mid = raw[a0 - pos: a1 - pos]
-            try:
-                if mid.data_ptr() % ALIGN == 0:
-                    self._pwrite(dfd, mid, a0)
-                else:
-                    self._bounce(dfd, mid, a0)
-            except OSError as e:
-                if e.errno != errno.EINVAL:
-                    raise
-                self._where = {k: (f, None, o, sp) for k, (f, _, o, sp) in self._where.items()}
-                self._pwrite(fd, mid, a0)  # the file system refused this direct write: buffered from now on
+            st = getattr(self._tls, "last", None)
+            self._tls.last = None
+            if st is not None and mid.data_ptr() % ALIGN == 0 and _within(mid, st.buf):
+                if self._pool is None:
+                    from concurrent.futures import ThreadPoolExecutor
+
+                    self._pool = ThreadPoolExecutor(_IO_THREADS, thread_name_prefix="modelmix-io")
+                st.fut = self._pool.submit(self._direct, fd, dfd, mid, a0)
+            else:
+                self._direct(fd, dfd, mid, a0)
         except OSError as e:
             raise _oserror(e, self.target) from None
+
+    def _direct(self, fd: int, dfd: int, mid: torch.Tensor, pos: int) -> None:
+        """Direct-write an aligned range (through the bounce buffer if its memory is misaligned); buffered if
+        the file system refuses (EINVAL), and buffered for all later writes too."""
+        try:
+            if mid.data_ptr() % ALIGN == 0:
+                self._pwrite(dfd, mid, pos)
+            else:
+                self._bounce(dfd, mid, pos)
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
+            self._where = {k: (f, None, o, sp) for k, (f, _, o, sp) in self._where.items()}
+            self._pwrite(fd, mid, pos)
+
+    def flush(self) -> None:
+        """Wait for every background write; raise the first error."""
+        for st in list(self._stages):
+            self._wait(st)
 
     def _bounce(self, dfd: int, mid: torch.Tensor, pos: int) -> None:
         """Direct-write misaligned memory by copying it through an aligned per-thread buffer."""
@@ -225,6 +287,8 @@ class ModelWriter:
     def commit(self) -> Path:
         """Flush, then move the finished directory into place (replacing the target only with overwrite)."""
         try:
+            self.flush()
+            self._shutdown()
             for fd in self._fds:
                 os.close(fd)
             self._fds.clear()
@@ -245,7 +309,13 @@ class ModelWriter:
             raise
         return self.target
 
+    def _shutdown(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
     def abort(self) -> None:
+        self._shutdown()  # no write may land in a file after it is closed
         for fd in self._fds:
             try:
                 os.close(fd)

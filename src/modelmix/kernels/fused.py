@@ -77,62 +77,58 @@ def hist_lo(x, b, bucket, scratch, lo):  # pragma: no cover - compiled
             lo[v & 0xFFFF] += 1
 
 
-@njit(inline="always")
-def _finish(d, keep, scale, div, weight):  # pragma: no cover - compiled
-    m = d * (np.float32(1.0) if keep else np.float32(0.0))
-    if scale != 1:
-        m = m * scale
-    if div != 1:
-        m = m / div
-    return m * weight
-
-
 @njit(nogil=True, cache=True)
-def sparsify_into(x, b, mode, thr_hi, need_hi, thr_lo, need_lo, useed, ustart, q, scale, div, weight, out, sums):  # pragma: no cover
-    """out = (((mask * (x - b)) * scale) / div) * weight for one model's chunk (scale/div skipped when 1).
+def bf16_to_f32(raw, out):  # pragma: no cover - compiled
+    """out (uint32 view of float32) = bf16 bits << 16; returns True when every value is finite.
 
-    TOPK keeps |d| > thr_hi plus the first ``need_hi[0]`` elements equal to it (flat-index order, the
-    counter carries over to the next chunk); BAND keeps top-``stop`` minus top-``start`` (two counters);
-    RANDOM keeps u < q with u = uniform(useed, ustart + j). If ``sums`` has length 2 it accumulates
-    (sum |d|, sum |mask * d|) in float64 for L1 rescaling (the statistics pass), else nothing is summed.
-    Each mode has its own loop (the mode is tested once, not per element), and keep decisions are 0/1
-    factors rather than branches: task-vector signs and magnitudes are random, so branches mispredict.
+    One sweep instead of torch's convert-then-sum: a bfloat16 is NaN/Inf exactly when its 8 exponent bits
+    are all ones."""
+    bad = 0
+    for j in range(raw.shape[0]):
+        v = np.uint32(raw[j])
+        out[j] = v << np.uint32(16)
+        bad |= np.uint32(1) if (v & np.uint32(0x7F80)) == np.uint32(0x7F80) else np.uint32(0)
+    return bad == 0
+
+
+_BLOCK = 512  # elements per block of the fused apply kernel: m rows of scratch stay in L1
+
+
+@njit(inline="always")
+def _masked_block(x, b, nb, mode, thr_hi, need_hi, thr_lo, need_lo, useed, ustart, q, scale, div, weight, d_out):  # pragma: no cover
+    """d_out[:nb] = (((keep * (x - b)) * scale) / div) * weight for one model's block (x, b: block slices).
+
+    Multiplying by scale = 1 or dividing by div = 1 is exact, so the expression needs no branches and the
+    TOPK, RANDOM, DENSE and ZERO loops vectorise (keep is a 0/1 factor: task-vector signs are random, so
+    branches would mispredict). Arrays are indexed only by the bare loop variable: numba cannot prove a
+    computed index such as ``j0 + jj`` non-negative, and its wraparound check stops vectorisation (10x).
+    TOPK keeps |d| > thr_hi, then the first ``need_hi[0]`` elements equal to it in flat-index order (the
+    counter carries to the next block); BAND keeps top-stop minus top-start; RANDOM keeps u < q with u the
+    uniform of flat element ustart + jj.
     """
-    n = x.shape[0]
-    stats = sums.shape[0] == 2
-    s_before = 0.0
-    s_after = 0.0
-    if mode == RANDOM:
-        for j in range(n):
-            d = x[j] - b[j]
-            m = _finish(d, _uniform(useed, ustart + j) < q, scale, div, weight)
-            out[j] = m
-            if stats:
-                s_before += abs(d)
-                s_after += abs(d) if _uniform(useed, ustart + j) < q else 0.0
-    elif mode == TOPK:
-        # vectorisable main loop (strictly above the threshold); the rare elements equal to it are taken
-        # afterwards in index order while the tie budget lasts
+    one = np.float32(1.0)
+    zero = np.float32(0.0)
+    if mode == TOPK:
         ties = 0
-        for j in range(n):
-            d = x[j] - b[j]
+        for jj in range(nb):
+            d = x[jj] - b[jj]
             a = abs(d)
-            out[j] = _finish(d, a > thr_hi, scale, div, weight)
+            d_out[jj] = (((d * (one if a > thr_hi else zero)) * scale) / div) * weight
             ties += 1 if a == thr_hi else 0
-            if stats:
-                s_before += a
-                s_after += a if a > thr_hi else 0.0
         if ties and need_hi[0] > 0:
-            for j in range(n):
-                d = x[j] - b[j]
+            for jj in range(nb):
+                d = x[jj] - b[jj]
                 if abs(d) == thr_hi and need_hi[0] > 0:
                     need_hi[0] -= 1
-                    out[j] = _finish(d, True, scale, div, weight)
-                    if stats:
-                        s_after += abs(d)
+                    d_out[jj] = ((d * scale) / div) * weight
+    elif mode == RANDOM:
+        for jj in range(nb):
+            d = x[jj] - b[jj]
+            keep = _uniform(useed, ustart + jj) < q
+            d_out[jj] = (((d * (one if keep else zero)) * scale) / div) * weight
     elif mode == BAND:
-        for j in range(n):
-            d = x[j] - b[j]
+        for jj in range(nb):
+            d = x[jj] - b[jj]
             a = abs(d)
             in_hi = a > thr_hi
             if a == thr_hi and need_hi[0] > 0:
@@ -142,77 +138,127 @@ def sparsify_into(x, b, mode, thr_hi, need_hi, thr_lo, need_lo, useed, ustart, q
             if a == thr_lo and need_lo[0] > 0:
                 need_lo[0] -= 1
                 in_lo = True
-            keep = in_hi and not in_lo
-            out[j] = _finish(d, keep, scale, div, weight)
-            if stats:
-                s_before += a
-                s_after += a if keep else 0.0
-    else:  # DENSE keeps everything, ZERO nothing (as exact zeros, like zeros_like)
-        for j in range(n):
-            d = x[j] - b[j]
-            if mode == ZERO:
-                out[j] = np.float32(0.0)
-            else:
-                m = d
-                if scale != 1:
-                    m = m * scale
-                if div != 1:
-                    m = m / div
-                out[j] = m * weight
-            if stats:
-                s_before += abs(d)
-                s_after += 0.0 if mode == ZERO else abs(d)
-    if stats:
-        sums[0] += s_before
-        sums[1] += s_after
+            d_out[jj] = (((d * (one if in_hi and not in_lo else zero)) * scale) / div) * weight
+    elif mode == ZERO:
+        for jj in range(nb):
+            d_out[jj] = zero
+    else:  # DENSE
+        for jj in range(nb):
+            d_out[jj] = (((x[jj] - b[jj]) * scale) / div) * weight
 
 
 @njit(nogil=True, cache=True)
-def combine(deltas, n, b, weights, consensus, normalize, total, lam, acc, mixed, divisor, out):  # pragma: no cover
-    """Merge weighted deltas (rows of ``deltas``, first ``n`` columns) onto the base: TIES sign election
-    (consensus 1 = sum of deltas, 2 = count of signs, 0 = none), the normalisation of ``merge_deltas`` and
-    the lambda scale. Model-outer, element-inner loops over contiguous rows (vectorisable), in the same
-    float order as the torch reference; ``acc``, ``mixed``, ``divisor`` are scratch rows."""
-    m = deltas.shape[0]
+def gta_apply(xs, b, modes, thr_hi, need_hi, thr_lo, need_lo, useeds, ustart, q, scale, div, weights,
+              consensus, normalize, total, lam, out):  # pragma: no cover - compiled
+    """One output chunk of a task-vector merge: masked, rescaled, weighted deltas of every model (tuple
+    ``xs``) over ``b``, TIES sign election (consensus 1 = sum of deltas, 2 = count of signs, 0 = none), the
+    normalisation of ``merge_deltas`` and the lambda scale, in blocks of _BLOCK elements so the per-model
+    deltas never leave L1. Same float operations in the same order as the torch reference
+    (``modelmix.methods._gta``), hence bit-identical; per-model parameters are arrays indexed by model."""
+    m = len(xs)
+    n = b.shape[0]
     zero = np.float32(0.0)
     one = np.float32(1.0)
-    if consensus == 0:
+    dl = np.empty((m, _BLOCK), dtype=np.float32)
+    acc = np.empty(_BLOCK, dtype=np.float32)
+    mixed = np.empty(_BLOCK, dtype=np.float32)
+    divisor = np.empty(_BLOCK, dtype=np.float32)
+    for j0 in range(0, n, _BLOCK):
+        nb = min(_BLOCK, n - j0)
+        bb = b[j0:j0 + nb]
+        oo = out[j0:j0 + nb]
+        for i in range(m):
+            _masked_block(xs[i][j0:j0 + nb], bb, nb, modes[i], thr_hi[i], need_hi[i], thr_lo[i], need_lo[i], useeds[i],
+                          ustart + j0, q[i], scale[i], div[i], weights[i], dl[i])
+        if consensus == 0:
+            d = dl[0]
+            for jj in range(nb):
+                mixed[jj] = d[jj]
+            for i in range(1, m):
+                d = dl[i]
+                for jj in range(nb):
+                    mixed[jj] += d[jj]
+            if normalize and abs(total) >= 1e-8:
+                for jj in range(nb):
+                    mixed[jj] = mixed[jj] / total
+        else:
+            for jj in range(nb):
+                acc[jj] = zero
+                mixed[jj] = zero
+                divisor[jj] = zero
+            for i in range(m):
+                d = dl[i]
+                if consensus == 1:
+                    for jj in range(nb):
+                        acc[jj] += d[jj]
+                else:
+                    for jj in range(nb):
+                        acc[jj] += (one if d[jj] > 0 else zero) - (one if d[jj] < 0 else zero)
+            for i in range(m):
+                w = weights[i]
+                d = dl[i]
+                for jj in range(nb):
+                    k = one if d[jj] * (one if acc[jj] >= 0 else -one) > 0 else zero  # agrees with the elected sign
+                    mixed[jj] += d[jj] * k
+                    divisor[jj] += k * w
+            if normalize:
+                for jj in range(nb):
+                    dv = divisor[jj] if divisor[jj] != 0 else one
+                    mixed[jj] = mixed[jj] / dv
+        if lam != 1:
+            for jj in range(nb):
+                oo[jj] = bb[jj] + mixed[jj] * lam
+        else:
+            for jj in range(nb):
+                oo[jj] = bb[jj] + mixed[jj]
+
+
+@njit(nogil=True, cache=True, fastmath={"reassoc", "nsz"})
+def l1_sums(x, b, mode, thr_hi, need_hi, thr_lo, need_lo, useed, ustart, q, sums):  # pragma: no cover - compiled
+    """sums += (sum |x - b|, sum |keep * (x - b)|) in float64: the statistics pass of L1 rescaling.
+
+    Reassociation only changes the float64 summation order (the outputs are sums, not tensors)."""
+    n = x.shape[0]
+    s_before = 0.0
+    s_after = 0.0
+    if mode == RANDOM:
         for j in range(n):
-            mixed[j] = deltas[0, j]
-        for i in range(1, m):
+            a = np.float64(abs(x[j] - b[j]))
+            s_before += a
+            s_after += a if _uniform(useed, ustart + j) < q else 0.0
+    elif mode == TOPK:
+        ties = 0
+        for j in range(n):
+            a = abs(x[j] - b[j])
+            s_before += np.float64(a)
+            s_after += np.float64(a) if a > thr_hi else 0.0
+            ties += 1 if a == thr_hi else 0
+        if ties and need_hi[0] > 0:
             for j in range(n):
-                mixed[j] += deltas[i, j]
-        if normalize and abs(total) >= 1e-8:
-            for j in range(n):
-                mixed[j] = mixed[j] / total
+                a = abs(x[j] - b[j])
+                if a == thr_hi and need_hi[0] > 0:
+                    need_hi[0] -= 1
+                    s_after += np.float64(a)
+    elif mode == BAND:
+        for j in range(n):
+            a = abs(x[j] - b[j])
+            in_hi = a > thr_hi
+            if a == thr_hi and need_hi[0] > 0:
+                need_hi[0] -= 1
+                in_hi = True
+            in_lo = a > thr_lo
+            if a == thr_lo and need_lo[0] > 0:
+                need_lo[0] -= 1
+                in_lo = True
+            s_before += np.float64(a)
+            s_after += np.float64(a) if in_hi and not in_lo else 0.0
     else:
         for j in range(n):
-            acc[j] = zero
-            mixed[j] = zero
-            divisor[j] = zero
-        for i in range(m):
-            for j in range(n):
-                d = deltas[i, j]
-                if consensus == 1:
-                    acc[j] += d
-                else:
-                    acc[j] += (one if d > 0 else zero) - (one if d < 0 else zero)
-        for i in range(m):
-            w = weights[i]
-            for j in range(n):
-                d = deltas[i, j]
-                k = one if d * (one if acc[j] >= 0 else -one) > 0 else zero  # agrees with the elected sign
-                mixed[j] += d * k
-                divisor[j] += k * w
-        for j in range(n):
-            dv = divisor[j] if divisor[j] != 0 else one
-            if normalize:
-                mixed[j] = mixed[j] / dv
-    for j in range(n):
-        v = mixed[j]
-        if lam != 1:
-            v = v * lam
-        out[j] = b[j] + v
+            a = np.float64(abs(x[j] - b[j]))
+            s_before += a
+            s_after += 0.0 if mode == ZERO else a
+    sums[0] += s_before
+    sums[1] += s_after
 
 
 @njit(nogil=True, cache=True, fastmath=True)
