@@ -458,10 +458,11 @@ def test_bf16_inputs_fused_conversion_and_nan_detection(tmp_path: Path, monkeypa
     assert finite == bool(torch.isfinite(ref).all())
     assert fused.bf16_to_f32(torch.ones(9, dtype=torch.bfloat16).view(torch.int16).numpy().view(np.uint16),
                              np.empty(9, dtype=np.uint32))
-    import modelmix
-    import modelmix.execute as ex
     from safetensors.torch import load_file as lf
     from safetensors.torch import save_file as sf
+
+    import modelmix
+    import modelmix.execute as ex
 
     base = make_model(tmp_path / "base", dtype=torch.bfloat16)
     fts = [make_model(tmp_path / f"ft{i}", like=base, seed=i, dtype=torch.bfloat16) for i in (1, 2)]
