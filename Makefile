@@ -10,7 +10,7 @@ STAMP := $(VENV)/.modelmix-installed
 venv: $(STAMP)
 
 # torch first: `pip install torch==2.13.0` takes the local CPU build here (never the multi-GB CUDA wheels).
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py src/modelmix/kernels/ckernels.c
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
@@ -31,4 +31,4 @@ bench: venv
 	$(PY) benchmarks/bench_merge.py --size 1.1b
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info src/*.egg-info src/modelmix/kernels/_ckernels*.so

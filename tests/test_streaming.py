@@ -48,18 +48,23 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("use_fused", [True, False])
+def _use_backend(name: str, monkeypatch) -> None:
+    """Route the streamers through one kernel backend: "c" (ctypes), "numba" or "torch" (no kernels)."""
+    from modelmix.kernels import backend
+
+    if name != "torch" and backend._get(name) is None:
+        pytest.skip(f"{name} kernels not available")
+    monkeypatch.setattr(backend, "FORCE", name)
+
+
+@pytest.mark.parametrize("kernels", ["c", "numba", "torch"])
 @pytest.mark.parametrize("ties", [False, True])
 @pytest.mark.parametrize("shape,step", [((37, 23), 5), ((64, 48), 64), ((101,), 17)])
 @pytest.mark.parametrize("name,params", CASES)
-def test_streamer_equals_reference(name, params, shape, step, ties, use_fused, monkeypatch):
-    from modelmix.kernels import fused
-
-    if use_fused and not fused.AVAILABLE:
-        pytest.skip("numba not installed")
-    monkeypatch.setattr(fused, "AVAILABLE", use_fused)
+def test_streamer_equals_reference(name, params, shape, step, ties, kernels, monkeypatch):
+    _use_backend(kernels, monkeypatch)
     m = get_method(name)
-    fn, applies = STREAMERS[name]
+    fn, applies, _cache = STREAMERS[name]
     if not applies(shape, params):
         pytest.skip("streamer does not apply to this shape")
     xs, base = _inputs(shape, ties=ties)
@@ -77,8 +82,10 @@ def rescale_free(p) -> bool:
     return p.get("rescale") in ("none", False, "inverse_density")
 
 
+@pytest.mark.parametrize("kernels", ["c", "numba", "torch"])
 @pytest.mark.parametrize("t", [0.0, 0.3, 1.0])
-def test_slerp_streamer(t):
+def test_slerp_streamer(t, kernels, monkeypatch):
+    _use_backend(kernels, monkeypatch)
     xs, base = _inputs((40, 30), n=1)
     ref = get_method("slerp").fn(xs, base=base, t=t)
     src = _Src(xs, base, 7)
@@ -90,16 +97,53 @@ def test_slerp_streamer(t):
     torch.testing.assert_close(src.out, get_method("slerp").fn(colinear, base=base, t=t))
 
 
-def test_counter_uniforms_numba_equals_numpy_and_are_uniform(monkeypatch):
-    from modelmix.kernels import fused
+def test_counter_uniforms_same_in_every_backend_and_uniform(monkeypatch):
     from modelmix.kernels.masks import model_seed, uniforms
 
-    a = uniforms(model_seed(7, 1), 1000, 5000)
-    monkeypatch.setattr(fused, "AVAILABLE", False)
-    b = uniforms(model_seed(7, 1), 1000, 5000)
-    assert torch.equal(a, b)
+    got = {}
+    for name in ("c", "numba", "torch"):
+        if name == "torch" or __import__("modelmix.kernels.backend", fromlist=["_get"])._get(name) is not None:
+            monkeypatch.setattr("modelmix.kernels.backend.FORCE", name)
+            got[name] = uniforms(model_seed(7, 1), 1000, 5000)
+    a = got["torch"]  # numpy reference arithmetic
+    assert all(torch.equal(a, b) for b in got.values())
     assert torch.equal(uniforms(model_seed(7, 1), 3000, 10), a[2000:2010])  # a pure function of the index
     assert not torch.equal(uniforms(model_seed(7, 2), 1000, 5000), a)  # models have independent streams
     big = uniforms(model_seed(3, 0), 0, 200_000)
     assert 0 <= float(big.min()) and float(big.max()) < 1
     assert abs(float(big.mean()) - 0.5) < 0.01 and abs(float((big < 0.3).float().mean()) - 0.3) < 0.01
+
+
+@pytest.mark.parametrize("kernels", ["c", "numba"])
+def test_kernel_backends_agree_bit_for_bit(kernels, monkeypatch):
+    """Conversions and histograms of each compiled backend equal torch/numpy on awkward values."""
+    import numpy as np
+
+    from modelmix.kernels import backend
+
+    K = backend._get(kernels)
+    if K is None:
+        pytest.skip(f"{kernels} kernels not available")
+    g = torch.Generator().manual_seed(1)
+    raw = torch.randint(-(1 << 15), 1 << 15, (4099,), dtype=torch.int32, generator=g).to(torch.int16)
+    out = np.empty(4099, dtype=np.uint32)
+    finite = K.bf16_to_f32(raw.numpy().view(np.uint16), out)
+    ref = raw.view(torch.bfloat16).float()
+    assert torch.equal(torch.from_numpy(out.view(np.float32)).nan_to_num(3.0), ref.nan_to_num(3.0))
+    assert bool(finite) == bool(torch.isfinite(ref).all())
+    ok = torch.ones(10, dtype=torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+    assert K.bf16_to_f32(ok, np.empty(10, dtype=np.uint32))
+    x, b = torch.randn(5000, generator=g).numpy(), torch.randn(5000, generator=g).numpy()
+    hist = np.zeros(1 << 16, dtype=np.int64)
+    K.hist_hi(x, b, np.empty(5000, dtype=np.float32), hist)
+    bits = torch.from_numpy(np.abs(x - b)).view(torch.int32) >> 16
+    assert torch.equal(torch.from_numpy(hist), torch.bincount(bits, minlength=1 << 16))
+    if hasattr(K, "f32_to_bf16"):
+        vals = torch.cat([torch.randn(3000, generator=g) * 1e3, torch.tensor([float("nan"), float("inf"), -0.0, 1e-40])])
+        o16 = np.empty(vals.numel(), dtype=np.uint16)
+        K.f32_to_bf16(vals.numpy(), o16)
+        conv = vals.to(torch.bfloat16)
+        mine = torch.from_numpy(o16.view(np.int16))
+        num = ~vals.isnan()
+        assert torch.equal(mine[num], conv.view(torch.int16)[num])  # round to nearest even, as torch
+        assert mine[~num].view(torch.bfloat16).isnan().all()

@@ -42,23 +42,15 @@ class Unit:
 
 
 def _fused():
-    """The numba kernels module once something else (a streamer) has imported it, else None.
+    """Kernels for the bf16 conversion: C when built; numba only once a streamer has loaded it anyway
+    (importing numba costs ~0.5 s, more than the fused conversion saves in a linear merge)."""
+    from modelmix.kernels.backend import kernels
 
-    Importing numba and loading the cached kernels costs ~0.5 s, more than the fused bf16 conversion saves
-    in a linear merge, so plain element-wise merges keep torch's conversion.
-    """
-    global _FUSED
-    if _FUSED is None:
-        mod = sys.modules.get("modelmix.kernels.fused")
-        if mod is not None and mod.AVAILABLE:
-            _FUSED = mod
-    return _FUSED
-
-
-_FUSED = None
+    return kernels(loaded_only=True)
 
 
 def _streamer(task: TensorTask):
+    """(streamer, cache) for a task that a multi-pass streamer handles, else None."""
     from modelmix.streaming import STREAMERS
 
     if task.method is None or task.vocab_maps is not None or not task.shape:
@@ -66,7 +58,12 @@ def _streamer(task: TensorTask):
     entry = STREAMERS.get(task.method.name)
     if entry is None or not entry[1](task.shape, {**task.global_params, **task.model_params}):
         return None
-    return entry[0]
+    return entry[0], entry[2]
+
+
+def _cacheable(task: TensorTask, n_in: int) -> bool:
+    entry = _streamer(task)
+    return entry is not None and entry[1] and n_in * math.prod(task.shape) * 4 <= STREAM_CACHE_BYTES
 
 
 def _units(plan: MergePlan, chunk_elems: int) -> Iterator[Unit]:
@@ -76,7 +73,7 @@ def _units(plan: MergePlan, chunk_elems: int) -> Iterator[Unit]:
         streamable = (task.method is None or task.method.elementwise) and task.vocab_maps is None
         if not streamable and numel > chunk_elems and _streamer(task) is not None:
             row = numel // task.shape[0]
-            cache = n_in * numel * 4 if n_in * numel * 4 <= STREAM_CACHE_BYTES else 0
+            cache = n_in * numel * 4 if _cacheable(task, n_in) else 0
             yield Unit(task, None, max(1, chunk_elems // max(row, 1)) * row * 4 * (n_in + 6) + cache, stream=True)
         elif streamable and task.shape and numel > chunk_elems:
             row = numel // task.shape[0]
@@ -267,7 +264,7 @@ class Executor:
 
     def _stream(self, task: TensorTask, sink, progress: Progress | None, lock: threading.Lock) -> None:
         """Run a multi-pass streamer over the task's row chunks; each emitted chunk goes straight to the sink."""
-        fn = _streamer(task)
+        fn = _streamer(task)[0]  # type: ignore[index]
         row = math.prod(task.shape[1:])
         step = max(1, self.chunk_elems // max(row, 1))
         ex = self
@@ -275,7 +272,7 @@ class Executor:
         inputs = [*task.sources, *([task.base] if task.base is not None else [])]
         numel = math.prod(task.shape)
         cache = None
-        if (self.device.type == "cpu" and len(inputs) * numel * 4 <= STREAM_CACHE_BYTES
+        if (self.device.type == "cpu" and _cacheable(task, len(inputs))
                 and all(self.plan.models[s.model].can_read_into(s.name) for s in inputs)):
             cache = self._buffer(("cache",), (len(inputs), numel), torch.float32)
 

@@ -99,19 +99,26 @@ def uniforms(seed: int, start: int, n: int) -> Tensor:
     Counter-based (splitmix64 of seed and element index, top 24 bits): a pure function of the index, so the
     same seed gives bit-identical masks whatever the chunking, thread count or device.
     """
-    from modelmix.kernels import fused
+    from modelmix.kernels.backend import kernels
 
     out = np.empty(n, dtype=np.float32)
-    if fused.AVAILABLE:
-        fused.uniforms(np.uint64(seed), np.int64(start), out)
+    k = kernels()
+    if k is not None:
+        k.uniforms(np.uint64(seed), np.int64(start), out)
         return torch.from_numpy(out)
-    with np.errstate(over="ignore"):  # same arithmetic as the numba kernel, vectorised (mod 2**64 wraps)
-        z = np.uint64(seed) + (np.arange(start, start + n, dtype=np.uint64) + np.uint64(1)) * fused._GOLDEN
-        z = (z ^ (z >> np.uint64(30))) * fused._M1
-        z = (z ^ (z >> np.uint64(27))) * fused._M2
+    with np.errstate(over="ignore"):  # same arithmetic as the compiled kernels, vectorised (mod 2**64 wraps)
+        z = np.uint64(seed) + (np.arange(start, start + n, dtype=np.uint64) + np.uint64(1)) * _GOLDEN
+        z = (z ^ (z >> np.uint64(30))) * _M1
+        z = (z ^ (z >> np.uint64(27))) * _M2
         z = z ^ (z >> np.uint64(31))
-    out[:] = (z >> np.uint64(40)).astype(np.float32) * fused._INV24
+    out[:] = (z >> np.uint64(40)).astype(np.float32) * _INV24
     return torch.from_numpy(out)
+
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_INV24 = np.float32(1.0 / (1 << 24))
 
 
 def bernoulli_keep_mask(shape: torch.Size, p: float | Tensor, seed: int, device: torch.device) -> Tensor:
