@@ -28,7 +28,7 @@ lint: venv
 
 bench: venv
 	bash benchmarks/setup_peers.sh
-	$(PY) benchmarks/bench_merge.py --size 1.1b
+	$(PY) benchmarks/bench_merge.py --size 1.1b --repeat-modelmix 3
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info src/modelmix/kernels/_ckernels*.so

@@ -409,6 +409,10 @@ def main(argv: list[str] | None = None) -> int:
         "--repeat", type=int, default=1, help="timed runs per tool and recipe (table shows median)"
     )
     ap.add_argument(
+        "--repeat-modelmix", type=int, default=None,
+        help="timed modelmix runs per recipe (default --repeat); cheap, so a median of 3 damps the noise of a shared machine",
+    )
+    ap.add_argument(
         "--threads", type=int, default=None, help="pass -j/--num-threads N and --threads N to the tools"
     )
     ap.add_argument("--skip-mergekit", action="store_true", help="do not run mergekit (no correctness check)")
@@ -466,6 +470,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(),
         "settings": {
             "repeat": a.repeat,
+            "repeat_modelmix": a.repeat_modelmix or a.repeat,
             "threads": a.threads,
             "warm_page_cache": not a.no_warm,
             "compare_tensors": names,
@@ -483,14 +488,17 @@ def main(argv: list[str] | None = None) -> int:
             entry["mergekit"] = {**cached["recipes"][rname], "cached": True}
             entry["mergekit"]["summary"] = summarize(entry["mergekit"].get("runs", []))
         runs: dict[str, list[dict[str, Any]]] = {t: [] for t in tools}
-        for rep in range(a.repeat):
+        n_mm = a.repeat_modelmix or a.repeat
+        for rep in range(max(a.repeat, n_mm)):
             for tool in tools:
+                if rep >= (n_mm if tool == "modelmix" else a.repeat):
+                    continue
                 out = size_dir / f"out-{tool}-{rname}"
                 if out.exists():
                     shutil.rmtree(out)
                 cmd = tool_command(tool, recipe, out, a.threads)
                 warm_s = None if a.no_warm else round(warm_page_cache(models), 2)
-                log(f"{rname} [{rep + 1}/{a.repeat}] {tool}: {' '.join(cmd)}")
+                log(f"{rname} [{rep + 1}/{n_mm if tool == 'modelmix' else a.repeat}] {tool}: {' '.join(cmd)}")
                 res = run_timed(cmd, logs / f"{tool}-{rname}-{rep}.log", a.timeout)
                 res["warm_read_s"] = warm_s
                 runs[tool].append(res)
