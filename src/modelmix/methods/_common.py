@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -27,7 +28,14 @@ def check_count(method: str, tensors: Sequence[Tensor], values: Sequence[object]
 
 
 def weight_sum_or_raise(method: str, weights: Sequence[float], what: str = "normalize: true") -> Tensor:
-    """Sum of the weights as a float32 scalar; raise a ConfigError when it is zero (cannot normalize)."""
+    """Sum of the weights as a float32 scalar; raise a ConfigError when it is zero (cannot normalize).
+
+    Memoised: the executor calls methods once per row chunk with the same weights."""
+    return _weight_sum(method, tuple(float(w) for w in weights), what)
+
+
+@functools.lru_cache(maxsize=256)
+def _weight_sum(method: str, weights: tuple[float, ...], what: str) -> Tensor:
     total = torch.tensor(list(weights), dtype=torch.float32).sum()
     if total.item() == 0.0:
         raise ConfigError(
