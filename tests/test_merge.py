@@ -482,3 +482,57 @@ def test_bf16_inputs_fused_conversion_and_nan_detection(tmp_path: Path, monkeypa
     sf(sd, str(f))
     code, _, err = run_cli("merge", str(recipe), str(tmp_path / "bad"), "-q")
     assert code != 0 and k in err and "NaN" in err and not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("normalize,out_dtype", [(True, "bfloat16"), (False, "float32")])
+def test_linear_bf16_one_pass_kernel_is_bit_identical(tmp_path: Path, monkeypatch, normalize, out_dtype):
+    """The compiled one-pass linear kernel for bf16 inputs gives exactly the torch reference's bits, and
+    a NaN in an input still produces the usual error (the generic path reports it)."""
+    import modelmix.execute as ex
+    from modelmix.kernels import backend
+
+    K = backend._get("c")
+    if K is None or not K.HAS_FMA:
+        pytest.skip("compiled kernels (with FMA) not available")
+    base = make_model(tmp_path / "m0", dtype=torch.bfloat16, vocab=67)
+    for i in (1, 2):
+        make_model(tmp_path / f"m{i}", like=base, seed=i, dtype=torch.bfloat16, vocab=67)
+    text = f"""
+merge_method: linear
+models:
+  - model: {tmp_path}/m0
+    parameters: {{weight: 0.3}}
+  - model: {tmp_path}/m1
+    parameters: {{weight: 1.7}}
+  - model: {tmp_path}/m2
+    parameters: {{weight: 0.45}}
+parameters: {{normalize: {str(normalize).lower()}}}
+dtype: float32
+out_dtype: {out_dtype}
+"""
+    recipe = write_recipe(tmp_path / "r.yml", text)
+    monkeypatch.setattr(ex, "CHUNK_ELEMS", 100)  # many row chunks, ragged last ones
+    calls = {"n": 0}
+    real = K.linear_bf16
+
+    def counting(*a, **k):  # noqa: ANN002, ANN003
+        calls["n"] += 1
+        return real(*a, **k)
+
+    monkeypatch.setattr(K, "linear_bf16", counting)
+    assert run_cli("merge", str(recipe), str(tmp_path / "fast"), "-q")[0] == 0
+    assert calls["n"] > 0
+    monkeypatch.setattr(backend, "FORCE", "torch")
+    assert run_cli("merge", str(recipe), str(tmp_path / "ref"), "-q")[0] == 0
+    a, b = load_dir(tmp_path / "fast"), load_dir(tmp_path / "ref")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    monkeypatch.setattr(backend, "FORCE", None)
+    from safetensors.torch import load_file as lf
+    from safetensors.torch import save_file as sf
+
+    f = tmp_path / "m1" / "model.safetensors"
+    sd = lf(str(f))
+    sd["model.embed_tokens.weight"][40, 3] = float("inf")
+    sf(sd, str(f))
+    code, _, err = run_cli("merge", str(recipe), str(tmp_path / "bad"), "-q")
+    assert code != 0 and "model.embed_tokens.weight" in err and "NaN/Inf" in err

@@ -18,8 +18,19 @@
 #define CLONES
 #endif
 
+/* torch's CPU kernels fuse multiply-adds only where the CPU has FMA; the fused linear kernel matches them
+ * only there */
+int mm_cpu_has_fma(void) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("fma") && __builtin_cpu_supports("avx2");
+#else
+    return 0;
+#endif
+}
+
 /* bumped whenever a signature changes, so a stale build is ignored rather than called wrongly */
-int mm_abi_version(void) { return 1; }
+int mm_abi_version(void) { return 3; }
 
 enum { DENSE = 0, TOPK = 1, BAND = 2, ZERO = 3, RANDOM = 4 };
 #define BLOCK 512
@@ -249,4 +260,45 @@ CLONES void mm_f32_to_bf16(const float *x, int64_t n, uint16_t *out) {
         uint32_t r = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
         out[j] = (uint16_t)(((u & 0x7FFFFFFFu) > 0x7F800000u) ? 0x7FC0u : r);
     }
+}
+
+static inline float bf16f(uint32_t v) { uint32_t u = v << 16; float f; memcpy(&f, &u, 4); return f; }
+
+static inline uint16_t rne_bf16(float x) {
+    uint32_t u = f2u(x);
+    uint32_t r = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+    return (uint16_t)(((u & 0x7FFFFFFFu) > 0x7F800000u) ? 0x7FC0u : r);
+}
+
+/* A linear merge of bfloat16 inputs in one pass: acc = 0; acc = fma(x_i, w_i, acc) in input order; acc /=
+ * total when normalizing (modelmix.methods.linear's float32 operations as torch runs them on an FMA CPU:
+ * its vectorised addcmul_ fuses the multiply-add), stored as bf16 (round to nearest even, as torch) or
+ * float32. Returns 1 when every input value was finite. Only used where mm_cpu_has_fma() (see ckernels.py). */
+CLONES int mm_linear_bf16(int64_t m, const uint16_t *const *xs, int64_t n, const float *w, int64_t normalize,
+                          float total, int64_t out_bf16, void *out) {
+    uint32_t bad = 0;
+    float acc[BLOCK];
+    for (int64_t j0 = 0; j0 < n; j0 += BLOCK) {
+        int64_t nb = n - j0 < BLOCK ? n - j0 : BLOCK;
+        for (int64_t j = 0; j < nb; j++) acc[j] = 0.0f;
+        for (int64_t i = 0; i < m; i++) {
+            const uint16_t *x = xs[i] + j0;
+            float wi = w[i];
+            for (int64_t j = 0; j < nb; j++) {
+                uint32_t v = x[j];
+                bad |= (v & 0x7F80u) == 0x7F80u;
+                acc[j] = fmaf(bf16f(v), wi, acc[j]); /* torch's addcmul_ fuses this multiply-add */
+            }
+        }
+        if (normalize)
+            for (int64_t j = 0; j < nb; j++) acc[j] = acc[j] / total;
+        if (out_bf16) {
+            uint16_t *o = (uint16_t *)out + j0;
+            for (int64_t j = 0; j < nb; j++) o[j] = rne_bf16(acc[j]);
+        } else {
+            float *o = (float *)out + j0;
+            for (int64_t j = 0; j < nb; j++) o[j] = acc[j];
+        }
+    }
+    return bad == 0;
 }

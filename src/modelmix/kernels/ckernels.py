@@ -16,7 +16,7 @@ from ctypes import c_double, c_float, c_int64, c_uint32, c_uint64, c_void_p
 import numpy as np
 
 MAX_MODELS = 16  # rows of the per-block scratch in mm_gta_apply
-ABI_VERSION = 1  # must equal mm_abi_version() in ckernels.c
+ABI_VERSION = 3  # must equal mm_abi_version() in ckernels.c
 
 
 def _load() -> ctypes.CDLL | None:
@@ -44,6 +44,7 @@ def _load() -> ctypes.CDLL | None:
         "mm_dot_stats": ([p, p, i64, p], None),
         "mm_axpby": ([p, p, i64, f32, f32, p], None),
         "mm_f32_to_bf16": ([p, i64, p], None),
+        "mm_linear_bf16": ([i64, p, i64, p, i64, f32, i64, p], ctypes.c_int),
     }
     for name, (args, res) in sigs.items():
         fn = getattr(lib, name)
@@ -54,6 +55,8 @@ def _load() -> ctypes.CDLL | None:
 
 _LIB = _load()
 AVAILABLE = _LIB is not None
+# the one-pass linear kernel reproduces torch's fused multiply-adds, so it is offered only on FMA CPUs
+HAS_FMA = AVAILABLE and bool(_LIB.mm_cpu_has_fma())
 _ = c_double  # (float64 results are written through pointers)
 
 
@@ -108,3 +111,11 @@ def axpby(a: np.ndarray, b: np.ndarray, ca, cb, out: np.ndarray) -> None:
 def f32_to_bf16(x: np.ndarray, out: np.ndarray) -> None:
     """out (uint16) = bfloat16 bits of x, rounded to nearest even as torch does."""
     _LIB.mm_f32_to_bf16(_p(x), x.shape[0], _p(out))
+
+
+def linear_bf16(xs, weights: np.ndarray, normalize: bool, total, out: np.ndarray) -> bool:
+    """out = linear merge of bf16 inputs (uint16 arrays) in one pass; out is uint16 (bf16) or float32.
+    Returns False if any input value is NaN/Inf (out is then meaningless)."""
+    ptrs = (c_void_p * len(xs))(*[_p(x) for x in xs])
+    return bool(_LIB.mm_linear_bf16(len(xs), ctypes.addressof(ptrs), out.shape[0], _p(weights), int(bool(normalize)),
+                                    float(total), int(out.dtype == np.uint16), _p(out)))
