@@ -310,6 +310,47 @@ class Executor:
                 if progress is not None:
                     progress.update(ob.numel() * ob.element_size(), False)
 
+            # raw access for streamers with bf16 kernels (SLERP): inputs as uint16 bits, output buffers
+            raw_bf16 = (ex.device.type == "cpu" and task.out_dtype in (torch.bfloat16, torch.float32)
+                        and all(ex.plan.models[s.model].can_read_into(s.name)
+                                and ex.plan.models[s.model].entry(s.name).dtype == torch.bfloat16 for s in inputs))
+
+            def raw_chunks(self):
+                """(rows, [uint16 arrays of the sources], uint16 array of the base) per row chunk, in order."""
+                for r0 in range(0, task.shape[0], step):
+                    rows = (r0, min(task.shape[0], r0 + step))
+                    shape = (rows[1] - rows[0], *task.shape[1:])
+                    vals = []
+                    for i, s in enumerate(inputs):
+                        raw = ex._buffer(("raw", i), shape, torch.bfloat16)
+                        ex.plan.models[s.model].read_into(s.name, raw, rows)
+                        vals.append(raw.view(torch.int16).reshape(-1).numpy().view("uint16"))
+                    if task.base is not None:
+                        yield rows, vals[:-1], vals[-1]
+                    else:
+                        yield rows, vals, None
+
+            def invalid(self, rows):
+                """Raise the standard NaN/Inf error for a row chunk a kernel found non-finite."""
+                for i, s in enumerate(inputs):
+                    ex._load(task, s, rows, i, True)
+
+            def out_buffer(self, rows):
+                """Where a raw streamer writes the output chunk (uint16 bits for bf16, else float32)."""
+                n = (rows[1] - rows[0]) * row
+                offset = rows[0] * row * task.out_dtype.itemsize
+                st = ex._staging(task, offset, n * task.out_dtype.itemsize) if ex._staging is not None else None
+                self._ob = st.view(task.out_dtype) if st is not None else ex._buffer(("out",), (n,), task.out_dtype)
+                if task.out_dtype == torch.bfloat16:
+                    return self._ob.view(torch.int16).numpy().view("uint16")
+                return self._ob.numpy()
+
+            def emit_buffer(self, rows):
+                ob = self._ob.view((rows[1] - rows[0], *task.shape[1:]))
+                sink(task, ob, rows[0] * row * task.out_dtype.itemsize)
+                if progress is not None:
+                    progress.update(ob.numel() * ob.element_size(), False)
+
         kwargs = {**task.global_params, **task.model_params}
         if task.method.random:  # type: ignore[union-attr]
             kwargs["seed"] = task.seed

@@ -376,8 +376,22 @@ def _gta_fused(src, sparsifier, ks, sels, active, density, weights, rescale, nor
 
 
 # ------------------------------------------------------------------------------------------ slerp
+def _slerp_coeffs(ss_a: float, ss_b: float, dot: float, t: float, numel: int) -> tuple[Tensor, Tensor]:
+    """(ca, cb) with out = ca * a + cb * b, from whole-tensor sums (float64), as ``methods.slerp``."""
+    na, nb = math.sqrt(ss_a), math.sqrt(ss_b)
+    na = na if na > NORM_EPS else 1.0
+    nb = nb if nb > NORM_EPS else 1.0
+    cos = torch.tensor(max(-1.0, min(1.0, dot / (na * nb))), dtype=torch.float32)
+    if numel == 0 or cos.abs().item() > DOT_THRESHOLD:
+        return torch.tensor(1 - t, dtype=torch.float32), torch.tensor(t, dtype=torch.float32)
+    theta = torch.acos(cos)
+    return torch.sin((1 - t) * theta) / torch.sin(theta), torch.sin(t * theta) / torch.sin(theta)
+
+
 def _slerp_stream(src: ChunkSource, *, t: float, **_: Any) -> None:
     K = kernels() if getattr(src, "device", "cpu") == "cpu" else None
+    if K is not None and hasattr(K, "axpby_bf16") and getattr(src, "raw_bf16", False):
+        return _slerp_raw(src, K, t)
     use_fused = K is not None
     acc = np.zeros(3, dtype=np.float64)
     for _rows, xs, a in src.chunks():
@@ -388,17 +402,7 @@ def _slerp_stream(src: ChunkSource, *, t: float, **_: Any) -> None:
             acc[0] += float(a.square().sum(dtype=torch.float64))
             acc[1] += float(b.square().sum(dtype=torch.float64))
             acc[2] += float((a.double() * b.double()).sum())
-    ss_a, ss_b, dot = (float(v) for v in acc)
-    na, nb = math.sqrt(ss_a), math.sqrt(ss_b)
-    na = na if na > NORM_EPS else 1.0
-    nb = nb if nb > NORM_EPS else 1.0
-    cos = torch.tensor(max(-1.0, min(1.0, dot / (na * nb))), dtype=torch.float32)
-    if src.numel == 0 or cos.abs().item() > DOT_THRESHOLD:
-        ca, cb = torch.tensor(1 - t, dtype=torch.float32), torch.tensor(t, dtype=torch.float32)
-    else:
-        theta = torch.acos(cos)
-        ca = torch.sin((1 - t) * theta) / torch.sin(theta)
-        cb = torch.sin(t * theta) / torch.sin(theta)
+    ca, cb = _slerp_coeffs(*(float(v) for v in acc), t, src.numel)
     out = np.empty(0, dtype=np.float32)
     for rows, xs, a in src.chunks():
         if use_fused:
@@ -409,6 +413,20 @@ def _slerp_stream(src: ChunkSource, *, t: float, **_: Any) -> None:
             src.emit(rows, torch.from_numpy(o).view(a.shape))
         else:
             src.emit(rows, ca * a + cb * xs[0])
+
+
+def _slerp_raw(src: Any, K: Any, t: float) -> None:
+    """SLERP straight from bf16 bits into the output buffer (sources offering ``raw_chunks``): the same
+    float operations as the float32 path without its conversion passes."""
+    acc = np.zeros(3, dtype=np.float64)
+    for rows, xs, a in src.raw_chunks():
+        if not K.dot_stats_bf16(a, xs[0], acc):
+            src.invalid(rows)  # raises the usual NaN/Inf error naming model and tensor
+            raise AssertionError("non-finite bf16 input not reported")
+    ca, cb = _slerp_coeffs(*(float(v) for v in acc), t, src.numel)
+    for rows, xs, a in src.raw_chunks():
+        K.axpby_bf16(a, xs[0], np.float32(ca), np.float32(cb), src.out_buffer(rows))
+        src.emit_buffer(rows)
 
 
 STREAMERS: dict[str, tuple[Callable[..., None], Callable[[tuple[int, ...], dict], bool], bool]] = {

@@ -30,7 +30,7 @@ int mm_cpu_has_fma(void) {
 }
 
 /* bumped whenever a signature changes, so a stale build is ignored rather than called wrongly */
-int mm_abi_version(void) { return 3; }
+int mm_abi_version(void) { return 4; }
 
 enum { DENSE = 0, TOPK = 1, BAND = 2, ZERO = 3, RANDOM = 4 };
 #define BLOCK 512
@@ -301,4 +301,36 @@ CLONES int mm_linear_bf16(int64_t m, const uint16_t *const *xs, int64_t n, const
         }
     }
     return bad == 0;
+}
+
+/* SLERP's statistics pass straight from bfloat16 bits: acc += (sum a^2, sum b^2, sum a*b) in float64;
+ * returns 1 when every value was finite (mm_dot_stats on the float32 conversions, without them). */
+CLONES int mm_dot_stats_bf16(const uint16_t *a, const uint16_t *b, int64_t n, double *acc) {
+    double saa = 0.0, sbb = 0.0, sab = 0.0;
+    uint32_t bad = 0;
+#pragma omp simd reduction(+ : saa, sbb, sab) reduction(| : bad)
+    for (int64_t j = 0; j < n; j++) {
+        uint32_t va = a[j], vb = b[j];
+        bad |= ((va & 0x7F80u) == 0x7F80u) | ((vb & 0x7F80u) == 0x7F80u);
+        double x = bf16f(va), y = bf16f(vb);
+        saa += x * x;
+        sbb += y * y;
+        sab += x * y;
+    }
+    acc[0] += saa;
+    acc[1] += sbb;
+    acc[2] += sab;
+    return bad == 0;
+}
+
+/* out = ca * a + cb * b from bfloat16 bits (mm_axpby's float32 operations), stored as bf16 or float32 */
+CLONES void mm_axpby_bf16(const uint16_t *a, const uint16_t *b, int64_t n, float ca, float cb, int64_t out_bf16,
+                          void *out) {
+    if (out_bf16) {
+        uint16_t *o = (uint16_t *)out;
+        for (int64_t j = 0; j < n; j++) o[j] = rne_bf16(ca * bf16f(a[j]) + cb * bf16f(b[j]));
+    } else {
+        float *o = (float *)out;
+        for (int64_t j = 0; j < n; j++) o[j] = ca * bf16f(a[j]) + cb * bf16f(b[j]);
+    }
 }

@@ -16,7 +16,7 @@ from ctypes import c_double, c_float, c_int64, c_uint32, c_uint64, c_void_p
 import numpy as np
 
 MAX_MODELS = 16  # rows of the per-block scratch in mm_gta_apply
-ABI_VERSION = 3  # must equal mm_abi_version() in ckernels.c
+ABI_VERSION = 4  # must equal mm_abi_version() in ckernels.c
 
 
 def _load() -> ctypes.CDLL | None:
@@ -45,6 +45,8 @@ def _load() -> ctypes.CDLL | None:
         "mm_axpby": ([p, p, i64, f32, f32, p], None),
         "mm_f32_to_bf16": ([p, i64, p], None),
         "mm_linear_bf16": ([i64, p, i64, p, i64, f32, i64, p], ctypes.c_int),
+        "mm_dot_stats_bf16": ([p, p, i64, p], ctypes.c_int),
+        "mm_axpby_bf16": ([p, p, i64, f32, f32, i64, p], None),
     }
     for name, (args, res) in sigs.items():
         fn = getattr(lib, name)
@@ -119,3 +121,13 @@ def linear_bf16(xs, weights: np.ndarray, normalize: bool, total, out: np.ndarray
     ptrs = (c_void_p * len(xs))(*[_p(x) for x in xs])
     return bool(_LIB.mm_linear_bf16(len(xs), ctypes.addressof(ptrs), out.shape[0], _p(weights), int(bool(normalize)),
                                     float(total), int(out.dtype == np.uint16), _p(out)))
+
+
+def dot_stats_bf16(a: np.ndarray, b: np.ndarray, acc: np.ndarray) -> bool:
+    """acc += (sum a^2, sum b^2, sum a*b) of bf16 inputs (uint16 arrays); False if any value is NaN/Inf."""
+    return bool(_LIB.mm_dot_stats_bf16(_p(a), _p(b), a.shape[0], _p(acc)))
+
+
+def axpby_bf16(a: np.ndarray, b: np.ndarray, ca, cb, out: np.ndarray) -> None:
+    """out = ca * a + cb * b of bf16 inputs; out is uint16 (bf16, rounded to nearest even) or float32."""
+    _LIB.mm_axpby_bf16(_p(a), _p(b), a.shape[0], float(ca), float(cb), int(out.dtype == np.uint16), _p(out))
