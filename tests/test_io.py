@@ -257,3 +257,30 @@ def test_writer_background_write_error_surfaces_and_leaves_nothing(tmp_path: Pat
             w.abort()  # as modelmix.merge does
             raise
     assert list(tmp_path.iterdir()) == []
+
+
+def test_writer_abort_waits_for_background_writes(tmp_path: Path, monkeypatch):
+    """abort() while background writes are in flight: they finish before the files are closed and removed."""
+    import threading
+    import time
+
+    started = threading.Event()
+    real = ModelWriter._direct
+
+    def slow(self, *a):  # noqa: ANN001, ANN002
+        started.set()
+        time.sleep(0.2)
+        return real(self, *a)
+
+    monkeypatch.setattr(ModelWriter, "_direct", slow)
+    w = ModelWriter(tmp_path / "o", [OutSpec("w", torch.float32, (64, 4096))], max_shard_bytes=10**9, overwrite=False)
+    part = torch.randn(64, 4096)
+    st = w.staging("w", 0, part.numel() * 4)
+    if st is None:
+        pytest.skip("no direct I/O on this file system")
+    st.view(torch.float32).view(part.shape).copy_(part)
+    w.write("w", st.view(torch.float32).view(part.shape), 0)
+    assert started.wait(5)
+    w.abort()
+    assert all(s.fut is None for s in w._stages)  # every background write was waited for
+    assert list(tmp_path.iterdir()) == []

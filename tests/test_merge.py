@@ -579,3 +579,21 @@ def test_slerp_bf16_raw_path_matches_float32_path(tmp_path: Path, monkeypatch):
     sf(sd, str(f))
     code, _, err = run_cli("merge", str(recipe), str(tmp_path / "bad"), "-q")
     assert code != 0 and "model.layers.1.mlp.down_proj.weight" in err and "NaN/Inf" in err
+
+
+def test_linear_bf16_zero_weight_sum_reported_like_generic_path(tmp_path: Path):
+    base = make_model(tmp_path / "m0", dtype=torch.bfloat16)
+    make_model(tmp_path / "m1", like=base, seed=1, dtype=torch.bfloat16)
+    text = f"""
+merge_method: linear
+models:
+  - model: {tmp_path}/m0
+    parameters: {{weight: 1.0}}
+  - model: {tmp_path}/m1
+    parameters: {{weight: -1.0}}
+dtype: bfloat16
+"""
+    recipe = write_recipe(tmp_path / "r.yml", text)
+    code, _, err = run_cli("merge", str(recipe), str(tmp_path / "out"), "-q")
+    flat = " ".join(err.split())
+    assert code != 0 and "sum to zero" in flat and "Tensor '" in flat and not (tmp_path / "out").exists()

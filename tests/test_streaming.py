@@ -147,3 +147,18 @@ def test_kernel_backends_agree_bit_for_bit(kernels, monkeypatch):
         num = ~vals.isnan()
         assert torch.equal(mine[num], conv.view(torch.int16)[num])  # round to nearest even, as torch
         assert mine[~num].view(torch.bfloat16).isnan().all()
+
+
+@pytest.mark.parametrize("kernels", ["c", "numba"])
+def test_many_models_task_vector_streamer(kernels, monkeypatch):
+    """20 models (more than any fixed scratch size) through the compiled kernels, equal to the reference."""
+    _use_backend(kernels, monkeypatch)
+    xs, base = _inputs((33, 17), n=20, seed=4)
+    params = {"weight": [0.1 * (i + 1) for i in range(20)], "density": [0.3 + 0.03 * i for i in range(20)]}
+    m = get_method("ties")
+    full = {p.name: p.default for p in m.params}
+    full.update(params)
+    ref = m.fn(xs, base=base, **full)
+    src = _Src(xs, base, 7)
+    STREAMERS["ties"][0](src, **full)
+    assert torch.equal(src.out, ref)

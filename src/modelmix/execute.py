@@ -10,6 +10,7 @@ workers without oversubscription. A byte budget bounds how many whole-tensor uni
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sys
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from modelmix.errors import InputError, ModelmixError
+from modelmix.errors import InputError, ModelmixError, OutputError
 from modelmix.plan import MergePlan, Source, TensorTask
 
 CHUNK_ELEMS = 1 << 20  # 1M float32 = 4 MiB per operand: few enough chunks that per-chunk Python costs vanish (1.1B: 512K -> 1M took linear 3.6-4.2 -> 2.9-3.0 s, TIES 6.4 -> 6.0 s)
@@ -47,6 +48,16 @@ def _fused():
     from modelmix.kernels.backend import kernels
 
     return kernels(loaded_only=True)
+
+
+@functools.lru_cache(maxsize=1)
+def _torch_fuses_fma() -> bool:
+    """Whether torch's vectorised CPU kernels run here (AVX2/AVX-512: addcmul_ fuses multiply-add); its
+    DEFAULT capability (e.g. ATEN_CPU_CAPABILITY=default) rounds separately, which the linear kernel does not."""
+    try:
+        return torch.backends.cpu.get_cpu_capability().upper() not in ("DEFAULT", "")
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def _streamer(task: TensorTask):
@@ -356,6 +367,8 @@ class Executor:
             kwargs["seed"] = task.seed
         try:
             fn(Src(), **kwargs)
+        except OutputError:
+            raise  # output errors (a background write failing) are not this tensor's
         except ModelmixError as e:
             raise type(e)(f"Tensor {task.name!r}: {e}") from None
         with lock:
@@ -376,18 +389,18 @@ class Executor:
                 or self.device.type != "cpu" or task.out_dtype not in (torch.bfloat16, torch.float32)):
             return None
         K = _fused()
-        if K is None or not getattr(K, "HAS_FMA", False):
+        if K is None or not getattr(K, "HAS_FMA", False) or not _torch_fuses_fma():
             return None
         cks = [self.plan.models[s.model] for s in task.sources]
         if not all(ck.can_read_into(s.name) and ck.entry(s.name).dtype == torch.bfloat16
                    for ck, s in zip(cks, task.sources, strict=True)):
             return None
-        from modelmix.methods._common import weight_sum_or_raise
-
         p = {**task.global_params, **task.model_params}
         weight = [float(w) for w in p["weight"]]
         normalize = bool(p.get("normalize", True))
-        total = float(weight_sum_or_raise("linear", weight)) if normalize else 1.0
+        total = float(torch.tensor(weight, dtype=torch.float32).sum()) if normalize else 1.0
+        if normalize and total == 0.0:
+            return None  # the generic path reports it (after its NaN check, with the tensor's name)
         shape = (rows[1] - rows[0], *task.shape[1:])
         raws = []
         for i, (ck, s) in enumerate(zip(cks, task.sources, strict=True)):
@@ -477,6 +490,8 @@ class Executor:
             kwargs["seed"] = task.seed
         try:
             out = task.method.fn(tensors, base=base, **kwargs)
+        except OutputError:
+            raise  # output errors (a background write failing) are not this tensor's
         except ModelmixError as e:
             raise type(e)(f"Tensor {task.name!r}: {e}") from None
         if out.shape != tuple(tensors[0].shape if tensors else base.shape):  # type: ignore[union-attr]

@@ -97,6 +97,7 @@ class ModelWriter:
         self.direct_io = direct_io and hasattr(os, "O_DIRECT") and os.environ.get("MODELMIX_DIRECT_IO", "1") != "0"
         self._tls = threading.local()
         self._pool = None  # background direct-write threads, started on the first staged write
+        self._pool_lock = threading.Lock()
         self._stages: list[_Stage] = []  # every thread's staging ring
         self.overwrite = overwrite
         check_target(self.target, overwrite)
@@ -230,11 +231,7 @@ class ModelWriter:
             st = getattr(self._tls, "last", None)
             self._tls.last = None
             if st is not None and mid.data_ptr() % ALIGN == 0 and _within(mid, st.buf):
-                if self._pool is None:
-                    from concurrent.futures import ThreadPoolExecutor
-
-                    self._pool = ThreadPoolExecutor(_IO_THREADS, thread_name_prefix="modelmix-io")
-                st.fut = self._pool.submit(self._direct, fd, dfd, mid, a0)
+                st.fut = self._io_pool().submit(self._direct, fd, dfd, mid, a0)
             else:
                 self._direct(fd, dfd, mid, a0)
         except OSError as e:
@@ -278,7 +275,10 @@ class ModelWriter:
         buf = memoryview(raw.numpy()).cast("B")
         done = 0
         while done < len(buf):
-            done += os.pwrite(fd, buf[done:], pos + done)
+            k = os.pwrite(fd, buf[done:], pos + done)
+            if k <= 0:  # no progress: report instead of spinning
+                raise OSError(errno.EIO, "write made no progress")
+            done += k
 
     def path(self, rel: str) -> Path:
         """Where to put an auxiliary file (config, tokenizer, README) inside the pending output dir."""
@@ -309,13 +309,28 @@ class ModelWriter:
             raise
         return self.target
 
+    def _io_pool(self):
+        with self._pool_lock:  # one pool, however many threads make their first staged write at once
+            if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._pool = ThreadPoolExecutor(_IO_THREADS, thread_name_prefix="modelmix-io")
+            return self._pool
+
     def _shutdown(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
 
     def abort(self) -> None:
-        self._shutdown()  # no write may land in a file after it is closed
+        # no write may land in a file after it is closed: wait for every background write first
+        for st in list(self._stages):
+            try:
+                self._wait(st)
+            except Exception:  # noqa: BLE001 - aborting anyway; the first error was already raised
+                pass
+        self._shutdown()
         for fd in self._fds:
             try:
                 os.close(fd)

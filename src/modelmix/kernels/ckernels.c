@@ -11,6 +11,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <math.h>
+#include <stdlib.h>
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
 #define CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
@@ -30,7 +31,7 @@ int mm_cpu_has_fma(void) {
 }
 
 /* bumped whenever a signature changes, so a stale build is ignored rather than called wrongly */
-int mm_abi_version(void) { return 4; }
+int mm_abi_version(void) { return 5; }
 
 enum { DENSE = 0, TOPK = 1, BAND = 2, ZERO = 3, RANDOM = 4 };
 #define BLOCK 512
@@ -135,30 +136,31 @@ static inline void masked_block(const float *x, const float *b, int64_t nb, int 
 }
 
 /* One output chunk of a task-vector merge (see fused.gta_apply). xs: m pointers; need_*: m counters. */
-CLONES void mm_gta_apply(int64_t m, const float *const *xs, const float *b, int64_t n, const int64_t *modes,
+CLONES int mm_gta_apply(int64_t m, const float *const *xs, const float *b, int64_t n, const int64_t *modes,
                          const float *thr_hi, int64_t *need_hi, const float *thr_lo, int64_t *need_lo,
                          const uint64_t *useeds, int64_t ustart, const float *q, const float *scale, const float *div,
                          const float *weights, int64_t consensus, int64_t normalize, float total, float lam,
                          float *out) {
-    float dl[16][BLOCK];
+    float *dl = (float *)malloc((size_t)(m > 0 ? m : 1) * BLOCK * sizeof(float)); /* m rows of block deltas */
     float acc[BLOCK], mixed[BLOCK], divisor[BLOCK];
+    if (dl == NULL) return 0;
     for (int64_t j0 = 0; j0 < n; j0 += BLOCK) {
         int64_t nb = n - j0 < BLOCK ? n - j0 : BLOCK;
         const float *bb = b + j0;
         float *oo = out + j0;
         for (int64_t i = 0; i < m; i++)
             masked_block(xs[i] + j0, bb, nb, (int)modes[i], thr_hi[i], need_hi + i, thr_lo[i], need_lo + i, useeds[i],
-                         ustart + j0, q[i], scale[i], div[i], weights[i], dl[i]);
+                         ustart + j0, q[i], scale[i], div[i], weights[i], dl + i * BLOCK);
         if (consensus == 0) {
-            for (int64_t j = 0; j < nb; j++) mixed[j] = dl[0][j];
+            for (int64_t j = 0; j < nb; j++) mixed[j] = dl[j];
             for (int64_t i = 1; i < m; i++)
-                for (int64_t j = 0; j < nb; j++) mixed[j] += dl[i][j];
+                for (int64_t j = 0; j < nb; j++) mixed[j] += dl[i * BLOCK + j];
             if (normalize && (double)fabsf(total) >= 1e-8)
                 for (int64_t j = 0; j < nb; j++) mixed[j] = mixed[j] / total;
         } else {
             for (int64_t j = 0; j < nb; j++) { acc[j] = 0.0f; mixed[j] = 0.0f; divisor[j] = 0.0f; }
             for (int64_t i = 0; i < m; i++) {
-                const float *d = dl[i];
+                const float *d = dl + i * BLOCK;
                 if (consensus == 1) {
                     for (int64_t j = 0; j < nb; j++) acc[j] += d[j];
                 } else {
@@ -166,7 +168,7 @@ CLONES void mm_gta_apply(int64_t m, const float *const *xs, const float *b, int6
                 }
             }
             for (int64_t i = 0; i < m; i++) {
-                const float *d = dl[i];
+                const float *d = dl + i * BLOCK;
                 float w = weights[i];
                 for (int64_t j = 0; j < nb; j++) {
                     float k = d[j] * (acc[j] >= 0 ? 1.0f : -1.0f) > 0 ? 1.0f : 0.0f;
@@ -183,6 +185,8 @@ CLONES void mm_gta_apply(int64_t m, const float *const *xs, const float *b, int6
             for (int64_t j = 0; j < nb; j++) oo[j] = bb[j] + mixed[j];
         }
     }
+    free(dl);
+    return 1;
 }
 
 /* sums += (sum |x - b|, sum |keep * (x - b)|) in float64 (see fused.l1_sums) */

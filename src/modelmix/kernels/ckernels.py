@@ -15,8 +15,7 @@ from ctypes import c_double, c_float, c_int64, c_uint32, c_uint64, c_void_p
 
 import numpy as np
 
-MAX_MODELS = 16  # rows of the per-block scratch in mm_gta_apply
-ABI_VERSION = 4  # must equal mm_abi_version() in ckernels.c
+ABI_VERSION = 5  # must equal mm_abi_version() in ckernels.c
 
 
 def _load() -> ctypes.CDLL | None:
@@ -39,7 +38,7 @@ def _load() -> ctypes.CDLL | None:
         "mm_bf16_to_f32": ([p, i64, p], ctypes.c_int),
         "mm_hist_hi": ([p, p, i64, p], None),
         "mm_hist_lo": ([p, p, i64, c_uint32, p], None),
-        "mm_gta_apply": ([i64, p, p, i64, p, p, p, p, p, p, i64, p, p, p, p, i64, i64, f32, f32, p], None),
+        "mm_gta_apply": ([i64, p, p, i64, p, p, p, p, p, p, i64, p, p, p, p, i64, i64, f32, f32, p], ctypes.c_int),
         "mm_l1_sums": ([p, p, i64, i64, f32, p, f32, p, c_uint64, i64, f32, p], None),
         "mm_dot_stats": ([p, p, i64, p], None),
         "mm_axpby": ([p, p, i64, f32, f32, p], None),
@@ -48,10 +47,13 @@ def _load() -> ctypes.CDLL | None:
         "mm_dot_stats_bf16": ([p, p, i64, p], ctypes.c_int),
         "mm_axpby_bf16": ([p, p, i64, f32, f32, i64, p], None),
     }
-    for name, (args, res) in sigs.items():
-        fn = getattr(lib, name)
-        fn.argtypes = args
-        fn.restype = res
+    try:
+        for name, (args, res) in sigs.items():
+            fn = getattr(lib, name)
+            fn.argtypes = args
+            fn.restype = res
+    except AttributeError:  # a build missing a function: not usable
+        return None
     return lib
 
 
@@ -86,15 +88,12 @@ def hist_lo(x: np.ndarray, b: np.ndarray, bucket, scratch: np.ndarray, lo: np.nd
 def gta_apply(xs, b, modes, thr_hi, need_hi, thr_lo, need_lo, useeds, ustart, q, scale, div, weights,
               consensus, normalize, total, lam, out) -> None:
     m = len(xs)
-    if m > MAX_MODELS:
-        from modelmix.kernels import fused
-
-        return fused.gta_apply(xs, b, modes, thr_hi, need_hi, thr_lo, need_lo, useeds, ustart, q, scale, div,
-                               weights, consensus, normalize, total, lam, out)
     ptrs = (c_void_p * m)(*[_p(x) for x in xs])
-    _LIB.mm_gta_apply(m, ctypes.addressof(ptrs), _p(b), b.shape[0], _p(modes), _p(thr_hi), _p(need_hi), _p(thr_lo),
-                      _p(need_lo), _p(useeds), int(ustart), _p(q), _p(scale), _p(div), _p(weights), int(consensus),
-                      int(bool(normalize)), float(total), float(lam), _p(out))
+    ok = _LIB.mm_gta_apply(m, ctypes.addressof(ptrs), _p(b), b.shape[0], _p(modes), _p(thr_hi), _p(need_hi),
+                           _p(thr_lo), _p(need_lo), _p(useeds), int(ustart), _p(q), _p(scale), _p(div), _p(weights),
+                           int(consensus), int(bool(normalize)), float(total), float(lam), _p(out))
+    if not ok:
+        raise MemoryError(f"out of memory for the scratch of a {m}-model merge")
 
 
 def l1_sums(x, b, mode, thr_hi, need_hi, thr_lo, need_lo, useed, ustart, q, sums) -> None:
