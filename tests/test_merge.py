@@ -218,6 +218,30 @@ dtype: float32
 
 
 # ---------------------------------------------------------------------------------------------- bad inputs
+def _count_calls(monkeypatch, obj, name: str) -> dict:
+    """Patch obj.name to count its calls (proves a fast path ran)."""
+    calls = {"n": 0}
+    real = getattr(obj, name)
+
+    def counting(*a, **k):  # noqa: ANN002, ANN003
+        calls["n"] += 1
+        return real(*a, **k)
+
+    monkeypatch.setattr(obj, name, counting)
+    return calls
+
+
+def _poison(ckpt: Path, tensor: str, index: tuple[int, ...], value: float) -> None:
+    """Write a NaN/Inf into one element of a single-file checkpoint."""
+    from safetensors.torch import load_file as lf
+    from safetensors.torch import save_file as sf
+
+    f = ckpt / "model.safetensors"
+    sd = lf(str(f))
+    sd[tensor][index] = value
+    sf(sd, str(f))
+
+
 def _ties(root: Path, **over: str) -> str:
     d = {"m1": f"{root}/ft1", "m2": f"{root}/ft2", "method": "ties", "p1": "weight: 1.0, density: 0.5", "extra": ""}
     d.update(over)
@@ -458,8 +482,6 @@ def test_bf16_inputs_fused_conversion_and_nan_detection(tmp_path: Path, monkeypa
     assert finite == bool(torch.isfinite(ref).all())
     assert fused.bf16_to_f32(torch.ones(9, dtype=torch.bfloat16).view(torch.int16).numpy().view(np.uint16),
                              np.empty(9, dtype=np.uint32))
-    from safetensors.torch import load_file as lf
-    from safetensors.torch import save_file as sf
 
     import modelmix
     import modelmix.execute as ex
@@ -475,11 +497,8 @@ def test_bf16_inputs_fused_conversion_and_nan_detection(tmp_path: Path, monkeypa
     ref = modelmix.merge_tensors("ties", fts, base=base, weight=1.0, density=0.5)
     for k in got:
         torch.testing.assert_close(got[k], ref[k], rtol=1e-5, atol=1e-6)
-    f = tmp_path / "ft2" / "model.safetensors"
-    sd = lf(str(f))
     k = "model.layers.1.mlp.up_proj.weight"
-    sd[k][3, 5] = float("nan")
-    sf(sd, str(f))
+    _poison(tmp_path / "ft2", k, (3, 5), float("nan"))
     code, _, err = run_cli("merge", str(recipe), str(tmp_path / "bad"), "-q")
     assert code != 0 and k in err and "NaN" in err and not (tmp_path / "bad").exists()
 
@@ -512,14 +531,7 @@ out_dtype: {out_dtype}
 """
     recipe = write_recipe(tmp_path / "r.yml", text)
     monkeypatch.setattr(ex, "CHUNK_ELEMS", 100)  # many row chunks, ragged last ones
-    calls = {"n": 0}
-    real = K.linear_bf16
-
-    def counting(*a, **k):  # noqa: ANN002, ANN003
-        calls["n"] += 1
-        return real(*a, **k)
-
-    monkeypatch.setattr(K, "linear_bf16", counting)
+    calls = _count_calls(monkeypatch, K, "linear_bf16")
     assert run_cli("merge", str(recipe), str(tmp_path / "fast"), "-q")[0] == 0
     assert calls["n"] > 0
     monkeypatch.setattr(backend, "FORCE", "torch")
@@ -527,13 +539,7 @@ out_dtype: {out_dtype}
     a, b = load_dir(tmp_path / "fast"), load_dir(tmp_path / "ref")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     monkeypatch.setattr(backend, "FORCE", None)
-    from safetensors.torch import load_file as lf
-    from safetensors.torch import save_file as sf
-
-    f = tmp_path / "m1" / "model.safetensors"
-    sd = lf(str(f))
-    sd["model.embed_tokens.weight"][40, 3] = float("inf")
-    sf(sd, str(f))
+    _poison(tmp_path / "m1", "model.embed_tokens.weight", (40, 3), float("inf"))
     code, _, err = run_cli("merge", str(recipe), str(tmp_path / "bad"), "-q")
     assert code != 0 and "model.embed_tokens.weight" in err and "NaN/Inf" in err
 
@@ -553,14 +559,7 @@ def test_slerp_bf16_raw_path_matches_float32_path(tmp_path: Path, monkeypatch):
             "parameters: {t: [0.2, 0.7]}\ndtype: bfloat16\n")
     recipe = write_recipe(tmp_path / "r.yml", text)
     monkeypatch.setattr(ex, "CHUNK_ELEMS", 64)  # stream every matrix in row chunks
-    calls = {"n": 0}
-    real = K.axpby_bf16
-
-    def counting(*a, **k):  # noqa: ANN002, ANN003
-        calls["n"] += 1
-        return real(*a, **k)
-
-    monkeypatch.setattr(K, "axpby_bf16", counting)
+    calls = _count_calls(monkeypatch, K, "axpby_bf16")
     assert run_cli("merge", str(recipe), str(tmp_path / "raw"), "-q")[0] == 0
     assert calls["n"] > 0
     monkeypatch.setattr(backend, "FORCE", "torch")
@@ -570,13 +569,7 @@ def test_slerp_bf16_raw_path_matches_float32_path(tmp_path: Path, monkeypatch):
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-2, atol=1e-3)  # bf16 output: one ulp at most
         assert (a[k] != b[k]).float().mean() < 0.01
-    from safetensors.torch import load_file as lf
-    from safetensors.torch import save_file as sf
-
-    f = tmp_path / "b" / "model.safetensors"
-    sd = lf(str(f))
-    sd["model.layers.1.mlp.down_proj.weight"][2, 1] = float("nan")
-    sf(sd, str(f))
+    _poison(tmp_path / "b", "model.layers.1.mlp.down_proj.weight", (2, 1), float("nan"))
     code, _, err = run_cli("merge", str(recipe), str(tmp_path / "bad"), "-q")
     assert code != 0 and "model.layers.1.mlp.down_proj.weight" in err and "NaN/Inf" in err
 

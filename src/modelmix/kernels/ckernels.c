@@ -91,6 +91,15 @@ CLONES void mm_hist_lo(const float *x, const float *b, int64_t n, uint32_t bucke
     }
 }
 
+/* |d| = a in the top-stop band but not the top-start one (breadcrumbs); threshold ties in index order */
+static inline int in_band(float a, float thr_hi, int64_t *need_hi, float thr_lo, int64_t *need_lo) {
+    int in_hi = a > thr_hi;
+    if (a == thr_hi && *need_hi > 0) { (*need_hi)--; in_hi = 1; }
+    int in_lo = a > thr_lo;
+    if (a == thr_lo && *need_lo > 0) { (*need_lo)--; in_lo = 1; }
+    return in_hi && !in_lo;
+}
+
 /* d_out[:nb] = (((keep * (x - b)) * scale) / div) * weight for one model's block (see fused._masked_block) */
 static inline void masked_block(const float *x, const float *b, int64_t nb, int mode, float thr_hi, int64_t *need_hi,
                                 float thr_lo, int64_t *need_lo, uint64_t useed, int64_t ustart, float q, float scale,
@@ -121,12 +130,7 @@ static inline void masked_block(const float *x, const float *b, int64_t nb, int 
     } else if (mode == BAND) {
         for (int64_t j = 0; j < nb; j++) {
             float d = x[j] - b[j];
-            float a = fabsf(d);
-            int in_hi = a > thr_hi;
-            if (a == thr_hi && *need_hi > 0) { (*need_hi)--; in_hi = 1; }
-            int in_lo = a > thr_lo;
-            if (a == thr_lo && *need_lo > 0) { (*need_lo)--; in_lo = 1; }
-            d_out[j] = (((d * (in_hi && !in_lo ? 1.0f : 0.0f)) * scale) / div) * weight;
+            d_out[j] = (((d * (in_band(fabsf(d), thr_hi, need_hi, thr_lo, need_lo) ? 1.0f : 0.0f)) * scale) / div) * weight;
         }
     } else if (mode == ZERO) {
         for (int64_t j = 0; j < nb; j++) d_out[j] = 0.0f;
@@ -218,12 +222,8 @@ CLONES void mm_l1_sums(const float *x, const float *b, int64_t n, int64_t mode, 
     } else if (mode == BAND) {
         for (int64_t j = 0; j < n; j++) {
             float a = fabsf(x[j] - b[j]);
-            int in_hi = a > thr_hi;
-            if (a == thr_hi && *need_hi > 0) { (*need_hi)--; in_hi = 1; }
-            int in_lo = a > thr_lo;
-            if (a == thr_lo && *need_lo > 0) { (*need_lo)--; in_lo = 1; }
             s_before += (double)a;
-            s_after += in_hi && !in_lo ? (double)a : 0.0;
+            s_after += in_band(a, thr_hi, need_hi, thr_lo, need_lo) ? (double)a : 0.0;
         }
     } else {
 #pragma omp simd reduction(+ : s_before, s_after)

@@ -94,6 +94,21 @@ _BLOCK = 512  # elements per block of the fused apply kernel: m rows of scratch 
 
 
 @njit(inline="always")
+def _in_band(a, thr_hi, need_hi, thr_lo, need_lo):  # pragma: no cover - compiled
+    """|d| = a is in the top-stop band but not the top-start one (breadcrumbs), threshold ties taken in
+    flat-index order while each counter lasts."""
+    in_hi = a > thr_hi
+    if a == thr_hi and need_hi[0] > 0:
+        need_hi[0] -= 1
+        in_hi = True
+    in_lo = a > thr_lo
+    if a == thr_lo and need_lo[0] > 0:
+        need_lo[0] -= 1
+        in_lo = True
+    return in_hi and not in_lo
+
+
+@njit(inline="always")
 def _masked_block(x, b, nb, mode, thr_hi, need_hi, thr_lo, need_lo, useed, ustart, q, scale, div, weight, d_out):  # pragma: no cover
     """d_out[:nb] = (((keep * (x - b)) * scale) / div) * weight for one model's block (x, b: block slices).
 
@@ -128,16 +143,7 @@ def _masked_block(x, b, nb, mode, thr_hi, need_hi, thr_lo, need_lo, useed, ustar
     elif mode == BAND:
         for jj in range(nb):
             d = x[jj] - b[jj]
-            a = abs(d)
-            in_hi = a > thr_hi
-            if a == thr_hi and need_hi[0] > 0:
-                need_hi[0] -= 1
-                in_hi = True
-            in_lo = a > thr_lo
-            if a == thr_lo and need_lo[0] > 0:
-                need_lo[0] -= 1
-                in_lo = True
-            d_out[jj] = (((d * (one if in_hi and not in_lo else zero)) * scale) / div) * weight
+            d_out[jj] = (((d * (one if _in_band(abs(d), thr_hi, need_hi, thr_lo, need_lo) else zero)) * scale) / div) * weight
     elif mode == ZERO:
         for jj in range(nb):
             d_out[jj] = zero
@@ -241,16 +247,8 @@ def l1_sums(x, b, mode, thr_hi, need_hi, thr_lo, need_lo, useed, ustart, q, sums
     elif mode == BAND:
         for j in range(n):
             a = abs(x[j] - b[j])
-            in_hi = a > thr_hi
-            if a == thr_hi and need_hi[0] > 0:
-                need_hi[0] -= 1
-                in_hi = True
-            in_lo = a > thr_lo
-            if a == thr_lo and need_lo[0] > 0:
-                need_lo[0] -= 1
-                in_lo = True
             s_before += np.float64(a)
-            s_after += np.float64(a) if in_hi and not in_lo else 0.0
+            s_after += np.float64(a) if _in_band(a, thr_hi, need_hi, thr_lo, need_lo) else 0.0
     else:
         for j in range(n):
             a = np.float64(abs(x[j] - b[j]))
