@@ -162,3 +162,36 @@ def test_many_models_task_vector_streamer(kernels, monkeypatch):
     src = _Src(xs, base, 7)
     STREAMERS["ties"][0](src, **full)
     assert torch.equal(src.out, ref)
+
+
+class _SrcNoBase(_Src):
+    def chunks(self):
+        for (r0, r1), xs, _b in super().chunks():
+            yield (r0, r1), xs, None
+
+
+@pytest.mark.parametrize("shape,step", [((37, 23), 5), ((101,), 17), ((6, 5, 4), 2)])
+@pytest.mark.parametrize("filter_wise", [False, True])
+def test_model_stock_streamer(shape, step, filter_wise):
+    xs, base = _inputs(shape, n=3, seed=5)
+    ref = get_method("model_stock").fn(xs, base=base, filter_wise=filter_wise)
+    src = _Src(xs, base, step)
+    STREAMERS["model_stock"][0](src, filter_wise=filter_wise)
+    torch.testing.assert_close(src.out, ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape,step", [((37, 23), 5), ((101,), 17), ((6, 5, 4), 2)])
+@pytest.mark.parametrize("flatten,row_wise", [(True, False), (False, False), (False, True)])
+@pytest.mark.parametrize("with_base", [True, False])
+def test_nuslerp_streamer(shape, step, flatten, row_wise, with_base):
+    xs, base = _inputs(shape, n=2, seed=6)
+    params = {"weight": [0.3, 0.9], "nuslerp_flatten": flatten, "nuslerp_row_wise": row_wise}
+    ref = get_method("nuslerp").fn(xs, base=base if with_base else None, **params)
+    src = (_Src if with_base else _SrcNoBase)(xs, base, step)
+    STREAMERS["nuslerp"][0](src, **params)
+    torch.testing.assert_close(src.out, ref, rtol=1e-5, atol=1e-5)
+    colinear = [base * 2, base * 3]  # exactly colinear: lerp
+    ref = get_method("nuslerp").fn(colinear, **params)
+    src = _SrcNoBase(colinear, base, step)
+    STREAMERS["nuslerp"][0](src, **params)
+    torch.testing.assert_close(src.out, ref, rtol=1e-5, atol=1e-5)

@@ -429,6 +429,80 @@ def _slerp_raw(src: Any, K: Any, t: float) -> None:
         src.emit_buffer(rows)
 
 
+# ------------------------------------------------------------------------------------------ model stock, nuslerp
+def _model_stock_stream(src: ChunkSource, *, filter_wise: bool = False, **_: Any) -> None:
+    """Model Stock in row chunks: filter-wise ratios need only whole rows (each chunk runs the reference);
+    the per-tensor ratio takes a statistics pass (float64 norms and pairwise dots of the task vectors)."""
+    from modelmix.methods.model_stock import model_stock
+
+    if filter_wise and len(src.shape) >= 2:
+        for rows, xs, b in src.chunks():
+            src.emit(rows, model_stock(xs, base=b, filter_wise=True))
+        return
+    sums: dict[tuple[int, int], float] = {}
+    for _rows, xs, b in src.chunks():
+        offs = [(x - b).reshape(-1).double() for x in xs]
+        for i in range(len(offs)):
+            for j in range(i, len(offs)):
+                sums[(i, j)] = sums.get((i, j), 0.0) + float(torch.dot(offs[i], offs[j]))
+    n = len(offs) if sums else 0
+    norms = [math.sqrt(sums.get((i, i), 0.0)) for i in range(n)]
+    cosines = [max(-1.0, min(1.0, sums[(i, j)] / max(norms[i] * norms[j], 1e-6)))
+               for i in range(n) for j in range(i + 1, n)]
+    cos = sum(cosines) / len(cosines) if cosines else 0.0
+    denom = 1 + (n - 1) * cos
+    t = torch.tensor(0.0 if abs(denom) < 1e-6 else n * cos / denom, dtype=torch.float32)
+    for rows, xs, b in src.chunks():
+        average = sum(xs) / len(xs)
+        src.emit(rows, t * average + (1 - t) * b)
+
+
+def _nuslerp_stream(src: ChunkSource, *, weight: list[float], nuslerp_row_wise: bool = False,
+                    nuslerp_flatten: bool = True, **_: Any) -> None:
+    """nuslerp in row chunks: per-row slerp needs only whole rows; whole-tensor and per-column slerp take
+    a statistics pass (float64 squared norms and dot, per tensor or per column) and then one apply pass."""
+    from modelmix.methods.slerp import _nuslerp_vectors
+
+    total = weight[0] + weight[1]
+    t = 0.5 if abs(total) < 1e-6 else weight[1] / total
+    per_row = not nuslerp_flatten and not nuslerp_row_wise and len(src.shape) >= 2
+    per_col = not nuslerp_flatten and nuslerp_row_wise and len(src.shape) >= 2
+
+    def vecs(xs, b):
+        return (xs[0] - b, xs[1] - b) if b is not None else (xs[0], xs[1])
+
+    if per_row:
+        for rows, xs, b in src.chunks():
+            v0, v1 = vecs(xs, b)
+            out = _nuslerp_vectors(t, v0, v1)
+            src.emit(rows, out + b if b is not None else out)
+        return
+    stats = None
+    for _rows, xs, b in src.chunks():
+        v0, v1 = (v.double().reshape(v.shape[0], -1) if per_col else v.double().reshape(-1) for v in vecs(xs, b))
+        dim = 0 if per_col else -1
+        part = torch.stack([(v0 * v0).sum(dim), (v1 * v1).sum(dim), (v0 * v1).sum(dim)])
+        stats = part if stats is None else stats + part
+    if stats is None:
+        return
+    n0 = stats[0].sqrt().clamp(min=1e-7)
+    n1 = stats[1].sqrt().clamp(min=1e-7)
+    cos = (stats[2] / (n0 * n1)).clamp(-1, 1)
+    colinear = (1 - cos.square()) <= 1e-16
+    theta = torch.acos(torch.where(colinear, torch.zeros_like(cos), cos))
+    sin_t = torch.where(colinear, torch.ones_like(theta), torch.sin(theta))
+    c0 = torch.where(colinear, torch.full_like(cos, 1 - t), torch.sin((1 - t) * theta) / sin_t).float()
+    c1 = torch.where(colinear, torch.full_like(cos, t), torch.sin(t * theta) / sin_t).float()
+    for rows, xs, b in src.chunks():
+        v0, v1 = vecs(xs, b)
+        if per_col:
+            shape = v0.shape
+            out = (c0 * v0.reshape(shape[0], -1) + c1 * v1.reshape(shape[0], -1)).reshape(shape)
+        else:
+            out = c0 * v0 + c1 * v1
+        src.emit(rows, out + b if b is not None else out)
+
+
 STREAMERS: dict[str, tuple[Callable[..., None], Callable[[tuple[int, ...], dict], bool], bool]] = {
     # name: (streamer, applies(shape, params), cache): ``cache`` lets the executor keep a small tensor's
     # float32 inputs between passes. It pays for the task-vector methods (TIES: 7.1 vs 8.3 s at 1.1B) but
@@ -442,4 +516,6 @@ STREAMERS: dict[str, tuple[Callable[..., None], Callable[[tuple[int, ...], dict]
     "della": (_gta_stream("della", True, True, "l1"), lambda s, p: len(s) >= 2, True),
     "della_linear": (_gta_stream("della", False, False, "l1"), lambda s, p: len(s) >= 2, True),
     "slerp": (_slerp_stream, lambda s, p: True, False),
+    "model_stock": (_model_stock_stream, lambda s, p: True, False),
+    "nuslerp": (_nuslerp_stream, lambda s, p: True, False),
 }
