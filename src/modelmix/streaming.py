@@ -430,6 +430,16 @@ def _slerp_raw(src: Any, K: Any, t: float) -> None:
 
 
 # ------------------------------------------------------------------------------------------ model stock, nuslerp
+def _dot64(a: Tensor, b: Tensor) -> float:
+    """Dot product of two flat float32 tensors accumulated in float64 (compiled kernel on the CPU)."""
+    K = kernels() if a.device.type == "cpu" else None
+    if K is None:
+        return float(torch.dot(a.double(), b.double()))
+    acc = np.zeros(3, dtype=np.float64)
+    K.dot_stats(a.contiguous().numpy(), b.contiguous().numpy(), acc)
+    return float(acc[2])
+
+
 def _model_stock_stream(src: ChunkSource, *, filter_wise: bool = False, **_: Any) -> None:
     """Model Stock in row chunks: filter-wise ratios need only whole rows (each chunk runs the reference);
     the per-tensor ratio takes a statistics pass (float64 norms and pairwise dots of the task vectors)."""
@@ -441,10 +451,10 @@ def _model_stock_stream(src: ChunkSource, *, filter_wise: bool = False, **_: Any
         return
     sums: dict[tuple[int, int], float] = {}
     for _rows, xs, b in src.chunks():
-        offs = [(x - b).reshape(-1).double() for x in xs]
+        offs = [(x - b).reshape(-1) for x in xs]
         for i in range(len(offs)):
             for j in range(i, len(offs)):
-                sums[(i, j)] = sums.get((i, j), 0.0) + float(torch.dot(offs[i], offs[j]))
+                sums[(i, j)] = sums.get((i, j), 0.0) + _dot64(offs[i], offs[j])
     n = len(offs) if sums else 0
     norms = [math.sqrt(sums.get((i, i), 0.0)) for i in range(n)]
     cosines = [max(-1.0, min(1.0, sums[(i, j)] / max(norms[i] * norms[j], 1e-6)))
@@ -479,9 +489,13 @@ def _nuslerp_stream(src: ChunkSource, *, weight: list[float], nuslerp_row_wise: 
         return
     stats = None
     for _rows, xs, b in src.chunks():
-        v0, v1 = (v.double().reshape(v.shape[0], -1) if per_col else v.double().reshape(-1) for v in vecs(xs, b))
-        dim = 0 if per_col else -1
-        part = torch.stack([(v0 * v0).sum(dim), (v1 * v1).sum(dim), (v0 * v1).sum(dim)])
+        v0, v1 = vecs(xs, b)
+        if per_col:
+            v0, v1 = (v.double().reshape(v.shape[0], -1) for v in (v0, v1))
+            part = torch.stack([(v0 * v0).sum(0), (v1 * v1).sum(0), (v0 * v1).sum(0)])
+        else:
+            v0, v1 = v0.reshape(-1), v1.reshape(-1)
+            part = torch.tensor([_dot64(v0, v0), _dot64(v1, v1), _dot64(v0, v1)], dtype=torch.float64, device=v0.device)
         stats = part if stats is None else stats + part
     if stats is None:
         return
