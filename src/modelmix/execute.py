@@ -20,12 +20,15 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from modelmix.errors import InputError, ModelmixError, OutputError
 from modelmix.plan import MergePlan, Source, TensorTask
 
-CHUNK_ELEMS = 1 << 20  # 1M float32 = 4 MiB per operand: few enough chunks that per-chunk Python costs vanish (1.1B: 512K -> 1M took linear 3.6-4.2 -> 2.9-3.0 s, TIES 6.4 -> 6.0 s)
+# 1M float32 = 4 MiB per operand: few enough chunks that per-chunk Python costs vanish
+# (1.1B: 512K -> 1M took linear 3.6-4.2 -> 2.9-3.0 s, TIES 6.4 -> 6.0 s)
+CHUNK_ELEMS = 1 << 20
 DEFAULT_BUDGET = 1 << 30  # bytes of whole-tensor working memory in flight at once
 # A streamed tensor whose float32 inputs fit in this many bytes is read and converted once, on its first
 # pass, into a per-thread cache that later passes reuse: TIES walks a tensor three times, and re-reading
@@ -323,19 +326,13 @@ class Executor:
 
             # raw access for streamers with bf16 kernels (SLERP): inputs as uint16 bits, output buffers
             raw_bf16 = (ex.device.type == "cpu" and task.out_dtype in (torch.bfloat16, torch.float32)
-                        and all(ex.plan.models[s.model].can_read_into(s.name)
-                                and ex.plan.models[s.model].entry(s.name).dtype == torch.bfloat16 for s in inputs))
+                        and ex._all_bf16(inputs))
 
             def raw_chunks(self):
                 """(rows, [uint16 arrays of the sources], uint16 array of the base) per row chunk, in order."""
                 for r0 in range(0, task.shape[0], step):
                     rows = (r0, min(task.shape[0], r0 + step))
-                    shape = (rows[1] - rows[0], *task.shape[1:])
-                    vals = []
-                    for i, s in enumerate(inputs):
-                        raw = ex._buffer(("raw", i), shape, torch.bfloat16)
-                        ex.plan.models[s.model].read_into(s.name, raw, rows)
-                        vals.append(raw.view(torch.int16).reshape(-1).numpy().view("uint16"))
+                    vals = ex._read_bf16_bits(task, inputs, rows)
                     if task.base is not None:
                         yield rows, vals[:-1], vals[-1]
                     else:
@@ -348,13 +345,8 @@ class Executor:
 
             def out_buffer(self, rows):
                 """Where a raw streamer writes the output chunk (uint16 bits for bf16, else float32)."""
-                n = (rows[1] - rows[0]) * row
-                offset = rows[0] * row * task.out_dtype.itemsize
-                st = ex._staging(task, offset, n * task.out_dtype.itemsize) if ex._staging is not None else None
-                self._ob = st.view(task.out_dtype) if st is not None else ex._buffer(("out",), (n,), task.out_dtype)
-                if task.out_dtype == torch.bfloat16:
-                    return self._ob.view(torch.int16).numpy().view("uint16")
-                return self._ob.numpy()
+                self._ob, dst = ex._out_buffer(task, rows[0] * row * task.out_dtype.itemsize, (rows[1] - rows[0]) * row)
+                return dst
 
             def emit_buffer(self, rows):
                 ob = self._ob.view((rows[1] - rows[0], *task.shape[1:]))
@@ -391,9 +383,7 @@ class Executor:
         K = _fused()
         if K is None or not getattr(K, "HAS_FMA", False) or not _torch_fuses_fma():
             return None
-        cks = [self.plan.models[s.model] for s in task.sources]
-        if not all(ck.can_read_into(s.name) and ck.entry(s.name).dtype == torch.bfloat16
-                   for ck, s in zip(cks, task.sources, strict=True)):
+        if not self._all_bf16(task.sources):
             return None
         p = {**task.global_params, **task.model_params}
         weight = [float(w) for w in p["weight"]]
@@ -402,20 +392,33 @@ class Executor:
         if normalize and total == 0.0:
             return None  # the generic path reports it (after its NaN check, with the tensor's name)
         shape = (rows[1] - rows[0], *task.shape[1:])
-        raws = []
-        for i, (ck, s) in enumerate(zip(cks, task.sources, strict=True)):
-            raw = self._buffer(("raw", i), shape, torch.bfloat16)
-            ck.read_into(s.name, raw, rows)
-            raws.append(raw.view(torch.int16).reshape(-1).numpy().view("uint16"))
-        n = math.prod(shape)
-        st = self._staging(task, offset, n * task.out_dtype.itemsize) if self._staging is not None else None
-        ob = st.view(task.out_dtype) if st is not None else self._buffer(("out",), (n,), task.out_dtype)
-        dst = ob.view(torch.int16).numpy().view("uint16") if task.out_dtype == torch.bfloat16 else ob.numpy()
-        import numpy as np
-
+        raws = self._read_bf16_bits(task, task.sources, rows)
+        ob, dst = self._out_buffer(task, offset, math.prod(shape))
         if not K.linear_bf16(tuple(raws), np.asarray(weight, dtype=np.float32), normalize, np.float32(total), dst):
             return None
         return ob.view(shape)
+
+    def _all_bf16(self, sources: list[Source]) -> bool:
+        """Every source is a plain bf16 safetensors tensor that can be read straight into a buffer."""
+        return all(self.plan.models[s.model].can_read_into(s.name)
+                   and self.plan.models[s.model].entry(s.name).dtype == torch.bfloat16 for s in sources)
+
+    def _read_bf16_bits(self, task: TensorTask, sources: list[Source], rows: tuple[int, int]) -> list[np.ndarray]:
+        """Row range of each bf16 source as uint16 bits, read into this thread's raw buffers (slot = position)."""
+        shape = (rows[1] - rows[0], *task.shape[1:])
+        out = []
+        for i, s in enumerate(sources):
+            raw = self._buffer(("raw", i), shape, torch.bfloat16)
+            self.plan.models[s.model].read_into(s.name, raw, rows)
+            out.append(raw.view(torch.int16).reshape(-1).numpy().view("uint16"))
+        return out
+
+    def _out_buffer(self, task: TensorTask, offset: int, n: int) -> tuple[torch.Tensor, np.ndarray]:
+        """A flat output buffer of ``n`` elements (the writer's staging buffer when offered) and the array a
+        kernel fills: uint16 bits for bf16 output, else float32."""
+        st = self._staging(task, offset, n * task.out_dtype.itemsize) if self._staging is not None else None
+        ob = st.view(task.out_dtype) if st is not None else self._buffer(("out",), (n,), task.out_dtype)
+        return ob, ob.view(torch.int16).numpy().view("uint16") if task.out_dtype == torch.bfloat16 else ob.numpy()
 
     def _cast(self, task: TensorTask, out: torch.Tensor, offset: int) -> torch.Tensor:
         """``out`` in the output dtype on the CPU, in a staging buffer when the sink offers one."""
@@ -446,9 +449,10 @@ class Executor:
             ck.read_into(src.name, raw, rows)
             if self.device.type == "cpu":
                 x = into if into is not None else self._buffer(("f32", slot), shape, torch.float32)
-                if e.dtype == torch.bfloat16 and _fused() is not None:
-                    finite = _fused().bf16_to_f32(raw.view(torch.int16).reshape(-1).numpy().view("uint16"),
-                                                  x.view(torch.int32).reshape(-1).numpy().view("uint32"))
+                K = _fused() if e.dtype == torch.bfloat16 else None
+                if K is not None:
+                    finite = K.bf16_to_f32(raw.view(torch.int16).reshape(-1).numpy().view("uint16"),
+                                           x.view(torch.int32).reshape(-1).numpy().view("uint32"))
                 else:
                     x.copy_(raw)
             else:

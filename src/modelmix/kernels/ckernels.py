@@ -11,7 +11,7 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 import os
-from ctypes import c_double, c_float, c_int64, c_uint32, c_uint64, c_void_p
+from ctypes import c_float, c_int64, c_uint32, c_uint64, c_void_p
 
 import numpy as np
 
@@ -61,7 +61,6 @@ _LIB = _load()
 AVAILABLE = _LIB is not None
 # the one-pass linear kernel reproduces torch's fused multiply-adds, so it is offered only on FMA CPUs
 HAS_FMA = AVAILABLE and bool(_LIB.mm_cpu_has_fma())
-_ = c_double  # (float64 results are written through pointers)
 
 
 def _p(a: np.ndarray) -> int:
