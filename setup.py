@@ -11,8 +11,8 @@ setup(
         Extension(
             "modelmix.kernels._ckernels",
             ["src/modelmix/kernels/ckernels.c"],
-            # no fused multiply-add (it would change float32 rounding vs the reference); SIMD reductions
-            # for the float64 statistics sums only, through OpenMP's simd pragma (no OpenMP runtime)
+            # no fused multiply-add (it would change float32 rounding vs the reference); float64 statistics
+            # use explicit lanes (kernels/reduce.py), so no reassociating flag may be added here
             extra_compile_args=["-O3", "-ffp-contract=off", "-fno-math-errno", "-fopenmp-simd", "-std=c11"],
             optional=True,
         )

@@ -227,7 +227,7 @@ def zoo_experiment(zoo: Path, work: Path, experts: list[str], n_few: int) -> Non
         return p
 
     def table(kind: str, rows: list[tuple[str, Path]], cols: list[str]) -> None:
-        scores = {name: evaluate_zoo(str(path), str(zoo), "test", tasks=cols) for name, path in rows}
+        scores = {name: evaluate_zoo(str(path), str(zoo), "test", tasks=cols, separator=" ") for name, path in rows}
         key = {c: ("loss" if kind == "decoder" else "recall@1") for c in cols}
         sec = {c: ("exact_match" if kind == "decoder" and "exact_match" in scores[rows[0][0]][c] else "mrr") for c in cols}
         print("| model | " + " | ".join(f"{c} {key[c]} / {sec[c] if sec[c] in scores[rows[0][0]][c] else ''}".rstrip(" /")

@@ -140,6 +140,30 @@ def make_model(
     return {k: v.float() for k, v in sd.items()}
 
 
+@pytest.fixture(scope="session")
+def zoo_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("mmcache")
+
+
+@pytest.fixture(scope="session")
+def zoo_dir(zoo_cache: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The test-preset zoo, built once per session (about a minute) under a temporary MODELMIX_CACHE."""
+    from modelmix.zoo import build_zoo
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MODELMIX_CACHE", str(zoo_cache))
+    out = tmp_path_factory.mktemp("zoo") / "z"
+    build_zoo(out, preset="test", seed=0, progress=False)
+    yield out
+    mp.undo()
+
+
+@pytest.fixture()
+def cache_env(zoo_cache: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("MODELMIX_CACHE", str(zoo_cache))
+    return zoo_cache
+
+
 @pytest.fixture
 def trio(tmp_path: Path):
     """base + two fine-tunes (float32 llama, tiny) -> (dir, {name: state_dict})."""

@@ -17,7 +17,7 @@ from modelmix.analysis import AnalysisReport, analyze
 from modelmix.analysis.findings import derive_findings
 from modelmix.cli import app, main
 from modelmix.errors import DataError, InputError
-from modelmix.plan import layer_index
+from modelmix.planner import layer_index
 
 
 def _write_like(src: Path, dst: Path, tensors: dict[str, torch.Tensor]) -> None:
@@ -309,21 +309,6 @@ def test_examples_scores_coverage_and_lmc(tmp_path: Path) -> None:
     assert lmc["loss"]["add"][0] == pytest.approx(tasks["scores"]["ft1"]["add"]["loss"], rel=1e-4)
     assert lmc["loss"]["add"][-1] == pytest.approx(tasks["scores"]["ft2"]["add"]["loss"], rel=1e-4)
     assert set(lmc["barrier"]) == {"add", "copy"} and set(lmc["best_alpha"]) == {"add", "copy"}
-    # the fallback loop (when modelmix.lmc is unavailable) gives the same curve
-    import sys
-
-    from modelmix.analysis import tasks as T
-
-    saved = sys.modules.get("modelmix.lmc")
-    sys.modules["modelmix.lmc"] = None  # type: ignore[assignment]
-    try:
-        own = T.lmc_curve(tmp_path / "ft1", tmp_path / "ft2", {"add": t1}, "cpu", points=3)
-    finally:
-        if saved is not None:
-            sys.modules["modelmix.lmc"] = saved
-        else:
-            del sys.modules["modelmix.lmc"]
-    assert own["loss"]["add"] == pytest.approx(lmc["loss"]["add"], rel=1e-4)
     html = rep.write_html(tmp_path / "r.html").read_text()
     assert "Tasks (coverage)" in html and html.count("data:image/png;base64,") == 4
     json.dumps(rep.to_json(), allow_nan=False)

@@ -17,27 +17,6 @@ from modelmix.zoo.tasks import DECODER_TASKS, PROMPT_MARKER, RETRIEVAL_TASKS
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-@pytest.fixture(scope="session")
-def zoo_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("mmcache")
-
-
-@pytest.fixture(scope="session")
-def zoo_dir(zoo_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MODELMIX_CACHE", str(zoo_cache))
-    out = tmp_path_factory.mktemp("zoo") / "z"
-    build_zoo(out, preset="test", seed=0, progress=False)
-    yield out
-    mp.undo()
-
-
-@pytest.fixture()
-def cache_env(zoo_cache: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("MODELMIX_CACHE", str(zoo_cache))
-    return zoo_cache
-
-
 def test_manifest_complete(zoo_dir: Path) -> None:
     z = load_zoo(zoo_dir)
     assert (z.preset, z.seed) == ("test", 0)

@@ -16,7 +16,7 @@ import torch
 from click.testing import CliRunner
 
 from modelmix.errors import ConfigError, InputError, ModelmixError
-from modelmix.zoo import build_zoo, load_zoo
+from modelmix.zoo import load_zoo
 from modelmix.zoo import report as R
 from modelmix.zoo.tasks import DECODER_TASKS
 
@@ -36,8 +36,8 @@ EXPECTED = {
 
 
 @pytest.fixture(scope="module")
-def zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_zoo(tmp_path_factory.mktemp("zoo") / "z", preset="test", seed=0, progress=False)
+def zoo(zoo_dir: Path) -> Path:
+    return zoo_dir
 
 
 @pytest.fixture(scope="module")

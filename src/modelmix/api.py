@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -46,17 +45,37 @@ def _load(config: Any, base_dir: Path | None):
 
     if isinstance(config, MergeConfig):
         return config, base_dir
+    if isinstance(config, str) and "\n" in config:  # YAML text (a path never holds a newline)
+        return load_config(config), base_dir
     if isinstance(config, (str, Path)):
         p = Path(config)
         return load_config(p), base_dir or p.parent.resolve()
     if isinstance(config, Mapping):
         return load_config(dict(config)), base_dir
-    raise ConfigError(f"merge() takes a recipe path, dict or MergeConfig, not {type(config).__name__}.")
+    raise ConfigError(
+        f"A recipe must be a YAML file path, YAML text (a str with a newline), a dict or a MergeConfig; got "
+        f"{type(config).__name__}."
+    )
+
+
+def plan_inputs(mp: Any, recipe: Any = None) -> list[tuple[str, Path]]:
+    """Every path a merge reads (models, LoRA adapters, tokenizer source, the recipe file): none of them may
+    be, contain or lie inside the output."""
+    out: list[tuple[str, Path]] = []
+    for key, ck in mp.models.items():
+        out.append(("input model", ck.path))
+        if ck.lora is not None:
+            out.append((f"LoRA adapter of {key}", ck.lora.path))
+    if mp.tokenizer_dir is not None:
+        out.append(("tokenizer source", mp.tokenizer_dir))
+    if isinstance(recipe, (str, Path)) and not (isinstance(recipe, str) and "\n" in recipe):
+        out.append(("recipe", Path(recipe)))
+    return out
 
 
 def plan(config: Any, *, base_dir: Path | None = None, allow_pickle: bool = False, seed: int | None = None):
     """Validate a recipe against the checkpoints (headers only) and return the MergePlan."""
-    from modelmix.plan import build_plan
+    from modelmix.planner import build_plan
 
     cfg, base_dir = _load(config, base_dir)
     return build_plan(cfg, base_dir=base_dir, allow_pickle=allow_pickle, seed=seed)
@@ -74,36 +93,59 @@ def merge(
     allow_pickle: bool = False,
     quiet: bool = True,
     base_dir: Path | None = None,
+    protect: Sequence[tuple[str, str | Path]] = (),
 ) -> MergeResult:
-    """Merge per a recipe (path, dict or MergeConfig) and write an HF model directory atomically."""
+    """Merge per a recipe and write an HF model directory atomically.
+
+    ``config``: a recipe file path, YAML text (a str containing a newline), a dict or a MergeConfig.
+    ``protect``: more ``(label, path)`` inputs the output must stay clear of (callers' example files); the
+    recipe's models, adapters, tokenizer source and recipe file are always protected.
+    """
+    from modelmix import interrupt
+    from modelmix.devices import check_device
     from modelmix.execute import Executor, Progress
+    from modelmix.io.outputs import guard_inputs
     from modelmix.io.writer import ModelWriter, OutSpec, check_target
 
     t0 = time.perf_counter()
+    device = check_device(device)
     out = Path(out_dir)
     check_target(out.absolute(), overwrite)  # before any heavy work
     mp = plan(config, base_dir=base_dir, allow_pickle=allow_pickle, seed=seed)
+    try:  # planning read only headers; now the output can be compared with every input
+        guard_inputs(out, [*plan_inputs(mp, config), *protect])
+    except BaseException:
+        mp.close()
+        raise
     if not quiet:
         show_notes(mp)
-    try:
-        specs = [OutSpec(t.name, t.out_dtype, t.shape) for t in mp.tasks]
-        writer = ModelWriter(out, specs, max_shard_bytes=out_shard_size, overwrite=overwrite)
+    # From here until the output is renamed into place, Ctrl-C (in the main thread) is a request honoured at
+    # safe points: every worker and I/O thread is stopped and joined before the temporary directory goes,
+    # then KeyboardInterrupt is raised; after the rename it is too late and is ignored (modelmix.interrupt).
+    with interrupt.deferred() as intr:
         try:
-            progress = Progress(writer.total_bytes, len(mp.tasks), quiet=quiet)
+            intr.check()  # a Ctrl-C during imports and planning, recorded by the CLI's handler
+            specs = [OutSpec(t.name, t.out_dtype, t.shape) for t in mp.tasks]
+            writer = ModelWriter(out, specs, max_shard_bytes=out_shard_size, overwrite=overwrite,
+                                 extra_bytes=_aux_bytes(mp))
             try:
-                Executor(mp, device=device, threads=threads).run(
-                    lambda t, x, off: writer.write(t.name, x, off), progress,
-                    staging=lambda t, off, n: writer.staging(t.name, off, n),
-                )
-            finally:
-                progress.close()
-            _write_aux(mp, writer.path)
-            writer.commit()
-        except BaseException:
-            writer.abort()
-            raise
-    finally:
-        mp.close()
+                intr.check()
+                progress = Progress(writer.total_bytes, len(mp.tasks), quiet=quiet)
+                try:
+                    Executor(mp, device=device, threads=threads).run(
+                        lambda t, x, off: writer.write(t.name, x, off), progress,
+                        staging=lambda t, off, n: writer.staging(t.name, off, n), cancel=intr,
+                    )
+                finally:
+                    progress.close()
+                intr.check()
+                _write_aux(mp, writer.path, writer.target)
+                writer.commit(intr)  # checks for a pending Ctrl-C once more, right before the rename
+            except BaseException:
+                writer.abort()
+                raise
+        finally:
+            mp.close()
     return MergeResult(out.absolute(), len(mp.tasks), writer.total_bytes, time.perf_counter() - t0)
 
 
@@ -117,32 +159,73 @@ def show_notes(mp, limit: int = 10) -> None:
         print(f"note: ... and {len(mp.notes) - limit} more", file=sys.stderr)
 
 
-def _write_aux(mp, path) -> None:
-    """config.json, tokenizer + generation config from the tokenizer source, and a model card."""
-    cfg = mp.config
-    if mp.out_config:
-        path("config.json").write_text(json.dumps(mp.out_config, indent=2) + "\n")
+def _aux_sources(mp) -> list[Path]:
+    """Files and directories copied from the tokenizer source next to the merged weights."""
     src = mp.tokenizer_dir
-    if src is not None:
-        for name in _AUX_FILES:
-            f = src / name
-            if f.is_file():
-                shutil.copyfile(f, path(name))
-        for d in src.iterdir():
-            if d.is_dir() and d.name.startswith(_AUX_DIRS_PREFIX):
-                shutil.copytree(d, path(d.name))
+    if src is None:
+        return []
+    out = [src / name for name in _AUX_FILES if (src / name).is_file()]
+    out += [d for d in sorted(src.iterdir()) if d.is_dir() and d.name.startswith(_AUX_DIRS_PREFIX)]
+    return out
+
+
+def _aux_bytes(mp) -> int:
+    """Bytes of the aux files (for the free-space check), plus slack for config.json and the model card."""
+    total = 64 * 1024
+    for p in _aux_sources(mp):
+        try:
+            total += p.stat().st_size if p.is_file() else sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+        except OSError:
+            pass
+    return total
+
+
+def _write_aux(mp, path, target: Path) -> None:
+    """config.json, tokenizer + generation config from the tokenizer source, and a model card.
+
+    A source that cannot be read is an InputError naming it; a failed write (disk full) is an OutputError
+    naming the file in the output location ``target``, never the input it was copied from.
+    """
+    from modelmix.io.outputs import os_error
+
+    cfg = mp.config
+
+    def copy(src: Path, rel: str) -> None:
+        try:
+            data = src.read_bytes()
+        except OSError as e:
+            raise InputError(f"Cannot read {src} (copied from the tokenizer source): {e.strerror or e}.") from None
+        put(rel, data)
+
+    def put(rel: str, data: bytes | str) -> None:
+        try:
+            dst = path(rel)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.write_bytes(data.encode() if isinstance(data, str) else data)
+        except OSError as e:
+            raise os_error(e, target / rel, what="the merged model's file") from None
+
+    if mp.out_config:
+        put("config.json", json.dumps(mp.out_config, indent=2) + "\n")
+    src = mp.tokenizer_dir
+    for f in _aux_sources(mp):
+        if f.is_dir():
+            for g in sorted(f.rglob("*")):
+                if g.is_file():
+                    copy(g, str(g.relative_to(src)))
+        else:
+            copy(f, f.name)
     if cfg.chat_template:
         template = _CHAT_TEMPLATES.get(cfg.chat_template, cfg.chat_template)
         tc = path("tokenizer_config.json")
         data = json.loads(tc.read_text()) if tc.is_file() else {}
         data["chat_template"] = template
-        tc.write_text(json.dumps(data, indent=2) + "\n")
+        put("tokenizer_config.json", json.dumps(data, indent=2) + "\n")
     models = "\n".join(f"- {k}" for k in mp.models)
-    path("README.md").write_text(
+    put("README.md",
         "---\ntags:\n- modelmix\n- merge\n---\n"
-        f"# Merged model\n\nThis model was merged with [modelmix](https://example.invalid/modelmix) using the "
-        f"`{cfg.merge_method}` method.\n\n## Models merged\n\n{models}\n\n## Recipe\n\n```yaml\n{cfg.to_yaml()}```\n"
-    )
+        f"# Merged model\n\nThis model was merged with modelmix using the `{cfg.merge_method}` method.\n\n"
+        f"## Models merged\n\n{models}\n\n## Recipe\n\n```yaml\n{cfg.to_yaml()}```\n")
 
 
 def merge_tensors(
@@ -160,7 +243,7 @@ def merge_tensors(
     input. Random methods use ``seed`` (per tensor name for state dicts, as the file-based merge does).
     """
     from modelmix.methods import get_method
-    from modelmix.plan import tensor_seed
+    from modelmix.planner import tensor_seed
 
     m = get_method(method)
     if len(tensors) == 0:
@@ -202,7 +285,7 @@ def _merge_one(m, tensors: list[torch.Tensor], base: torch.Tensor | None, seed: 
         u = sorted(unknown)[0]
         raise ConfigError(f'Unknown parameter "{u}" for merge method "{m.name}".{did_you_mean(u, known)}')
     kwargs: dict[str, Any] = {}
-    for p in m.params:
+    for p in m.params:  # the same validator (types, choices, bounds) as a recipe's values
         v = params.get(p.name, p.default)
         if v is REQUIRED:
             raise ConfigError(f'Merge method "{m.name}" needs parameter "{p.name}".')
@@ -210,7 +293,23 @@ def _merge_one(m, tensors: list[torch.Tensor], base: torch.Tensor | None, seed: 
             v = list(v) if isinstance(v, (list, tuple)) else [v] * len(ts)
             if len(v) != len(ts):
                 raise ConfigError(f'Parameter "{p.name}" has {len(v)} values for {len(ts)} models.')
+            if p.name in params:
+                v = [_valid(m, p, x) for x in v]
+        elif p.name in params:
+            v = _valid(m, p, v)
         kwargs[p.name] = v
+    if m.check is not None:
+        m.check(kwargs)
     if m.random:
         kwargs["seed"] = seed
     return m.fn(ts, base=base.float() if base is not None else None, **kwargs)
+
+
+def _valid(m, p, value: Any) -> Any:
+    """``p.validate(value)``, with the method named in the error (None stays None for optional params)."""
+    if value is None and not p.required and p.default is None:
+        return None
+    try:
+        return p.validate(value)
+    except ConfigError as e:
+        raise ConfigError(f'Merge method "{m.name}", parameter "{p.name}": {e}') from None

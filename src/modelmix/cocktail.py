@@ -93,6 +93,18 @@ def _detect_type(path: Path) -> str:
     return "decoder" if not archs or any(a.endswith("ForCausalLM") for a in archs) else "encoder"
 
 
+def _describe(path: Path) -> str:
+    """What a model directory is, in the words of its config (for error messages)."""
+    if (path / "modules.json").is_file():
+        return "a sentence-transformers directory"
+    try:
+        cfg = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return "no readable config.json"
+    archs = cfg.get("architectures") or []
+    return f"config architectures {', '.join(archs)}" if archs else f"model_type {cfg.get('model_type')!r}"
+
+
 def _vocab_fingerprint(path: Path) -> Any:
     """The tokenizer's vocabulary as stored on disk (None when the dir has no tokenizer)."""
     tj = path / "tokenizer.json"
@@ -211,10 +223,12 @@ class _Scorer:
         max_length: int,
         neg_number: int,
         seed: int,
-        separator: str = " ",
+        separator: str | None = None,
     ) -> None:
         self.em, self.kind, self.group = em, kind, batch_size
         tok = em.tokenizer
+        if separator is None:
+            separator = em.separator  # the model's own convention (LM-Cocktail's " " for ordinary models)
         if kind == "decoder":
             # LM-Cocktail preprocess_data_for_llm: encode(input + " " + output) + [eos], prompt = encode(input);
             # the separator is configurable for models trained without that space
@@ -304,7 +318,7 @@ def compute_weights(
     granularity: str = "model",
     budget: int = 40,
     blocks: int = 4,
-    separator: str = " ",
+    separator: str | None = None,
     log: Callable[[str], None] | None = None,
 ) -> CocktailWeights:
     """LM-Cocktail weights ``softmax(-L / temperature)`` of ``models`` on ``examples`` (see module docstring).
@@ -313,8 +327,12 @@ def compute_weights(
     defines the loss (mean of per-batch means; in-batch negatives for encoders), not how we batch.
     ``granularity="layer"`` also searches per-group weights with ``budget`` loss evaluations over
     ``blocks`` contiguous blocks of layers plus embeddings and head. ``separator`` joins input and output
-    of decoder examples (LM-Cocktail: a space; ``""`` for models trained on plain concatenations).
+    of decoder examples; None takes the model's own convention (``modelmix.eval.models.prompt_separator``:
+    LM-Cocktail's space for ordinary models, ``""`` for the modelmix zoo's).
     """
+    from modelmix.devices import check_device
+
+    device = check_device(device)
     if granularity not in GRANULARITIES:
         raise ConfigError(f"granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}.")
     if not (temperature > 0 and math.isfinite(temperature)):
@@ -322,9 +340,15 @@ def compute_weights(
     if batch_size < 1 or max_length < 2 or neg_number < 0 or budget < 0 or blocks < 1:
         raise ConfigError("batch_size and blocks must be >= 1, max_length >= 2, neg_number and budget >= 0.")
     paths = check_models(models)
-    kind = type or _detect_type(paths[0])
-    if kind not in TYPES:
-        raise ConfigError(f"type must be one of {', '.join(TYPES)}, got {kind!r}.")
+    if type is not None and type not in TYPES:
+        raise ConfigError(f"type must be one of {', '.join(TYPES)}, got {type!r}.")
+    kind = _detect_type(paths[0])
+    if type is not None and type != kind:
+        raise ConfigError(
+            f"--type {type} was given, but {paths[0]} is {'an encoder' if kind == 'encoder' else 'a decoder'} "
+            f"({_describe(paths[0])}). LM-Cocktail scores decoders by the loss of their outputs and encoders by "
+            f"InfoNCE over query/pos/neg examples; use --type {kind} or leave --type out to detect it."
+        )
     exs = load_cocktail_examples(examples, kind)
     if granularity == "layer" and len(exs) < 2:
         raise DataError("granularity='layer' needs at least 2 examples (a fit split and a held-out split).")
@@ -368,10 +392,12 @@ def mix(
     ``kwargs`` go to :func:`compute_weights`. The merge is the engine's streaming ``linear`` merge
     (``normalize: true``, output dtype of the inputs). Returns the output directory.
     """
-    from modelmix.io.writer import check_target
+    from modelmix.io.outputs import check_model_output
 
     out = Path(out_dir)
-    check_target(out.absolute(), overwrite)  # fail before any heavy work
+    ex_file = examples if isinstance(examples, (str, Path)) else None
+    check_model_output(out, overwrite=overwrite, models=models, files=[ex_file])  # before any heavy work
+    protect = [("examples file", Path(ex_file))] if ex_file is not None else []
     if (weights is None) == (examples is None):
         raise ConfigError("Give either weights (one per model) or examples to compute them from, not both/neither.")
     if weights is not None:
@@ -381,7 +407,7 @@ def mix(
         return out.absolute()
     res = compute_weights(models, examples, **kwargs)  # type: ignore[arg-type]
     merge_with_weights([Path(m) for m in models], out, res.weights, layer_weights=res.layer_weights,
-                       groups=res.groups, overwrite=overwrite)
+                       groups=res.groups, overwrite=overwrite, protect=protect)
     return out.absolute()
 
 
@@ -435,11 +461,15 @@ def merge_with_weights(
     layer_weights: Mapping[str, Sequence[float]] | None = None,
     groups: Mapping[str, Sequence[str]] | None = None,
     overwrite: bool = False,
+    protect: Sequence[tuple[str, str | Path]] = (),
 ) -> Any:
-    """Stream the merge through ``modelmix.api.merge`` (aux files from the first model)."""
+    """Stream the merge through ``modelmix.api.merge`` (aux files from the first model); every model (even
+    one with weight 0) and ``protect`` (the examples file) stay clear of the output."""
     from modelmix import api
 
-    return api.merge(recipe(models, weights, layer_weights=layer_weights, groups=groups), out_dir, overwrite=overwrite)
+    guard = [*[("input model", Path(m)) for m in models], *protect]
+    return api.merge(recipe(models, weights, layer_weights=layer_weights, groups=groups), out_dir,
+                     overwrite=overwrite, protect=guard)
 
 
 # ------------------------------------------------------------------------------------------ layer search

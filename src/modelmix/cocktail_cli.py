@@ -7,51 +7,26 @@ import sys
 
 import click
 
+from modelmix.cli_common import (
+    Command,
+    device_option,
+    examples_option,
+    join_models,
+    models_argument,
+    separator_option,
+)
 from modelmix.errors import ConfigError
 
 
-class _MultiValueCommand(click.Command):
-    """Accept ``--models A B C`` / ``--weights 0.7 0.3``: repeat the option for each following bare value."""
-
-    greedy = ("--models", "--weights")
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        out: list[str] = []
-        current: str | None = None
-        for a in args:
-            if a in self.greedy:
-                current = a
-                continue
-            if a.startswith("--models=") or a.startswith("--weights="):
-                current = None
-                out.append(a)
-                continue
-            if current is not None and not (a.startswith("-") and not _is_number(a)):
-                out += [current, a]
-                continue
-            current = None
-            out.append(a)
-        return super().parse_args(ctx, out)
-
-
-def _is_number(s: str) -> bool:
-    try:
-        float(s)
-    except ValueError:
-        return False
-    return True
-
-
-@click.command("cocktail", cls=_MultiValueCommand)
-@click.option("--models", "models", multiple=True, required=True, metavar="M1 M2 ...",
-              help="Model directories to mix: --models M1 M2 M3.")
-@click.option("--examples", type=click.Path(dir_okay=False), default=None,
-              help='JSONL examples: {"input","output"} (decoder) or {"query","pos","neg"} (encoder).')
+@click.command("cocktail", cls=Command)
+@models_argument("M1 M2 ...")
+@examples_option(required=False,
+                 help='JSONL examples: {"input","output"} (decoder) or {"query","pos","neg"} (encoder).')
 @click.option("--weights", "weights", multiple=True, type=float, metavar="W1 W2 ...",
               help="Explicit weights, one per model (instead of --examples); normalised to sum 1.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Output model directory.")
 @click.option("--type", "kind", type=click.Choice(["decoder", "encoder"]), default=None,
-              help="Model type (default: detected from the first model).")
+              help="Model type (default: detected from the models' configs); must match the models.")
 @click.option("--temperature", type=float, default=5.0, show_default=True, help="Softmax temperature T in softmax(-L/T).")
 @click.option("--weights-only", is_flag=True, help="Print one JSON object with weights/losses/models; write nothing.")
 @click.option("--granularity", type=click.Choice(["model", "layer"]), default="model", show_default=True,
@@ -67,20 +42,18 @@ def _is_number(s: str) -> bool:
 @click.option("--neg-number", type=click.IntRange(0, 10000), default=7, show_default=True,
               help="Negatives sampled per encoder example.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for sampling encoder negatives.")
-@click.option("--separator", default=" ", show_default=True,
-              help="Text between input and output when scoring decoder examples: LM-Cocktail's ' ', or '' for "
-                   "models trained on plain input+output concatenations (e.g. the modelmix zoo).")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@separator_option()
+@device_option("Device for computing the losses.")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists (only once the new model is complete).")
-@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
-@click.pass_context
-def cocktail(ctx: click.Context, models: tuple[str, ...], examples: str | None, weights: tuple[float, ...],
+def cocktail(models: tuple[str, ...], models_opt: tuple[str, ...], examples: str | None, weights: tuple[float, ...],
              out_dir: str | None, kind: str | None, temperature: float, weights_only: bool, granularity: str,
-             budget: int, blocks: int, batch_size: int, max_length: int, neg_number: int, seed: int, separator: str,
-             device: str, overwrite: bool, debug: bool) -> None:
-    """Mix models with LM-Cocktail weights softmax(-loss/T) computed on a few examples (or given weights)."""
-    if ctx.obj is not None:
-        ctx.obj["debug"] = ctx.obj.get("debug", False) or debug
+             budget: int, blocks: int, batch_size: int, max_length: int, neg_number: int, seed: int,
+             separator: str | None, device: str, overwrite: bool) -> None:
+    """Mix models with LM-Cocktail weights softmax(-loss/T) computed on a few examples (or given weights).
+
+    Example: modelmix cocktail expert base --examples few.jsonl --out mixed
+    """
+    models = tuple(join_models(models, models_opt, at_least=2))
     model_list, weight_list = list(models), list(weights)
     if weights_only and weight_list:
         raise ConfigError("--weights-only computes weights from --examples; it cannot be combined with --weights.")
@@ -90,19 +63,16 @@ def cocktail(ctx: click.Context, models: tuple[str, ...], examples: str | None, 
         raise ConfigError("--out is required unless --weights-only is given.")
 
     from modelmix import cocktail as C
+    from modelmix.io.outputs import check_model_output
 
+    check_model_output(None if weights_only else out_dir, overwrite=overwrite, models=model_list,
+                       files=[examples])  # before computing anything
     if weight_list:
         paths = C.check_models(model_list)
         ws = C.check_weights(weight_list, len(paths))
         res = C.mix(paths, out_dir, weights=ws, overwrite=overwrite)  # type: ignore[arg-type]
         click.echo(f"merged {len(paths)} models with weights {[round(w / sum(ws), 6) for w in ws]} into {res}")
         return
-    if out_dir and not weights_only:
-        from pathlib import Path
-
-        from modelmix.io.writer import check_target
-
-        check_target(Path(out_dir).absolute(), overwrite)  # before computing anything
     log = None if weights_only else (lambda s: click.echo(s, err=True))
     cw = C.compute_weights(model_list, examples, type=kind, temperature=temperature, batch_size=batch_size,  # type: ignore[arg-type]
                            max_length=max_length, neg_number=neg_number, seed=seed, device=device, separator=separator,
@@ -118,5 +88,6 @@ def cocktail(ctx: click.Context, models: tuple[str, ...], examples: str | None, 
     from pathlib import Path
 
     res = C.merge_with_weights([Path(m) for m in model_list], Path(out_dir), cw.weights,  # type: ignore[arg-type]
-                               layer_weights=cw.layer_weights, groups=cw.groups, overwrite=overwrite)
+                               layer_weights=cw.layer_weights, groups=cw.groups, overwrite=overwrite,
+                               protect=[("examples file", Path(examples))])  # type: ignore[arg-type]
     click.echo(res.summary())

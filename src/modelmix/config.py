@@ -65,14 +65,11 @@ Semantics (mergekit 0.1.5 line references in brackets):
 
 from __future__ import annotations
 
-import math
 import os
-import types
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, get_args
 
 import yaml
 from pydantic import (
@@ -82,7 +79,6 @@ from pydantic import (
     PlainValidator,
     PrivateAttr,
     StrictInt,
-    TypeAdapter,
     ValidationError,
     ValidationInfo,
 )
@@ -789,20 +785,6 @@ def _short(value: Any, limit: int = 60) -> str:
 # method-aware checks
 
 
-@lru_cache(maxsize=64)
-def _adapter(tp: Any) -> TypeAdapter:
-    return TypeAdapter(tp)
-
-
-def _type_name(tp: Any) -> str:
-    names = {float: "a number", int: "an integer", bool: "true or false", str: "a string"}
-    if tp in names:
-        return names[tp]
-    if get_origin(tp) in (Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in get_args(tp) if a is not type(None))
-    return getattr(tp, "__name__", str(tp))
-
-
 class _Checker:
     """Validates a structurally parsed recipe against its merge method; coerces parameter values in place."""
 
@@ -933,31 +915,10 @@ class _Checker:
         return out
 
     def _scalar(self, p: Param, value: Any, where: str) -> Any:
-        if value is None or not isinstance(value, _SCALAR):
-            self.fail(where, f'expected {_type_name(p.type)} for "{p.name}", got {_short(value)}.')
         try:
-            x = _adapter(p.type).validate_python(value)
-        except ValidationError:
-            self.fail(where, f'expected {_type_name(p.type)} for "{p.name}", got {_short(value)}.')
-        if isinstance(x, float) and not math.isfinite(x):
-            self.fail(where, f'"{p.name}" must be a finite number, got {_short(value)}.')
-        if p.choices is not None and x not in p.choices:
-            opts = ", ".join(str(c).lower() if isinstance(c, bool) else str(c) for c in p.choices)
-            self.fail(
-                where,
-                f'invalid value {_short(value)} for "{p.name}".{did_you_mean(str(x), p.choices)} Choices: {opts}.',
-            )
-        if isinstance(x, (int, float)) and not isinstance(x, bool):
-            lo, hi = p.low, p.high
-            if (lo is not None and x < lo) or (hi is not None and x > hi):
-                if lo is not None and hi is not None:
-                    rng = f"between {lo:g} and {hi:g}"
-                elif lo is not None:
-                    rng = f">= {lo:g}"
-                else:
-                    rng = f"<= {hi:g}"
-                self.fail(where, f'{x:g} is out of range for "{p.name}" (must be {rng}).')
-        return x
+            return p.validate(value)
+        except ConfigError as e:
+            self.fail(where, str(e))
 
     # ---- structure -----------------------------------------------------------------------------------
 

@@ -37,3 +37,7 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """Return ' Did you mean "x"?' for the closest choice, or '' when nothing is close."""
     close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
     return f' Did you mean "{close[0]}"?' if close else ""
+
+
+class DeviceError(ModelmixError):
+    """The requested device is unknown or not available on this machine."""

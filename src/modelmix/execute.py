@@ -1,11 +1,20 @@
 """Streaming executor: runs a MergePlan, reading each input byte once and writing each output byte once.
 
 Work is cut into units: row chunks of cache-friendly size for element-wise methods (linear, task
-arithmetic, ...), whole tensors for methods that need per-tensor statistics (TIES thresholds, SLERP norms).
+arithmetic, ...), a multi-pass row-chunk streamer per tensor for methods that need per-tensor statistics
+(TIES thresholds, DARE L1 norms, SLERP norms; ``modelmix.streaming``; a tensor up to the chunk size runs
+it as one in-memory chunk), whole tensors for the rest.
 ``threads`` worker threads each take a unit, read its inputs with pread, convert to float32, check for
-NaN/Inf, run the method, cast and pwrite the result into its final place in the output shard. Torch runs
-single-threaded inside each unit, so reading, computing and writing of different units overlap across the
-workers without oversubscription. A byte budget bounds how many whole-tensor units are in flight.
+NaN/Inf, run the method, cast and pwrite the result into its final place in the output shard. A byte
+budget bounds how many whole-tensor units are in flight.
+
+Torch's intra-op thread count is pinned to 1 for the whole run, whatever ``threads`` (also for
+``threads=1``): reading, computing and writing of different units overlap across the workers without
+oversubscription, and -- the reason it is not left at torch's default for a single worker -- torch splits
+a reduction (a sum, a norm, BLAS/LAPACK work) among its threads and adds the partial results, so the last
+bits of a whole-tensor method (Karcher, multislerp, SCE, subspace) would change with the thread count.
+With one intra-op thread, and the streamers' fixed-partition statistics (``modelmix.kernels.reduce``), a
+seeded merge is bit-identical for any ``threads`` and ``chunk_elems``.
 """
 
 from __future__ import annotations
@@ -13,18 +22,20 @@ from __future__ import annotations
 import functools
 import math
 import os
+import queue
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
 
+from modelmix import interrupt
 from modelmix.errors import InputError, ModelmixError, OutputError
-from modelmix.plan import MergePlan, Source, TensorTask
+from modelmix.planner import MergePlan, Source, TensorTask
 
 # 1M float32 = 4 MiB per operand: few enough chunks that per-chunk Python costs vanish
 # (1.1B: 512K -> 1M took linear 3.6-4.2 -> 2.9-3.0 s, TIES 6.4 -> 6.0 s)
@@ -35,6 +46,15 @@ DEFAULT_BUDGET = 1 << 30  # bytes of whole-tensor working memory in flight at on
 # from the page cache (a copy) plus re-converting cost more than the arithmetic. 160 MiB holds the three
 # inputs of an 11.5M-element Llama MLP matrix; embeddings and lm_head stay streamed.
 STREAM_CACHE_BYTES = 160 << 20
+
+
+class _CancelFlag(Protocol):
+    def is_set(self) -> bool: ...
+
+
+class _Cancelled(BaseException):
+    """A unit stopped at a chunk boundary because the run is being cancelled (Ctrl-C, or another unit's
+    error). A BaseException, so that no ``except Exception`` in a method or reader swallows it."""
 
 
 @dataclass
@@ -64,10 +84,11 @@ def _torch_fuses_fma() -> bool:
 
 
 def _streamer(task: TensorTask):
-    """(streamer, cache) for a task that a multi-pass streamer handles, else None."""
+    """(streamer, cache) for a task that a multi-pass streamer handles, else None (also for empty and 0-d
+    tensors, which the whole-tensor reference computes)."""
     from modelmix.streaming import STREAMERS
 
-    if task.method is None or task.vocab_maps is not None or not task.shape:
+    if task.method is None or task.vocab_maps is not None or not task.shape or math.prod(task.shape) == 0:
         return None
     entry = STREAMERS.get(task.method.name)
     if entry is None or not entry[1](task.shape, {**task.global_params, **task.model_params}):
@@ -81,6 +102,10 @@ def _cacheable(task: TensorTask, n_in: int) -> bool:
 
 
 def _units(plan: MergePlan, chunk_elems: int) -> Iterator[Unit]:
+    """Row chunks for element-wise methods, a streamed unit for a larger tensor of a method with a streamer,
+    whole tensors for the rest. A whole tensor of a method with a streamer is computed by that streamer too,
+    as one in-memory chunk (``compute``): the same implementation, with the same fixed-partition statistics,
+    computes a tensor whatever ``chunk_elems``."""
     for task in plan.tasks:
         numel = math.prod(task.shape)
         n_in = len(task.sources) + (task.base is not None)
@@ -88,7 +113,8 @@ def _units(plan: MergePlan, chunk_elems: int) -> Iterator[Unit]:
         if not streamable and numel > chunk_elems and _streamer(task) is not None:
             row = numel // task.shape[0]
             cache = n_in * numel * 4 if _cacheable(task, n_in) else 0
-            yield Unit(task, None, max(1, chunk_elems // max(row, 1)) * row * 4 * (n_in + 6) + cache, stream=True)
+            chunk = min(numel, max(1, chunk_elems // max(row, 1)) * row)
+            yield Unit(task, None, chunk * 4 * (n_in + 6) + cache, stream=True)
         elif streamable and task.shape and numel > chunk_elems:
             row = numel // task.shape[0]
             step = max(1, chunk_elems // max(row, 1))
@@ -199,9 +225,9 @@ class Executor:
     def __init__(self, plan: MergePlan, *, device: str = "cpu", threads: int | None = None, budget: int = DEFAULT_BUDGET,
                  chunk_elems: int | None = None):
         self.plan = plan
-        self.device = torch.device(device)
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise ModelmixError("--device cuda was requested but no CUDA GPU is available (torch.cuda.is_available() is False).")
+        from modelmix.devices import check_device
+
+        self.device = torch.device(check_device(device))
         self.threads = max(1, threads or os.cpu_count() or 1)
         self.budget = _Budget(budget)
         self.chunk_elems = chunk_elems or CHUNK_ELEMS
@@ -211,14 +237,21 @@ class Executor:
 
     # ------------------------------------------------------------------ public
     def run(self, sink: Callable[[TensorTask, torch.Tensor, int], None], progress: Progress | None = None,
-            staging: Callable[[TensorTask, int, int], torch.Tensor | None] | None = None) -> None:
+            staging: Callable[[TensorTask, int, int], torch.Tensor | None] | None = None,
+            cancel: _CancelFlag | None = None) -> None:
         """Compute every unit; ``sink(task, out_tensor_in_out_dtype, byte_offset)`` stores the result.
 
         ``staging(task, byte_offset, nbytes)`` may return a uint8 CPU buffer to cast each result into (the
         writer's aligned buffers for direct I/O); the cast then costs no allocation.
+
+        ``cancel`` (anything with ``is_set()``: a ``threading.Event``, ``modelmix.interrupt.Interrupt``) is
+        checked before every unit and every row chunk read or written; once it is set no unit starts, running
+        ones stop at their next chunk, and when every worker has been joined KeyboardInterrupt is raised. An
+        error in one unit stops the others the same way and is raised once they have been joined. However
+        ``run`` ends -- also by a KeyboardInterrupt arriving in the calling thread -- no worker is left
+        running, so the caller can remove the output.
         """
         _bound_malloc()
-        self._staging = staging
         # largest tensors first (stable: row chunks keep their order): a 65M-element lm_head streamed in
         # three passes at the end of the plan would otherwise leave one worker busy and the other idle
         units = sorted(_units(self.plan, self.chunk_elems), key=lambda u: -math.prod(u.task.shape))
@@ -226,39 +259,106 @@ class Executor:
             self._remaining[u.task.name] = self._remaining.get(u.task.name, 0) + 1
         lock = threading.Lock()
         prev_threads = torch.get_num_threads()
-        torch.set_num_threads(1 if self.threads > 1 else prev_threads)
+        torch.set_num_threads(1)  # always: torch splits reductions (and BLAS/LAPACK work) by its thread count
+        self._cancel, self._stop = cancel, False
+
+        def checked_sink(task: TensorTask, x: torch.Tensor, off: int) -> None:
+            self._check()  # per output chunk, as reads check per input chunk: a cancel stops units promptly
+            sink(task, x, off)
+
+        def checked_staging(task: TensorTask, off: int, n: int) -> torch.Tensor | None:
+            self._check()
+            return staging(task, off, n) if staging is not None else None
+
+        self._staging = checked_staging if staging is not None else None
         try:
-            if self.threads == 1:
-                for u in units:
-                    self._do(u, sink, progress, lock)
-                return
-            errors: list[BaseException] = []
-            slots = threading.BoundedSemaphore(4 * self.threads)  # bounded queue: units are lazy
-
-            def job(u: Unit) -> None:
-                try:
-                    if not errors:
-                        self._do(u, sink, progress, lock)
-                except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
-                    errors.append(e)
-                finally:
-                    slots.release()
-
-            with ThreadPoolExecutor(self.threads, thread_name_prefix="modelmix") as pool:
-                for u in units:
-                    slots.acquire()
-                    if errors:
-                        break
-                    pool.submit(job, u)
-            if errors:
-                raise errors[0]
+            try:
+                if self.threads == 1:
+                    for u in units:
+                        self._do(u, checked_sink, progress, lock)
+                else:
+                    self._run_workers(units, checked_sink, progress, lock)
+            except _Cancelled:
+                raise KeyboardInterrupt from None  # every thread has stopped: the caller may clean up now
         finally:
             torch.set_num_threads(prev_threads)
 
+    _cancel: _CancelFlag | None = None
+    _stop = False  # set by a failing unit or an undeferred KeyboardInterrupt: the other units stop too
+
+    def _halt(self) -> None:
+        self._stop = True
+
+    def _check(self) -> None:
+        """Raise _Cancelled if the run is being stopped (a per-chunk cost of two attribute reads)."""
+        if self._stop or (self._cancel is not None and self._cancel.is_set()):
+            raise _Cancelled
+
+    def _run_workers(self, units: list[Unit], sink, progress: Progress | None, lock: threading.Lock) -> None:
+        """Run the units on ``self.threads`` worker threads, at most 4 per thread queued ahead.
+
+        Every worker has finished before this returns or raises, whatever reaches the calling thread (an
+        error, a KeyboardInterrupt, another one while waiting): a worker left running would write into files
+        the writer closes and a directory it removes, and a worker inside a torch op when the interpreter
+        finalises aborts the process (``terminate called without an active exception``).
+        """
+        errors: list[BaseException] = []
+        todo: queue.SimpleQueue[Unit | None] = queue.SimpleQueue()
+        slots = threading.BoundedSemaphore(4 * self.threads)
+
+        def work(done: threading.Event) -> None:
+            try:
+                while (u := todo.get()) is not None:
+                    try:
+                        self._do(u, sink, progress, lock)
+                    except _Cancelled:
+                        pass
+                    except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+                        errors.append(e)
+                        self._stop = True
+                    finally:
+                        slots.release()
+            finally:
+                done.set()
+
+        done = [threading.Event() for _ in range(self.threads)]
+        workers = [threading.Thread(target=work, args=(d,), name=f"modelmix-{i}") for i, d in enumerate(done)]
+        started: list[threading.Thread] = []
+        try:
+            for w in workers:
+                w.start()
+                started.append(w)
+            for u in units:
+                slots.acquire()  # wakes as soon as a worker finishes or abandons a unit
+                if self._stop or (self._cancel is not None and self._cancel.is_set()):
+                    break
+                todo.put(u)
+        except BaseException:  # an undeferred KeyboardInterrupt (or a thread that could not start)
+            self._stop = True
+            raise
+        finally:
+            for _ in workers:
+                todo.put(None)
+            # Wait on the workers' own events, not Thread.join: in Python 3.11 a join interrupted by
+            # KeyboardInterrupt (Ctrl-C when it is not deferred) marks the still-running thread stopped,
+            # so no later join -- not even the interpreter's at exit -- waits for it any more.
+            hit = False
+            for d in done[:len(started)]:
+                hit |= interrupt.uninterrupted(d.wait, on_interrupt=self._halt)
+            for w in started:
+                w.join()  # returns at once: the worker has left its loop
+            if hit:  # Ctrl-C while waiting: the workers were told to stop and have all finished
+                raise KeyboardInterrupt
+        if errors:
+            raise errors[0]
+        self._check()
+
     # ------------------------------------------------------------------ one unit
     def _do(self, u: Unit, sink, progress: Progress | None, lock: threading.Lock) -> None:
+        self._check()
         held = self.budget.acquire(u.cost)
         try:
+            self._check()  # the wait for budget can be long
             if u.stream:
                 self._stream(u.task, sink, progress, lock)
                 return
@@ -405,6 +505,7 @@ class Executor:
 
     def _read_bf16_bits(self, task: TensorTask, sources: list[Source], rows: tuple[int, int]) -> list[np.ndarray]:
         """Row range of each bf16 source as uint16 bits, read into this thread's raw buffers (slot = position)."""
+        self._check()  # every pass of every unit reads chunk by chunk: the place a cancel takes effect
         shape = (rows[1] - rows[0], *task.shape[1:])
         out = []
         for i, s in enumerate(sources):
@@ -440,6 +541,7 @@ class Executor:
         so reuse is safe. (Converting straight from an mmap of the file was tried: page faults plus
         MADV_DONTNEED to keep RSS bounded cost as much system time as the pread copy.)
         """
+        self._check()  # a cancelled run stops at the next chunk it reads
         ck = self.plan.models[src.model]
         finite = None
         if rows is not None and ck.can_read_into(src.name):
@@ -481,7 +583,8 @@ class Executor:
         return buf[:n].view(shape)
 
     def compute(self, task: TensorTask, rows: tuple[int, int] | None = None) -> torch.Tensor:
-        """The float32 result of one task (or of a row range of it)."""
+        """The float32 result of one task (or of a row range of it); a whole tensor of a method with a
+        streamer goes through the streamer as one chunk, so this is what the merge writes."""
         if task.method is None:
             return self.plan.models[task.sources[0].model].read(task.sources[0].name, rows)
         tensors = [self._load(task, s, rows, i) for i, s in enumerate(task.sources)]
@@ -492,8 +595,12 @@ class Executor:
         kwargs.update(task.model_params)
         if task.method.random:
             kwargs["seed"] = task.seed
+        entry = _streamer(task) if rows is None else None
         try:
-            out = task.method.fn(tensors, base=base, **kwargs)
+            if entry is not None:  # the streamer over one in-memory chunk: what a chunked tensor gets
+                out = _run_streamer_whole(entry[0], task, tensors, base, self.device.type, kwargs)
+            else:
+                out = task.method.fn(tensors, base=base, **kwargs)
         except OutputError:
             raise  # output errors (a background write failing) are not this tensor's
         except ModelmixError as e:
@@ -501,6 +608,34 @@ class Executor:
         if out.shape != tuple(tensors[0].shape if tensors else base.shape):  # type: ignore[union-attr]
             raise RuntimeError(f"method {task.method.name} returned shape {tuple(out.shape)} for {task.name}")
         return out
+
+
+class _WholeSource:
+    """A whole tensor as the single row chunk of a streamer's source (see ``_run_streamer_whole``)."""
+
+    def __init__(self, task: TensorTask, tensors: list[torch.Tensor], base: torch.Tensor | None, device: str):
+        self.shape, self.numel, self.device = task.shape, math.prod(task.shape), device
+        self.rows = (0, task.shape[0])
+        self.tensors, self.base = tensors, base
+        self.out: list[torch.Tensor] = []
+
+    def chunks(self):
+        yield self.rows, self.tensors, self.base
+
+    def emit(self, rows, out):
+        assert rows == self.rows, "a one-chunk source emits the whole tensor once"
+        self.out.append(out)
+
+
+def _run_streamer_whole(fn, task: TensorTask, tensors: list[torch.Tensor], base: torch.Tensor | None, device: str,
+                        kwargs: dict) -> torch.Tensor:
+    """A streamer (``modelmix.streaming``) over a whole tensor as a single chunk of rows: the result of a
+    small tensor is computed by the same implementation as a streamed one, so the chunk size never decides
+    which implementation (and which summation order) computes a tensor."""
+    src = _WholeSource(task, tensors, base, device)
+    fn(src, **kwargs)
+    (out,) = src.out
+    return out
 
 
 def align_vocab(task: TensorTask, tensors: list[torch.Tensor], base: torch.Tensor | None):

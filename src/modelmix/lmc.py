@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from modelmix.errors import InputError, OutputError
+from modelmix.errors import InputError
 from modelmix.soup import (
     Log,
     check_metric,
@@ -51,6 +51,20 @@ class LMCResult:
     b: str = ""
 
     @property
+    def best_t_metric(self) -> float | None:
+        """t with the highest ``metric`` (ties: the lower loss, then the smaller t); None without a metric."""
+        if not self.metric_values:
+            return None
+        vals = self.metric_values
+        return self.ts[min(range(len(self.ts)), key=lambda i: (-vals[i], self.losses[i], i))]
+
+    @property
+    def selected_t(self) -> float:
+        """The t ``--merge-best`` writes: the best by ``metric`` when one was asked for, else by loss."""
+        bm = self.best_t_metric
+        return self.best_t if bm is None else bm
+
+    @property
     def chord(self) -> list[float]:
         """The linear interpolation of the endpoint losses at each t."""
         l0, l1 = self.losses[0], self.losses[-1]
@@ -59,6 +73,7 @@ class LMCResult:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["chord"] = self.chord
+        d["best_t_metric"] = self.best_t_metric
         return d
 
     def to_json(self) -> str:
@@ -74,6 +89,8 @@ class LMCResult:
                 row += f"  {self.metric_values[i]:12.4f}"
             rows.append(row)
         rows.append(f"barrier {self.barrier:.5f}  best t {self.best_t:.3f} (loss {min(self.losses):.5f})")
+        if self.best_t_metric is not None and self.metric_values:
+            rows.append(f"best t by {self.metric} {self.best_t_metric:.3f} ({self.metric} {max(self.metric_values):.4f})")
         return "\n".join(rows)
 
 
@@ -99,14 +116,18 @@ def lmc_curve(
     *,
     device: str = "cpu",
     batch_size: int | None = None,
+    separator: str | None = None,
     log: Log | None = None,
 ) -> LMCResult:
     """Loss (and optionally ``metric``, e.g. ``"exact_match"``) of ``(1 - t) a + t b`` on ``examples``
-    (a JSONL path or a list of ``{"input", "output"}`` dicts) at ``points`` uniformly spaced t."""
+    (a JSONL path or a list of ``{"input", "output"}`` dicts) at ``points`` uniformly spaced t; scored with
+    the models' own prompt convention unless ``separator`` is given."""
     import torch
 
+    from modelmix.devices import check_device
     from modelmix.eval.data import coerce_examples
 
+    device = check_device(device)
     ts = grid(points)
     if metric is not None:
         check_metric(metric, ("exact_match",))
@@ -115,7 +136,7 @@ def lmc_curve(
     sa, sb = read_state_dict(cks[0]), read_state_dict(cks[1])
     for ck in cks:
         ck.close()
-    em = load_skeleton(cks[0].model_dir, device)
+    em = load_skeleton(cks[0].model_dir, device, separator)
     buf = {k: torch.empty_like(v) for k, v in sa.items() if v.is_floating_point()}
     theta = {k: buf.get(k, v) for k, v in sa.items()}
     names = ["loss"] + ([metric] if metric else [])
@@ -135,16 +156,12 @@ def lmc_curve(
                      str(a), str(b))
 
 
-def check_png(path: str | Path) -> Path:
-    """The PNG target must be in an existing directory (checked before any evaluation)."""
-    p = Path(path)
-    if p.suffix.lower() != ".png":
-        raise OutputError(f"--png {p}: the plot is written as PNG; give a file name ending in .png.")
-    if not p.parent.absolute().is_dir():
-        raise OutputError(f"Cannot write {p}: directory {p.parent} does not exist.")
-    if p.is_dir():
-        raise OutputError(f"Cannot write {p}: it is a directory.")
-    return p
+def check_png(path: str | Path, inputs: Sequence[tuple[str, str | Path]] = ()) -> Path:
+    """The PNG target: a .png file in an existing directory, not on or inside an input (checked before any
+    evaluation)."""
+    from modelmix.io.outputs import check_output_file
+
+    return check_output_file(path, inputs=inputs, suffix=".png", what="--png")
 
 
 def plot_curve(result: LMCResult, path: str | Path) -> Path:
@@ -172,18 +189,22 @@ def plot_curve(result: LMCResult, path: str | Path) -> Path:
             handles, labels = handles + h2, labels + l2
         ax.legend(handles, labels, loc="best")
         fig.tight_layout()
-        try:
-            fig.savefig(p, format="png", dpi=100)
-        except OSError as e:
-            raise OutputError(f"Cannot write {p}: {e.strerror or e}.") from None
+        import io
+
+        from modelmix.io.outputs import write_file_atomic
+
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=100)
+        write_file_atomic(p, buf.getvalue(), what="plot")
     finally:
         plt.close(fig)
     return p
 
 
-def merge_at(a: str | Path, b: str | Path, t: float, out_dir: str | Path, *, overwrite: bool = False) -> Path:
+def merge_at(a: str | Path, b: str | Path, t: float, out_dir: str | Path, *, overwrite: bool = False,
+             protect: Sequence[tuple[str, str | Path]] = ()) -> Path:
     """Write ``(1 - t) a + t b`` through the streaming engine (a ``linear`` recipe with weights 1-t, t)."""
     if not 0.0 <= t <= 1.0:
         raise InputError(f"Interpolation weight t must be within [0, 1], got {t}.")
-    check_out(out_dir, overwrite)
-    return write_linear([str(a), str(b)], [1.0 - t, t], out_dir, overwrite=overwrite)
+    check_out(out_dir, overwrite, [a, b], [p for _, p in protect])
+    return write_linear([str(a), str(b)], [1.0 - t, t], out_dir, overwrite=overwrite, protect=protect)

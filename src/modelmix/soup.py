@@ -96,13 +96,16 @@ def read_state_dict(ck: Checkpoint) -> dict[str, torch.Tensor]:
     return out
 
 
-def load_skeleton(path: str | Path, device: str = "cpu") -> EvalModel:
-    """One float32 model + tokenizer that every candidate's weights are copied into."""
+def load_skeleton(path: str | Path, device: str = "cpu", separator: str | None = None) -> EvalModel:
+    """One float32 model + tokenizer that every candidate's weights are copied into; it scores with the
+    model's own prompt convention unless ``separator`` overrides it."""
     from modelmix.eval.models import EvalModel
 
     em = EvalModel.from_pretrained(path, device=device)
     if em.kind != "decoder":
         raise InputError(f"{path} is not a causal LM; soups and LMC evaluate loss/exact_match of decoders.")
+    if separator is not None:
+        em.separator = separator
     return em
 
 
@@ -123,12 +126,12 @@ def load_eval_examples(path: str | Path) -> list[dict[str, Any]]:
     return load_examples(path, "decoder")
 
 
-def check_out(out_dir: str | Path | None, overwrite: bool) -> None:
-    """Fail on an unusable output location before any evaluation is paid for."""
-    if out_dir is not None:
-        from modelmix.io.writer import check_target
+def check_out(out_dir: str | Path | None, overwrite: bool, models: Sequence[str | Path] = (),
+              files: Sequence[str | Path | None] = ()) -> None:
+    """Fail on an unusable output location (or one on, in or around an input) before any evaluation."""
+    from modelmix.io.outputs import check_model_output
 
-        check_target(Path(out_dir).absolute(), overwrite)
+    check_model_output(out_dir, overwrite=overwrite, models=models, files=files)
 
 
 # ------------------------------------------------------------------------------------------ soups
@@ -176,6 +179,7 @@ def model_soup(
     device: str = "cpu",
     batch_size: int | None = None,
     keep_state_dict: bool = False,
+    separator: str | None = None,
     log: Log | None = None,
 ) -> SoupResult:
     """Uniform (default) or greedy soup of ``models`` scored by ``metric`` on held-out ``examples``.
@@ -183,20 +187,26 @@ def model_soup(
     ``examples``: a JSONL path or a list of ``{"input", "output"}`` dicts. With ``out_dir`` the final soup
     is written through the streaming engine as an HF directory. A single model is accepted (its soup is
     itself); the CLI asks for two or more. ``log`` receives one line per step (the trajectory).
+    ``separator``: text between input and output when scoring (None: the models' own convention).
     """
+    from modelmix.devices import check_device
+
     say = log or (lambda _s: None)
     check_metric(metric)
+    device = check_device(device)
     if len(models) == 0:
         raise InputError("A soup needs at least one model.")
     if len({str(Path(m)) for m in models}) != len(models):
         raise InputError("The same model is listed twice; each model may appear once in a soup.")
-    check_out(out_dir, overwrite)
+    ex_file = examples if isinstance(examples, (str, Path)) else None
+    check_out(out_dir, overwrite, models, [ex_file])
     from modelmix.eval.data import coerce_examples
+    from modelmix.io.outputs import input_list
 
     exs = coerce_examples(examples, "decoder")
     cks = open_models(models)
     names = [str(m) for m in models]
-    em = load_skeleton(cks[0].model_dir, device)
+    em = load_skeleton(cks[0].model_dir, device, separator)
 
     individual: dict[str, float] = {}
     for name, ck in zip(names, cks, strict=True):
@@ -238,7 +248,8 @@ def model_soup(
     del acc
     result = SoupResult(metric, greedy, individual, kept, final_score, trajectory, None, state)
     if out_dir is not None:
-        result.out_dir = write_linear(kept, [1.0] * len(kept), out_dir, overwrite=overwrite)
+        result.out_dir = write_linear(kept, [1.0] * len(kept), out_dir, overwrite=overwrite,
+                                      protect=input_list(files=[ex_file]))
         say(f"wrote the soup of {len(kept)} model(s) to {result.out_dir}")
     return result
 
@@ -247,8 +258,10 @@ def _step_line(s: SoupStep, metric: str) -> str:
     return f"step {s.step}: candidate {s.candidate}  soup {metric} {s.score:.6g}  {'kept' if s.kept else 'rejected'}  (size {s.size})"
 
 
-def write_linear(models: Sequence[str], weights: Sequence[float], out_dir: str | Path, *, overwrite: bool) -> Path:
-    """Write ``sum_i w_i model_i / sum_i w_i`` through the streaming engine (a ``linear`` recipe)."""
+def write_linear(models: Sequence[str], weights: Sequence[float], out_dir: str | Path, *, overwrite: bool,
+                 protect: Sequence[tuple[str, str | Path]] = ()) -> Path:
+    """Write ``sum_i w_i model_i / sum_i w_i`` through the streaming engine (a ``linear`` recipe); every
+    model (even one with weight 0) and ``protect`` stay clear of the output."""
     from modelmix.api import merge
 
     recipe = {
@@ -256,4 +269,5 @@ def write_linear(models: Sequence[str], weights: Sequence[float], out_dir: str |
         "models": [{"model": str(Path(m).absolute()), "parameters": {"weight": float(w)}}
                    for m, w in zip(models, weights, strict=True) if w != 0 or len(models) == 1],
     }
-    return merge(recipe, out_dir, overwrite=overwrite).out_dir
+    guard = [*[("input model", Path(m)) for m in models], *protect]
+    return merge(recipe, out_dir, overwrite=overwrite, protect=guard).out_dir

@@ -6,8 +6,11 @@ in float32 costs >1 GB, and more for bigger vocabularies, so instead these metho
 chunks several times in order: statistics passes (histograms of the float bits for exact selection, float64
 sums), then one pass that produces and emits each output chunk. Memory stays at a few chunks whatever the
 tensor size; re-reading comes from the page cache. Results equal the whole-tensor reference functions in
-``modelmix.methods`` (bit for bit for masks and random draws; sums are accumulated in float64, so L1 and
-SLERP scale factors can differ from the float32 reference in the last bits).
+``modelmix.methods`` bit for bit: masks and random draws are functions of the element index, and every
+float64 statistic (L1 norms, dots) is a fixed-partition reduction (``modelmix.kernels.reduce``: per-row
+partials, rows added in order, the running total carried from chunk to chunk), so neither the chunking nor
+the thread count changes a bit. The executor runs every tensor of these methods through its streamer,
+whatever its size (a tensor up to the chunk size as one in-memory chunk), so one implementation computes it.
 
 A streamer is ``fn(src, **params)`` where ``src`` is a :class:`ChunkSource`; ``STREAMERS`` maps method names
 to ``(streamer, applies(shape, params) -> bool)``.
@@ -25,11 +28,12 @@ from torch import Tensor
 
 from modelmix.errors import ConfigError
 from modelmix.kernels import backend as kb
+from modelmix.kernels import reduce as red
 from modelmix.kernels.backend import kernels
 from modelmix.kernels.masks import _RESCALE_EPS, della_keep_prob, model_seed, normalize_rescale, uniforms
 from modelmix.kernels.select import _HI_BINS, _LO_BINS, Selection, _kth_from_top
 from modelmix.methods._gta import combine_deltas
-from modelmix.methods.slerp import DOT_THRESHOLD, NORM_EPS
+from modelmix.methods.slerp import nuslerp_coeffs, slerp_coeffs
 
 
 class ChunkSource(Protocol):
@@ -195,6 +199,10 @@ def _gta_stream(sparsifier: str | None, consensus: bool, default_normalize: bool
         lam = float(p.get("lambda", 1.0))
         cons = p.get("consensus_method", "sum") if consensus else None
         seed = int(p.get("seed", 0))
+        if m == 0:  # only the base: the base (the kernels need at least one model)
+            for rows, _xs, b in src.chunks():
+                src.emit(rows, b.clone())
+            return
         active = [sparsifier is not None and density[i] < 1 for i in range(m)]
         if sparsifier == "della":
             for i in range(m):
@@ -269,12 +277,13 @@ def _gta_stream(sparsifier: str | None, consensus: bool, default_normalize: bool
             before = [0.0] * m
             after = [0.0] * m
             sp = sparsifiers()
+            row = red.row_len(src.shape)
             for _rows, xs, b in src.chunks():
                 for i in range(m):
                     if active[i]:
                         d = xs[i] - b
-                        before[i] += float(d.abs().sum(dtype=torch.float64))
-                        after[i] += float(sp[i](d, xs[i])[0].abs().sum(dtype=torch.float64))
+                        before[i] = red.carry(before[i], red.row_partials(d.abs(), row))
+                        after[i] = red.carry(after[i], red.row_partials(sp[i](d, xs[i])[0].abs(), row))
             for i in range(m):
                 if active[i] and before[i] >= _RESCALE_EPS and after[i] >= _RESCALE_EPS:
                     scale[i] = before[i] / after[i]
@@ -344,13 +353,14 @@ def _gta_fused(src, sparsifier, ks, sels, active, density, weights, rescale, nor
     scale = np.ones(m, dtype=np.float32)
     if rescale == "l1" and any(active):
         sums = np.zeros((m, 2), dtype=np.float64)
+        row = red.row_len(src.shape)
 
         def l1(rows, xs, b, nh, nl, pos):
             bn = b.reshape(-1).numpy()
             for i in range(m):
                 if active[i]:
-                    K.l1_sums(xs[i].reshape(-1).numpy(), bn, modes[i], thr_hi_a[i], nh[i], thr_lo_a[i], nl[i],
-                                  useeds[i], pos, q_a[i], sums[i])
+                    K.l1_sums(xs[i].reshape(-1).numpy(), bn, row, modes[i], thr_hi_a[i], nh[i], thr_lo_a[i], nl[i],
+                              useeds[i], pos, q_a[i], sums[i])
 
         sweep(l1)
         for i in range(m):
@@ -376,33 +386,16 @@ def _gta_fused(src, sparsifier, ks, sels, active, density, weights, rescale, nor
 
 
 # ------------------------------------------------------------------------------------------ slerp
-def _slerp_coeffs(ss_a: float, ss_b: float, dot: float, t: float, numel: int) -> tuple[Tensor, Tensor]:
-    """(ca, cb) with out = ca * a + cb * b, from whole-tensor sums (float64), as ``methods.slerp``."""
-    na, nb = math.sqrt(ss_a), math.sqrt(ss_b)
-    na = na if na > NORM_EPS else 1.0
-    nb = nb if nb > NORM_EPS else 1.0
-    cos = torch.tensor(max(-1.0, min(1.0, dot / (na * nb))), dtype=torch.float32)
-    if numel == 0 or cos.abs().item() > DOT_THRESHOLD:
-        return torch.tensor(1 - t, dtype=torch.float32), torch.tensor(t, dtype=torch.float32)
-    theta = torch.acos(cos)
-    return torch.sin((1 - t) * theta) / torch.sin(theta), torch.sin(t * theta) / torch.sin(theta)
-
-
 def _slerp_stream(src: ChunkSource, *, t: float, **_: Any) -> None:
     K = kernels() if getattr(src, "device", "cpu") == "cpu" else None
     if K is not None and hasattr(K, "axpby_bf16") and getattr(src, "raw_bf16", False):
         return _slerp_raw(src, K, t)
     use_fused = K is not None
+    row = red.row_len(src.shape)
     acc = np.zeros(3, dtype=np.float64)
     for _rows, xs, a in src.chunks():
-        b = xs[0]
-        if use_fused:
-            K.dot_stats(a.reshape(-1).numpy(), b.reshape(-1).numpy(), acc)
-        else:
-            acc[0] += float(a.square().sum(dtype=torch.float64))
-            acc[1] += float(b.square().sum(dtype=torch.float64))
-            acc[2] += float((a.double() * b.double()).sum())
-    ca, cb = _slerp_coeffs(*(float(v) for v in acc), t, src.numel)
+        red.dot_stats(a, xs[0], row, acc)
+    ca, cb = slerp_coeffs(*(float(v) for v in acc), t, src.numel)
     out = np.empty(0, dtype=np.float32)
     for rows, xs, a in src.chunks():
         if use_fused:
@@ -418,102 +411,100 @@ def _slerp_stream(src: ChunkSource, *, t: float, **_: Any) -> None:
 def _slerp_raw(src: Any, K: Any, t: float) -> None:
     """SLERP straight from bf16 bits into the output buffer (sources offering ``raw_chunks``): the same
     float operations as the float32 path without its conversion passes."""
+    row = red.row_len(src.shape)
     acc = np.zeros(3, dtype=np.float64)
     for rows, xs, a in src.raw_chunks():
-        if not K.dot_stats_bf16(a, xs[0], acc):
+        if not K.dot_stats_bf16(a, xs[0], row, acc):
             src.invalid(rows)  # raises the usual NaN/Inf error naming model and tensor
             raise AssertionError("non-finite bf16 input not reported")
-    ca, cb = _slerp_coeffs(*(float(v) for v in acc), t, src.numel)
+    ca, cb = slerp_coeffs(*(float(v) for v in acc), t, src.numel)
     for rows, xs, a in src.raw_chunks():
         K.axpby_bf16(a, xs[0], np.float32(ca), np.float32(cb), src.out_buffer(rows))
         src.emit_buffer(rows)
 
 
 # ------------------------------------------------------------------------------------------ model stock, nuslerp
-def _dot64(a: Tensor, b: Tensor) -> float:
-    """Dot product of two flat float32 tensors accumulated in float64 (compiled kernel on the CPU)."""
-    K = kernels() if a.device.type == "cpu" else None
-    if K is None:
-        return float(torch.dot(a.double(), b.double()))
-    acc = np.zeros(3, dtype=np.float64)
-    K.dot_stats(a.contiguous().numpy(), b.contiguous().numpy(), acc)
-    return float(acc[2])
-
-
 def _model_stock_stream(src: ChunkSource, *, filter_wise: bool = False, **_: Any) -> None:
     """Model Stock in row chunks: filter-wise ratios need only whole rows (each chunk runs the reference);
-    the per-tensor ratio takes a statistics pass (float64 norms and pairwise dots of the task vectors)."""
-    from modelmix.methods.model_stock import model_stock
+    the per-tensor ratio takes a statistics pass (fixed-partition float64 norms and pairwise dots of the task
+    vectors, as the reference computes them)."""
+    from modelmix.methods.model_stock import model_stock, stock_ratio
 
     if filter_wise and len(src.shape) >= 2:
         for rows, xs, b in src.chunks():
             src.emit(rows, model_stock(xs, base=b, filter_wise=True))
         return
-    sums: dict[tuple[int, int], float] = {}
+    row = red.row_len(src.shape)
+    stats: dict[tuple[int, int], np.ndarray] = {}
+    n = 0
     for _rows, xs, b in src.chunks():
-        offs = [(x - b).reshape(-1) for x in xs]
-        for i in range(len(offs)):
-            for j in range(i, len(offs)):
-                sums[(i, j)] = sums.get((i, j), 0.0) + _dot64(offs[i], offs[j])
-    n = len(offs) if sums else 0
-    norms = [math.sqrt(sums.get((i, i), 0.0)) for i in range(n)]
-    cosines = [max(-1.0, min(1.0, sums[(i, j)] / max(norms[i] * norms[j], 1e-6)))
-               for i in range(n) for j in range(i + 1, n)]
-    cos = sum(cosines) / len(cosines) if cosines else 0.0
-    denom = 1 + (n - 1) * cos
-    t = torch.tensor(0.0 if abs(denom) < 1e-6 else n * cos / denom, dtype=torch.float32)
+        n = len(xs)
+        offs = [x - b for x in xs]
+        for i in range(n):
+            for j in range(i + 1, n):
+                red.dot_stats(offs[i], offs[j], row, stats.setdefault((i, j), np.zeros(3, dtype=np.float64)))
+    if not n:
+        return
+    t = stock_ratio(n, {k: float(v[2]) for k, v in stats.items()}, _self_dots(n, stats))
     for rows, xs, b in src.chunks():
         average = sum(xs) / len(xs)
         src.emit(rows, t * average + (1 - t) * b)
 
 
+def _self_dots(n: int, stats: dict[tuple[int, int], np.ndarray]) -> list[float]:
+    """Each task vector's squared norm, from the first pair statistics that hold it (every pair computes it
+    by the same fixed procedure)."""
+    out = []
+    for i in range(n):
+        if i + 1 < n:
+            out.append(float(stats[(i, i + 1)][0]))
+        else:
+            out.append(float(stats[(i - 1, i)][1]) if i > 0 else 0.0)
+    return out
+
+
 def _nuslerp_stream(src: ChunkSource, *, weight: list[float], nuslerp_row_wise: bool = False,
                     nuslerp_flatten: bool = True, **_: Any) -> None:
-    """nuslerp in row chunks: per-row slerp needs only whole rows; whole-tensor and per-column slerp take
-    a statistics pass (float64 squared norms and dot, per tensor or per column) and then one apply pass."""
-    from modelmix.methods.slerp import _nuslerp_vectors
+    """nuslerp in row chunks: per-row slerp needs only whole rows (each chunk runs the reference); whole-tensor
+    and per-column slerp take a statistics pass (float64 squared norms and dot: per tensor by the fixed
+    partition, per column added row by row in order) and then one apply pass."""
+    from modelmix.methods.slerp import nuslerp
 
-    total = weight[0] + weight[1]
-    t = 0.5 if abs(total) < 1e-6 else weight[1] / total
     per_row = not nuslerp_flatten and not nuslerp_row_wise and len(src.shape) >= 2
     per_col = not nuslerp_flatten and nuslerp_row_wise and len(src.shape) >= 2
+    if per_row:
+        for rows, xs, b in src.chunks():
+            src.emit(rows, nuslerp(xs, base=b, weight=weight, nuslerp_flatten=False))
+        return
+    total = weight[0] + weight[1]
+    t = 0.5 if abs(total) < 1e-6 else weight[1] / total
 
     def vecs(xs, b):
         return (xs[0] - b, xs[1] - b) if b is not None else (xs[0], xs[1])
 
-    if per_row:
-        for rows, xs, b in src.chunks():
-            v0, v1 = vecs(xs, b)
-            out = _nuslerp_vectors(t, v0, v1)
-            src.emit(rows, out + b if b is not None else out)
-        return
-    stats = None
+    row = red.row_len(src.shape)
+    acc = np.zeros(3, dtype=np.float64)
+    cols: list[Tensor | None] = [None, None, None]
+    seen = False
     for _rows, xs, b in src.chunks():
+        seen = True
         v0, v1 = vecs(xs, b)
         if per_col:
-            v0, v1 = (v.double().reshape(v.shape[0], -1) for v in (v0, v1))
-            part = torch.stack([(v0 * v0).sum(0), (v1 * v1).sum(0), (v0 * v1).sum(0)])
+            v0, v1 = (v.reshape(v.shape[0], -1).double() for v in (v0, v1))
+            cols = [red.col_sums(p, c) for p, c in zip((v0 * v0, v1 * v1, v0 * v1), cols, strict=True)]
         else:
-            v0, v1 = v0.reshape(-1), v1.reshape(-1)
-            part = torch.tensor([_dot64(v0, v0), _dot64(v1, v1), _dot64(v0, v1)], dtype=torch.float64, device=v0.device)
-        stats = part if stats is None else stats + part
-    if stats is None:
+            red.dot_stats(v0, v1, row, acc)
+    if not seen:
         return
-    n0 = stats[0].sqrt().clamp(min=1e-7)
-    n1 = stats[1].sqrt().clamp(min=1e-7)
-    cos = (stats[2] / (n0 * n1)).clamp(-1, 1)
-    colinear = (1 - cos.square()) <= 1e-16
-    theta = torch.acos(torch.where(colinear, torch.zeros_like(cos), cos))
-    sin_t = torch.where(colinear, torch.ones_like(theta), torch.sin(theta))
-    c0 = torch.where(colinear, torch.full_like(cos, 1 - t), torch.sin((1 - t) * theta) / sin_t).float()
-    c1 = torch.where(colinear, torch.full_like(cos, t), torch.sin(t * theta) / sin_t).float()
+    stats = torch.stack(cols) if per_col else torch.tensor(acc, dtype=torch.float64)  # type: ignore[arg-type]
+    c0, c1 = nuslerp_coeffs(stats, t)
     for rows, xs, b in src.chunks():
         v0, v1 = vecs(xs, b)
         if per_col:
             shape = v0.shape
-            out = (c0 * v0.reshape(shape[0], -1) + c1 * v1.reshape(shape[0], -1)).reshape(shape)
+            out = (c0.to(v0.device) * v0.reshape(shape[0], -1) + c1.to(v0.device) * v1.reshape(shape[0], -1)).reshape(shape)
         else:
-            out = c0 * v0 + c1 * v1
+            out = c0.to(v0.device) * v0 + c1.to(v0.device) * v1
         src.emit(rows, out + b if b is not None else out)
 
 

@@ -50,23 +50,21 @@ class AnalysisReport:
     def write_pngs(self, out_dir: str | Path) -> list[Path]:
         """Write the plots as PNG files into ``out_dir`` (created); returns their paths."""
         from modelmix.analysis.render import figures
+        from modelmix.io.outputs import os_error, write_file_atomic
 
         d = Path(out_dir)
-        d.mkdir(parents=True, exist_ok=True)
-        paths = []
-        for name, png in figures(self.data).items():
-            p = d / f"{name}.png"
-            p.write_bytes(png)
-            paths.append(p)
-        return paths
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise os_error(e, d, what="--png-dir") from None
+        return [write_file_atomic(d / f"{name}.png", png, what="plot") for name, png in figures(self.data).items()]
 
     def write_html(self, path: str | Path) -> Path:
         """Write a self-contained HTML report (findings first, plots embedded as base64 data URIs)."""
         from modelmix.analysis.render import html_report
+        from modelmix.io.outputs import write_file_atomic
 
-        p = Path(path)
-        p.write_text(html_report(self.data, self.findings), encoding="utf-8")
-        return p
+        return write_file_atomic(path, html_report(self.data, self.findings), what="HTML report")
 
 
 def _display_names(refs: Sequence[str]) -> list[str]:
@@ -100,13 +98,15 @@ def analyze(
     lmc_points: int = 11,
     workers: int | None = None,
     allow_pickle: bool = False,
+    separator: str | None = None,
 ) -> AnalysisReport:
     """Analyse the task vectors ``M_i - base``: norms, cosines, top-k sign conflicts and overlap.
 
     Needs at least two models besides the base (every statistic but the norm is pairwise). With
     ``examples`` (decoder JSONL files, one per task) each model and the base are scored per task; with
     exactly two models the loss along the linear path between them is added. All inputs are validated
-    (paths, architectures, vocabularies, example files) before any weight is read.
+    (paths, architectures, vocabularies, example files) before any weight is read. Examples are scored
+    with each model's own prompt convention unless ``separator`` is given.
     """
     from modelmix.analysis.stats import TensorStats, stream_stats
     from modelmix.io.checkpoint import Checkpoint
@@ -120,13 +120,9 @@ def analyze(
             f"analyze compares task vectors pairwise, so it needs at least two models besides the base; got "
             f"{len(refs)}. Pass the base with --base and two or more fine-tuned models."
         )
-    if device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
-        raise InputError(f"Unknown device {device!r}; use cpu or cuda.")
-    if str(device).startswith("cuda"):
-        import torch
+    from modelmix.devices import check_device
 
-        if not torch.cuda.is_available():
-            raise InputError("--device cuda was given but no CUDA device is available.")
+    device = check_device(device)
     tasks = None
     if examples:
         from modelmix.analysis.tasks import validate_examples
@@ -205,7 +201,7 @@ def analyze(
         paths = {"base": Path(str(base)), **{names[i]: Path(refs[i]) for i in range(m)}}
         if "base" in names:
             paths = {"base (reference)": paths.pop("base"), **paths}
-        scores = score_models(paths, tasks, list(metrics), device)
+        scores = score_models(paths, tasks, list(metrics), device, separator)
         base_key = next(iter(paths))
         base_scores = scores.pop(base_key)
         best: dict[str, list[str]] = {}
@@ -222,7 +218,7 @@ def analyze(
             "coverage": {n: [t for t, b in best.items() if n in b] for n in names},
         }
         if m == 2:
-            curve = lmc_curve(Path(refs[0]), Path(refs[1]), tasks, device, points=lmc_points)
+            curve = lmc_curve(Path(refs[0]), Path(refs[1]), tasks, device, points=lmc_points, separator=separator)
             data["lmc"] = {"models": names[:2], **curve}
     data["seconds"] = round(time.perf_counter() - t0, 3)
     return AnalysisReport(data=data, findings=derive_findings(data))

@@ -10,26 +10,34 @@ from pathlib import Path
 
 import click
 
+from modelmix.cli_common import (
+    Command,
+    device_option,
+    examples_option,
+    join_models,
+    models_argument,
+    separator_option,
+)
 from modelmix.errors import OutputError
 
 
-def _check_outputs(html_out: str | None, png_dir: str | None) -> None:
-    """Fail before the (long) analysis if an output location cannot be written."""
+def _check_outputs(html_out: str | None, png_dir: str | None, inputs: list) -> None:
+    """Fail before the (long) analysis if an output location cannot be written or is an input."""
+    from modelmix.io.outputs import check_output_file, guard_inputs
+
     if html_out is not None:
-        p = Path(html_out)
-        if p.is_dir():
-            raise OutputError(f"--html {p} is a directory; give a file name such as report.html.")
-        if not p.parent.resolve().is_dir():
-            raise OutputError(f"--html {p}: the directory {p.parent} does not exist.")
-    if png_dir is not None and Path(png_dir).exists() and not Path(png_dir).is_dir():
-        raise OutputError(f"--png-dir {png_dir} exists and is not a directory.")
+        check_output_file(html_out, inputs=inputs, what="--html")
+    if png_dir is not None:
+        guard_inputs(png_dir, inputs, what="--png-dir")
+        if Path(png_dir).exists() and not Path(png_dir).is_dir():
+            raise OutputError(f"--png-dir {png_dir} exists and is not a directory.")
 
 
-@click.command("analyze")
+@click.command("analyze", cls=Command)
 @click.option("--base", "base", required=True, help="The common base model (task vectors are M_i - base).")
-@click.argument("models", nargs=-1, required=True)
-@click.option("--examples", "examples", multiple=True, type=click.Path(dir_okay=False),
-              help="Decoder JSONL {input, output} file, one per task (repeatable): per-task loss, coverage, LMC.")
+@models_argument("M1 M2 ...")
+@examples_option(required=False, multiple=True,
+                 help="Decoder JSONL {input, output} file, one per task (repeatable): per-task loss, coverage, LMC.")
 @click.option("--html", "html_out", type=click.Path(dir_okay=False), default=None, help="Write a self-contained HTML report.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object on stdout.")
 @click.option("--png-dir", type=click.Path(file_okay=False), default=None, help="Write the plots as PNG files here.")
@@ -37,22 +45,27 @@ def _check_outputs(html_out: str | None, png_dir: str | None) -> None:
               help="Fraction of largest-magnitude entries per tensor used for sign conflict and overlap.")
 @click.option("--metric", "metrics", multiple=True, default=("loss",), show_default=True,
               type=click.Choice(["loss", "exact_match"]), help="Task metrics with --examples (exact_match generates: slower).")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@separator_option()
+@device_option()
 @click.option("--threads", type=click.IntRange(1, 64), default=None, help="Worker threads (default: cores, at most 4).")
 @click.option("--allow-pickle", is_flag=True, help="Allow pickle (.bin) checkpoints, loaded with weights_only=True.")
-@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
-@click.pass_context
-def analyze(ctx, base, models, examples, html_out, as_json, png_dir, top_k, metrics, device, threads, allow_pickle, debug):
-    """Analyse how the task vectors of MODELS (relative to --base) interfere: norms, cosine similarity, sign
+def analyze(base, models, models_opt, examples, html_out, as_json, png_dir, top_k, metrics, separator, device,
+            threads, allow_pickle):
+    """Analyse how the task vectors of M1 M2 ... (relative to --base) interfere: norms, cosine similarity, sign
     conflicts and overlap among the top-k magnitudes, per layer and overall; with --examples also per-task
-    scores and the loss along the linear path between two models. Prints findings (or --json)."""
-    if ctx.obj is not None:
-        ctx.obj["debug"] = ctx.obj.get("debug", False) or debug
+    scores and the loss along the linear path between two models. Prints findings (or --json).
+
+    Example: modelmix analyze --base base ft1 ft2 --examples task1.jsonl --examples task2.jsonl --html report.html
+    """
     from modelmix.analysis.api import analyze as run
 
-    _check_outputs(html_out, png_dir)
+    models = join_models(models, models_opt, at_least=2)
+    inputs = [("base model", Path(base)), *[("input model", Path(m)) for m in models],
+              *[("examples file", Path(e)) for e in examples]]
+    _check_outputs(html_out, png_dir, inputs)
     report = run(base, list(models), examples=list(examples) or None, top_k=top_k, device=device,
-                 metrics=list(dict.fromkeys(metrics)), workers=threads, allow_pickle=allow_pickle)
+                 metrics=list(dict.fromkeys(metrics)), workers=threads, allow_pickle=allow_pickle,
+                 separator=separator)
     if html_out is not None:
         report.write_html(html_out)
     if png_dir is not None:

@@ -32,7 +32,7 @@ from modelmix.errors import InputError
 from modelmix.io.checkpoint import Checkpoint
 from modelmix.io.safetensors_file import FileReader
 from modelmix.kernels.select import select_kth
-from modelmix.plan import layer_index
+from modelmix.planner import layer_index
 
 CHUNK_ELEMS = 1 << 20  # elements per row chunk: temporaries of a few MiB stay cache-friendly
 KEEP_BYTES = 128 << 20  # hold all models' float32 task vectors of a tensor at once up to this size
@@ -100,10 +100,15 @@ class StreamResult:
 
 def check_compatible(base: Checkpoint, models: Sequence[Checkpoint]) -> list[str]:
     """Names of the floating-point tensors to analyse; InputError if names, shapes or vocabularies differ."""
-    names = base.names()
+    def weights(ck: Checkpoint) -> list[str]:
+        # integer buffers (position_ids, ...) are not weights: some savers drop them and HF rebuilds them,
+        # so one model having them and another not is no architecture difference (as ``merge`` treats them)
+        return [n for n in ck.names() if ck.entry(n).dtype.is_floating_point]
+
+    names = weights(base)
     base_set = set(names)
     for m in models:
-        other = set(m.names())
+        other = set(weights(m))
         missing, extra = sorted(base_set - other), sorted(other - base_set)
         if missing or extra:
             parts = []
@@ -127,7 +132,7 @@ def check_compatible(base: Checkpoint, models: Sequence[Checkpoint]) -> list[str
                     + (" (align the vocabularies first, e.g. merge with tokenizer_source)." if vocab else ".")
                 )
         _check_vocab(base, m)
-    return [n for n in names if base.entry(n).dtype.is_floating_point and base.entry(n).numel > 0]
+    return [n for n in names if base.entry(n).numel > 0]
 
 
 def _check_vocab(base: Checkpoint, m: Checkpoint) -> None:

@@ -44,78 +44,38 @@ def validate_examples(paths: Sequence[str | Path]) -> dict[str, Path]:
 
 
 def score_models(
-    paths: dict[str, Path], tasks: dict[str, Path], metrics: Sequence[str], device: str
+    paths: dict[str, Path], tasks: dict[str, Path], metrics: Sequence[str], device: str,
+    separator: str | None = None,
 ) -> dict[str, dict[str, dict[str, float]]]:
-    """``{model name: {task: {metric: value}}}``; each model is loaded once."""
+    """``{model name: {task: {metric: value}}}``; each model is loaded once and scored with its own prompt
+    convention (or ``separator``)."""
     from modelmix.eval import EvalModel, evaluate
 
     scores: dict[str, dict[str, dict[str, float]]] = {}
     for name, path in paths.items():
         em = EvalModel.from_pretrained(path, device=device)
-        scores[name] = {t: evaluate(em, str(f), list(metrics)) for t, f in tasks.items()}
+        scores[name] = {t: evaluate(em, str(f), list(metrics), separator=separator) for t, f in tasks.items()}
         del em
     return scores
 
 
 def lmc_curve(
-    path_a: Path, path_b: Path, tasks: dict[str, Path], device: str, points: int = 11
+    path_a: Path, path_b: Path, tasks: dict[str, Path], device: str, points: int = 11,
+    separator: str | None = None,
 ) -> dict[str, Any]:
     """Loss at ``(1 - alpha) * A + alpha * B`` for ``points`` evenly spaced alphas, per task, with the
-    barrier (max of loss minus the chord between the endpoint losses) and the best alpha.
-
-    Uses :func:`modelmix.lmc.lmc_curve` (the ``modelmix lmc`` implementation) when available.
+    barrier (max of loss minus the chord between the endpoint losses) and the best alpha, computed by
+    :func:`modelmix.lmc.lmc_curve` (the ``modelmix lmc`` implementation).
     """
-    try:
-        from modelmix.lmc import barrier_height
-        from modelmix.lmc import lmc_curve as lmc_impl
-    except ImportError:
-        res = _own_lmc_curve(path_a, path_b, tasks, device, points)
-        res["barrier"] = {t: max(v - ((1 - a) * ls[0] + a * ls[-1]) for a, v in zip(res["alphas"], ls, strict=True))
-                          for t, ls in res["loss"].items()}
-    else:
-        loss: dict[str, list[float]] = {}
-        barrier: dict[str, float] = {}
-        alphas: list[float] = []
-        for t, f in tasks.items():
-            r = lmc_impl(path_a, path_b, str(f), points, device=device)
-            alphas, loss[t], barrier[t] = list(r.ts), list(r.losses), barrier_height(r.ts, r.losses)
-        res = {"alphas": alphas, "loss": loss, "barrier": barrier}
+    from modelmix.lmc import barrier_height
+    from modelmix.lmc import lmc_curve as lmc_impl
+
+    loss: dict[str, list[float]] = {}
+    barrier: dict[str, float] = {}
+    alphas: list[float] = []
+    for t, f in tasks.items():
+        r = lmc_impl(path_a, path_b, str(f), points, device=device, separator=separator)
+        alphas, loss[t], barrier[t] = list(r.ts), list(r.losses), barrier_height(r.ts, r.losses)
+    res: dict[str, Any] = {"alphas": alphas, "loss": loss, "barrier": barrier}
     res["best_alpha"] = {t: res["alphas"][min(range(len(ls)), key=lambda i: (ls[i], i))] for t, ls in res["loss"].items()}
     return res
-
-
-def _own_lmc_curve(
-    path_a: Path, path_b: Path, tasks: dict[str, Path], device: str, points: int = 11
-) -> dict[str, Any]:
-    """Fallback when ``modelmix.lmc`` is unavailable: the loss at ``(1 - alpha) * A + alpha * B``.
-
-    Weights are interpolated with ``modelmix.api.merge_tensors("linear", ...)`` (the same code a recipe
-    runs), tensor by tensor, and copied into one loaded model.
-    """
-    import torch
-
-    from modelmix.api import merge_tensors
-    from modelmix.eval import EvalModel, evaluate
-    from modelmix.io.checkpoint import Checkpoint
-
-    ca, cb = Checkpoint(str(path_a)), Checkpoint(str(path_b))
-    try:
-        em = EvalModel.from_pretrained(path_a, device=device)
-        own = em.model.state_dict()
-        names = [n for n in ca.names() if n in own]
-        alphas = [i / (points - 1) for i in range(points)]
-        loss: dict[str, list[float]] = {t: [] for t in tasks}
-        for a in alphas:
-            with torch.no_grad():
-                for n in names:  # one tensor at a time: no second full state dict in memory
-                    ta, tb = ca.read(n), cb.read(n)
-                    if ta.is_floating_point():
-                        own[n].copy_(merge_tensors("linear", [ta, tb], weight=[1 - a, a]))
-                    else:
-                        own[n].copy_(ta)
-            for t, f in tasks.items():
-                loss[t].append(evaluate(em, str(f), "loss")["loss"])
-        return {"alphas": alphas, "loss": loss}
-    finally:
-        ca.close()
-        cb.close()

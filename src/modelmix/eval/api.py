@@ -4,7 +4,7 @@ Stable API::
 
     evaluate(model_or_path, dataset, metric, *, tokenizer=None, batch_size=None, device="cpu",
              max_new_tokens=None, loss_reduction="lmcocktail", loss_group_size=2,
-             separator=" ") -> dict[str, float]
+             separator=None) -> dict[str, float]
 
 * ``model_or_path``: a local HF / sentence-transformers directory, a loaded transformers model (with
   ``tokenizer=`` or a local ``name_or_path``), or an :class:`EvalModel` (the fast path for repeated
@@ -16,8 +16,9 @@ Stable API::
 * ``batch_size``: rows per forward pass; None picks batches by a token budget (recommended).
 * ``device``: only used when a path is loaded; an existing model stays where it is.
 * ``loss_reduction`` / ``loss_group_size``: see ``metrics.loss`` (default: LM-Cocktail's exact number).
-* ``separator``: text between input and output/option for ``loss`` and ``choice`` (LM-Cocktail: ``" "``;
-  ``""`` for models trained on ``input + output``, like the modelmix zoo).
+* ``separator``: text between input and output/option for ``loss`` and ``choice``; None (default) takes the
+  model's own convention (``modelmix.eval.models.prompt_separator``: ``""`` for modelmix zoo models, else
+  LM-Cocktail's ``" "``).
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def evaluate(
     max_new_tokens: int | None = None,
     loss_reduction: str = "lmcocktail",
     loss_group_size: int = 2,
-    separator: str = " ",
+    separator: str | None = None,
 ) -> dict[str, float]:
     """Evaluate a model on a dataset with one or more metrics; returns ``{score name: value}``."""
     from modelmix.eval import metrics as M

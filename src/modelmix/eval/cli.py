@@ -1,12 +1,12 @@
 """``modelmix eval``: score a model on JSONL files or on a model zoo.
 
-    modelmix eval MODEL --data FILE.jsonl [--data ...] [--metric exact_match|loss|choice|retrieval ...]
+    modelmix eval MODEL --examples FILE.jsonl [--examples ...] [--metric exact_match|loss|choice|retrieval ...]
                         [--json] [--batch-size N] [--device cpu|cuda]
     modelmix eval MODEL --zoo DIR [--split test] [--json]
 
 Without ``--metric``, an encoder gets ``retrieval``; a decoder gets ``choice`` when the file's examples
 have ``choices``, else ``exact_match`` and ``loss``. ``--json`` prints one object
-``{"model": MODEL, "scores": {task: {metric: value}}}`` (task = file stem for ``--data``); otherwise a plain
+``{"model": MODEL, "scores": {task: {metric: value}}}`` (task = file stem for ``--examples``); otherwise a plain
 table. torch/transformers are imported only when the command runs, so ``--help`` stays instant. Bad
 input raises a ``ModelmixError`` for the main CLI to report.
 """
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import click
 
+from modelmix.cli_common import Command, device_option, examples_option, join_examples, separator_option
 from modelmix.errors import InputError
 
 METRIC_CHOICES = ("exact_match", "loss", "choice", "retrieval")
@@ -28,7 +29,7 @@ def _default_metrics(kind: str, data_file: Path) -> list[str]:
     if kind == "encoder":
         return ["retrieval"]
     try:
-        with data_file.open(encoding="utf-8") as fh:
+        with data_file.open(encoding="utf-8-sig") as fh:
             first = next((ln for ln in fh if ln.strip()), "")
         has_choices = "choices" in json.loads(first) if first else False
     except (OSError, ValueError, TypeError):
@@ -47,14 +48,14 @@ def format_table(scores: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-@click.command("eval")
+@click.command("eval", cls=Command)
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option(
-    "--data", "data", multiple=True, type=click.Path(path_type=Path), help="JSONL examples (repeatable)."
-)
+@examples_option(required=False, multiple=True, alias="--data",
+                 help="JSONL examples (repeatable); each file is one task, named by its file stem.")
 @click.option("--zoo", type=click.Path(path_type=Path), help="Model zoo directory (with zoo.json).")
 @click.option(
-    "--split", default="test", show_default=True, type=click.Choice(["train", "validation", "test"])
+    "--split", default="test", show_default=True, type=click.Choice(["train", "validation", "test"]),
+    help="Which split of every zoo task to score (with --zoo).",
 )
 @click.option(
     "--metric", "metrics", multiple=True, type=click.Choice(METRIC_CHOICES), help="Metric (repeatable)."
@@ -70,7 +71,7 @@ def format_table(scores: dict[str, dict[str, float]]) -> str:
 @click.option(
     "--batch-size", type=click.IntRange(min=1), default=None, help="Rows per forward pass (default: auto)."
 )
-@click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]))
+@device_option("Device to evaluate on.")
 @click.option(
     "--loss-reduction",
     default="lmcocktail",
@@ -78,15 +79,11 @@ def format_table(scores: dict[str, dict[str, float]]) -> str:
     type=click.Choice(["lmcocktail", "token", "example"]),
     help="How per-token losses are averaged (see docs/evaluation.md).",
 )
-@click.option(
-    "--separator",
-    default=" ",
-    show_default=True,
-    help="Text between input and output for loss/choice (LM-Cocktail: a space; '' for the modelmix zoo's models).",
-)
+@separator_option()
 def eval_command(
     model: Path,
-    data: tuple[Path, ...],
+    examples: tuple[str, ...],
+    examples_alias: tuple[str, ...],
     zoo: Path | None,
     split: str,
     metrics: tuple[str, ...],
@@ -96,11 +93,18 @@ def eval_command(
     batch_size: int | None,
     device: str,
     loss_reduction: str,
-    separator: str,
+    separator: str | None,
 ) -> None:
-    """Evaluate MODEL (a model directory) on --data files or on every matching task of a --zoo."""
+    """Evaluate MODEL (a model directory) on --examples files or on every matching task of a --zoo.
+
+    Example: modelmix eval zoo/experts/addition --zoo zoo
+    """
+    data = [Path(p) for p in join_examples(examples, examples_alias, required=False)]
     if sum(map(bool, (data, zoo, lm_eval_tasks))) != 1:
-        raise click.UsageError("Give one of --data FILE (repeatable), --zoo DIR or --lm-eval TASKS.")
+        raise click.UsageError("Give one of --examples FILE (repeatable), --zoo DIR or --lm-eval TASKS.")
+    from modelmix.devices import check_device
+
+    device = check_device(device)
     if lm_eval_tasks:
         from modelmix.eval.lm_eval_adapter import run_lm_eval
 
@@ -110,19 +114,13 @@ def eval_command(
         _report(model, scores, as_json)
         return
     if zoo and metrics:
-        raise click.UsageError("--metric applies to --data; a zoo defines each task's metric.")
+        raise click.UsageError("--metric applies to --examples; a zoo defines each task's metric.")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # local directories only: never wait on the network
-    import torch
-    from transformers.utils import logging as hf_logging
-
     from modelmix.eval.api import evaluate
     from modelmix.eval.data import METRIC_KIND, load_examples
     from modelmix.eval.models import EvalModel
     from modelmix.eval.zoo_eval import evaluate_zoo, read_manifest
 
-    hf_logging.disable_progress_bar()
-    if device == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda was given but no CUDA GPU is available.")
     if zoo:
         read_manifest(zoo)  # fail on a bad zoo before loading the model
         em = EvalModel.from_pretrained(model, device=device)
@@ -131,7 +129,7 @@ def eval_command(
         stems = [p.stem for p in data]
         if len(set(stems)) != len(stems):
             raise InputError(
-                f"--data files must have distinct names (used as task keys): {', '.join(stems)}."
+                f"--examples files must have distinct names (used as task keys): {', '.join(stems)}."
             )
         for p in data:  # validate every file before paying for the model load
             for kind in {METRIC_KIND[m] for m in metrics} or {_kind_of(p)}:
@@ -157,7 +155,7 @@ def _report(model: Path, scores: dict[str, dict[str, float]], as_json: bool) -> 
 def _kind_of(path: Path) -> str:
     """Best-guess example kind of a file from its first record (for early validation only)."""
     try:
-        with path.open(encoding="utf-8") as fh:
+        with path.open(encoding="utf-8-sig") as fh:
             first = json.loads(next((ln for ln in fh if ln.strip()), "{}"))
     except (OSError, ValueError):
         return "decoder"  # load_examples will report the precise problem

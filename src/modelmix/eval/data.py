@@ -86,7 +86,7 @@ def load_examples(path: str | Path, kind: str = "decoder") -> list[dict[str, Any
         raise DataError(f"Unknown example kind {kind!r}; expected one of {', '.join(KINDS)}.")
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        text = p.read_text(encoding="utf-8-sig")  # a UTF-8 byte-order mark (Windows editors) is not data
     except FileNotFoundError:
         raise DataError(f"Data file {p} does not exist.") from None
     except IsADirectoryError:
@@ -96,6 +96,16 @@ def load_examples(path: str | Path, kind: str = "decoder") -> list[dict[str, Any
     except OSError as e:
         raise DataError(f"Cannot read data file {p}: {e.strerror or e}.") from None
     out: list[dict[str, Any]] = []
+    if text.lstrip().startswith("["):
+        try:
+            whole = json.loads(text)
+        except json.JSONDecodeError:
+            whole = None
+        if isinstance(whole, list) and whole and all(isinstance(e, Mapping) for e in whole):
+            raise DataError(
+                f"{p} holds one JSON array, but modelmix expects JSON Lines: one object per line. Convert it, "
+                f"e.g. with `jq -c '.[]' {p.name} > {p.stem}.jsonl`."
+            )
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -103,7 +113,8 @@ def load_examples(path: str | Path, kind: str = "decoder") -> list[dict[str, Any
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            raise DataError(f"{where}: invalid JSON ({e.msg} at column {e.colno}).") from None
+            hint = " (expected JSON Lines: one complete object per line)" if lineno == 1 and line.strip() in "[{" else ""
+            raise DataError(f"{where}: invalid JSON ({e.msg} at column {e.colno}){hint}.") from None
         out.append(validate_example(obj, kind, where))
     if not out:
         raise DataError(f"Data file {p} contains no examples.")

@@ -30,9 +30,10 @@ Results never depend on the batch size or order beyond float rounding.
     ``group_size`` (2) examples of each group's token-mean NLL, whatever batching is used for speed.
     ``reduction="token"`` is the plain token-weighted mean over all scored tokens; ``"example"`` the mean
     of per-example token-means. The three coincide when every example has the same number of tokens.
-    ``separator`` (default ``" "``, LM-Cocktail's) joins input and output; models trained on the plain
-    concatenation ``input + output`` (the modelmix zoo) are measured without the spurious space by
-    ``separator=""``.
+    ``separator`` joins input and output. By default it is the model's own prompt convention
+    (``EvalModel.separator``, see ``modelmix.eval.models.prompt_separator``): LM-Cocktail's ``" "`` for
+    ordinary models, ``""`` for models trained on the plain concatenation ``input + output`` (the modelmix
+    zoo), which would otherwise be scored on a space they never saw there.
 
 ``choice`` -> ``{"accuracy": ..., "accuracy_norm": ...}``
     Each option is scored as the summed log-probability of the tokens of ``input + " " + option`` after
@@ -186,10 +187,12 @@ def loss(
     reduction: str = "lmcocktail",
     group_size: int = 2,
     max_length: int = 2048,
-    separator: str = " ",
+    separator: str | None = None,
 ) -> dict[str, float]:
-    """Mean per-token NLL of ``output`` given ``input`` (see module docstring for the reductions)."""
+    """Mean per-token NLL of ``output`` given ``input`` (see module docstring for the reductions);
+    ``separator`` None: the model's own convention (``em.separator``)."""
     _require(em, "decoder", "loss")
+    separator = em.separator if separator is None else separator
     if reduction not in LOSS_REDUCTIONS:
         raise InputError(
             f"Unknown loss reduction {reduction!r}; expected one of {', '.join(LOSS_REDUCTIONS)}."
@@ -218,10 +221,12 @@ def loss(
 
 @_threaded
 def choice(
-    em: EvalModel, examples: Sequence[dict[str, Any]], *, batch_size: int | None = None, separator: str = " "
+    em: EvalModel, examples: Sequence[dict[str, Any]], *, batch_size: int | None = None,
+    separator: str | None = None,
 ) -> dict[str, float]:
-    """Multiple-choice accuracy by summed and by per-token log-likelihood."""
+    """Multiple-choice accuracy by summed and by per-token log-likelihood (``separator`` as in :func:`loss`)."""
     _require(em, "decoder", "choice")
+    separator = em.separator if separator is None else separator
     prompts, conts, owner = [], [], []
     for k, e in enumerate(examples):
         for c in e["choices"]:

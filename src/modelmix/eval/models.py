@@ -32,6 +32,9 @@ from torch import Tensor
 from modelmix.errors import InputError
 
 POOLINGS = ("cls", "mean", "max")
+#: config.json key holding a model's prompt convention: the text between a decoder example's input and output
+SEPARATOR_KEY = "modelmix_prompt_separator"
+LMCOCKTAIL_SEPARATOR = " "
 _IGNORABLE_SUFFIXES = (".position_ids", "rotary_emb.inv_freq")
 SMALL_MODEL_PARAMS = 50_000_000
 
@@ -89,6 +92,42 @@ def _st_info(path: Path) -> tuple[Path, str | None, int | None]:
     return tdir, pooling, max_len
 
 
+def prompt_separator(model_dir: str | Path) -> str:
+    """The text a decoder puts between an example's input and output, as the model itself declares it.
+
+    Scoring a model with a convention it was not trained on measures the convention, not the model (the
+    zoo's experts look worse than their base under LM-Cocktail's space). In order:
+
+    1. ``config.json`` key ``modelmix_prompt_separator`` (the zoo writes it; merges copy config.json, so
+       merged models keep it);
+    2. a model inside a modelmix zoo (a ``zoo.json`` in one of the three directories above it that lists
+       the model): ``""``, the zoo's training format ``input + output``;
+    3. LM-Cocktail's ``" "``.
+    Every scoring command takes ``--separator`` to override it.
+    """
+    p = Path(model_dir)
+    try:
+        cfg = json.loads((p / "config.json").read_text(encoding="utf-8"))
+        sep = cfg.get(SEPARATOR_KEY) if isinstance(cfg, dict) else None
+        if isinstance(sep, str):
+            return sep
+    except (OSError, ValueError):
+        pass
+    try:
+        rp = p.resolve()
+        for anc in list(rp.parents)[:3]:
+            mf = anc / "zoo.json"
+            if mf.is_file():
+                models = json.loads(mf.read_text(encoding="utf-8")).get("models") or {}
+                if any((anc / str(spec.get("path", ""))).resolve() == rp for spec in models.values()
+                       if isinstance(spec, dict) and spec.get("type") == "decoder"):
+                    return ""
+                break
+    except (OSError, ValueError, AttributeError):
+        pass
+    return LMCOCKTAIL_SEPARATOR
+
+
 def _detect_kind(config: Any, is_st: bool) -> str:
     if is_st:
         return "encoder"
@@ -132,6 +171,7 @@ class EvalModel:
         pooling: str = "cls",
         max_seq_length: int | None = None,
         name: str | None = None,
+        separator: str = LMCOCKTAIL_SEPARATOR,
     ) -> None:
         if kind not in ("decoder", "encoder"):
             raise InputError(f"EvalModel kind must be 'decoder' or 'encoder', got {kind!r}.")
@@ -141,6 +181,8 @@ class EvalModel:
         self.tokenizer = tokenizer
         self.kind = kind
         self.pooling = pooling
+        #: text between input and output when scoring decoder examples (the model's prompt convention)
+        self.separator = separator
         self.name = name or str(getattr(model, "name_or_path", "") or type(model).__name__)
         n_emb = model.get_input_embeddings().weight.shape[0]
         if len(tokenizer) > n_emb:
@@ -181,6 +223,9 @@ class EvalModel:
         pooling: str | None = None,
     ) -> EvalModel:
         """Load a local HF or sentence-transformers directory onto ``device`` in ``dtype``."""
+        from modelmix.devices import check_device
+
+        device = check_device(device)
         p = Path(path)
         if not p.is_dir():
             raise InputError(
@@ -208,7 +253,8 @@ class EvalModel:
             raise InputError(f"Cannot load the {kind} model in {tdir}: {type(e).__name__}: {e}") from None
         model.to(device)
         return cls(
-            model, tok, kind, pooling=pooling or st_pooling or "cls", max_seq_length=st_max, name=str(p)
+            model, tok, kind, pooling=pooling or st_pooling or "cls", max_seq_length=st_max, name=str(p),
+            separator=prompt_separator(tdir),
         )
 
     @classmethod
@@ -229,7 +275,9 @@ class EvalModel:
         if kind is None:
             kind = "decoder" if hasattr(model, "generate") and hasattr(model, "lm_head") else None
             kind = kind or _detect_kind(model.config, False)
-        return cls(model, tokenizer, kind, pooling=pooling or st_pooling or "cls", max_seq_length=st_max)
+        sep = prompt_separator(src) if str(src) not in ("", ".") and src.is_dir() else LMCOCKTAIL_SEPARATOR
+        return cls(model, tokenizer, kind, pooling=pooling or st_pooling or "cls", max_seq_length=st_max,
+                   separator=sep)
 
     # ------------------------------------------------------------------ properties
     @property

@@ -15,10 +15,10 @@ model is loaded once and reused. Tasks without a ``train`` split (``general``) a
 Stable API::
 
     evaluate_zoo(model_or_path, zoo_dir, split="test", *, tasks=None, tokenizer=None, batch_size=None,
-                 device="cpu", separator=" ") -> {task: {score name: value}}
+                 device="cpu", separator=None) -> {task: {score name: value}}
 
-``separator`` is passed to ``loss``/``choice``: the default ``" "`` gives LM-Cocktail's numbers; the zoo's
-models are trained on ``input + output`` without a space, so ``separator=""`` measures their own loss.
+``separator`` is passed to ``loss``/``choice``; None (default) is the model's own convention (``""`` for the
+zoo's models, trained on ``input + output`` without a space; ``" "`` gives LM-Cocktail's numbers).
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def evaluate_zoo(
     tokenizer: Any = None,
     batch_size: int | None = None,
     device: str = "cpu",
-    separator: str = " ",
+    separator: str | None = None,
 ) -> dict[str, dict[str, float]]:
     """Scores of one model on every zoo task of its kind (or the named ``tasks``), per task."""
     from modelmix.eval import metrics as M

@@ -28,7 +28,9 @@ from pathlib import Path
 
 import torch
 
+from modelmix import interrupt as interrupt_mod
 from modelmix.errors import OutputError
+from modelmix.io.outputs import check_output_dir, human_bytes, nearest_existing, os_error, umask
 from modelmix.io.safetensors_file import TORCH_TO_ST, itemsize
 
 ALIGN = 4096  # O_DIRECT offset/length/address alignment that every Linux block device accepts
@@ -81,18 +83,14 @@ def plan_shards(specs: list[OutSpec], max_shard_bytes: int) -> list[list[OutSpec
 
 
 def _oserror(e: OSError, where: Path) -> OutputError:
-    if e.errno == errno.ENOSPC:
-        return OutputError(f"No space left on the device while writing {where}. Free some space or choose another output location; nothing was written to the target.")
-    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return OutputError(f"Cannot write to {where}: {e.strerror}. Choose a writable output location.")
-    return OutputError(f"Writing {where} failed: {e.strerror or e}.")
+    return os_error(e, where)
 
 
 class ModelWriter:
     """Streams tensors into preplanned safetensors shards inside a temporary dir; ``commit`` renames it."""
 
     def __init__(self, target: Path, specs: list[OutSpec], *, max_shard_bytes: int, overwrite: bool,
-                 direct_io: bool = True):
+                 direct_io: bool = True, extra_bytes: int = 0):
         self.target = Path(target).absolute()
         self.direct_io = direct_io and hasattr(os, "O_DIRECT") and os.environ.get("MODELMIX_DIRECT_IO", "1") != "0"
         self._tls = threading.local()
@@ -104,17 +102,25 @@ class ModelWriter:
         parent = self.target.parent
         total = sum(s.nbytes for s in specs)
         try:
-            free = shutil.disk_usage(parent).free
+            free = shutil.disk_usage(nearest_existing(parent)).free
         except OSError as e:
             raise _oserror(e, parent) from None
-        if free < total:
+        if free < total + extra_bytes:
             raise OutputError(
-                f"Not enough free space for the merged model: it needs {total / 1e9:.2f} GB but {parent} has "
-                f"{free / 1e9:.2f} GB free. Nothing was written."
+                f"Not enough free space for the merged model: it needs {human_bytes(total + extra_bytes)} but "
+                f"{nearest_existing(parent)} has {human_bytes(free)} free. Nothing was written."
             )
+        # missing parents are created, as mergekit does, and removed again if the merge does not complete
+        self._made_dirs: list[Path] = []
         try:
+            missing = [d for d in [parent, *parent.parents] if not d.exists()]
+            for d in reversed(missing):
+                d.mkdir()
+                self._made_dirs.append(d)
             self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.modelmix-", dir=parent))
+            os.chmod(self.tmp, 0o777 & ~umask())  # mkdtemp makes it 0700; the output gets the user's umask
         except OSError as e:
+            self._remove_made_dirs()
             raise _oserror(e, parent) from None
         self._fds: list[int] = []
         self._where: dict[str, tuple[int, int | None, int, OutSpec]] = {}  # name -> (fd, direct fd, offset, spec)
@@ -133,7 +139,19 @@ class ModelWriter:
         except OSError as e:
             self.abort()
             raise _oserror(e, self.target) from None
+        except BaseException:  # e.g. a KeyboardInterrupt: no temporary directory may stay behind
+            self.abort()
+            raise
         self.total_bytes = total
+
+    def _remove_made_dirs(self) -> None:
+        """Remove the (still empty) parent directories this writer created, innermost first."""
+        for d in reversed(self._made_dirs):
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        self._made_dirs.clear()
 
     def _open_shard(self, path: Path, specs: list[OutSpec]) -> None:
         header: dict[str, object] = {"__metadata__": {"format": "pt"}}
@@ -146,7 +164,7 @@ class ModelWriter:
         # section starts on a 4 KiB boundary: tensor sizes are mostly multiples of 4 KiB, so most writes then
         # need no buffered edges at all
         raw += b" " * (-(8 + len(raw)) % ALIGN)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o666)  # the umask applies
         self._fds.append(fd)
         dfd = None
         if self.direct_io:
@@ -194,12 +212,14 @@ class ModelWriter:
         return st.buf[shift:shift + nbytes]
 
     def _wait(self, st: _Stage) -> None:
-        fut, st.fut = st.fut, None
+        fut = st.fut
         if fut is not None:
             try:
                 fut.result()
             except OSError as e:
+                st.fut = None
                 raise _oserror(e, self.target) from None
+            st.fut = None  # only once done: an interrupted wait leaves it for abort() to wait for again
 
     def write(self, name: str, tensor: torch.Tensor, byte_start: int = 0) -> None:
         """Write ``tensor`` (already in the output dtype) at ``byte_start`` within output tensor ``name``.
@@ -284,51 +304,89 @@ class ModelWriter:
         """Where to put an auxiliary file (config, tokenizer, README) inside the pending output dir."""
         return self.tmp / rel
 
-    def commit(self) -> Path:
-        """Flush, then move the finished directory into place (replacing the target only with overwrite)."""
+    def commit(self, interrupt: interrupt_mod.Interrupt | None = None) -> Path:
+        """Flush, then move the finished directory into place (replacing the target only with overwrite).
+
+        The rename is the commit point. Before it, a failure or a pending Ctrl-C (``interrupt``, checked
+        once every write has landed and every file is closed) aborts: the temporary directory is removed
+        and an existing target is left as it was -- with overwrite the old output is moved aside and put
+        back if the new one cannot be renamed in. After it, the merge is complete and ``interrupt`` ignores
+        Ctrl-C; only the removal of the replaced output remains.
+        """
         try:
             self.flush()
-            self._shutdown()
+            if self._shutdown():
+                raise KeyboardInterrupt  # arrived (undeferred) while the I/O threads were being joined
             for fd in self._fds:
                 os.close(fd)
             self._fds.clear()
+            if interrupt is not None:
+                interrupt.check()  # the last moment a Ctrl-C aborts the merge
+            trash = None
             if self.target.exists() or self.target.is_symlink():
                 if not self.overwrite:
                     raise OutputError(f"Output directory {self.target} appeared during the merge; not replacing it.")
                 trash = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.old-", dir=self.target.parent))
-                os.rename(self.target, trash / "old")
-                os.rename(self.tmp, self.target)
-                shutil.rmtree(trash, ignore_errors=True)
+                try:
+                    os.rename(self.target, trash / "old")
+                except BaseException:
+                    os.rmdir(trash)
+                    raise
+                try:
+                    os.rename(self.tmp, self.target)
+                except BaseException:
+                    os.rename(trash / "old", self.target)  # the old output goes back where it was
+                    os.rmdir(trash)
+                    raise
             else:
                 os.rename(self.tmp, self.target)
+            self._committed = True
+            if interrupt is not None:
+                interrupt.commit()
         except OSError as e:
             self.abort()
             raise _oserror(e, self.target) from None
         except BaseException:
             self.abort()
             raise
+        if trash is not None:
+            interrupt_mod.uninterrupted(lambda: shutil.rmtree(trash, ignore_errors=True))
         return self.target
+
+    _closed = False  # I/O threads shut down (commit or abort): no background write may start any more
+    _committed = False
 
     def _io_pool(self):
         with self._pool_lock:  # one pool, however many threads make their first staged write at once
+            if self._closed:
+                raise OutputError(f"Writing {self.target} failed: the output was already closed.")
             if self._pool is None:
                 from concurrent.futures import ThreadPoolExecutor
 
                 self._pool = ThreadPoolExecutor(_IO_THREADS, thread_name_prefix="modelmix-io")
             return self._pool
 
-    def _shutdown(self) -> None:
+    def _shutdown(self) -> bool:
+        """Join the background I/O threads; whether a KeyboardInterrupt arrived meanwhile (the shutdown is
+        repeated until it completes). Callers first wait for every staged write (``flush``/``abort``): a
+        ``Thread.join`` interrupted by KeyboardInterrupt marks a still-running thread stopped in Python
+        3.11, so only idle threads may be joined where Ctrl-C is not deferred."""
         with self._pool_lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=True)
+            pool, self._pool, self._closed = self._pool, None, True
+        if pool is None:
+            return False
+        return interrupt_mod.uninterrupted(lambda: pool.shutdown(wait=True))
 
     def abort(self) -> None:
-        # no write may land in a file after it is closed: wait for every background write first
+        """Remove everything this writer created. Always completes: the caller is already failing or
+        interrupted, so a Ctrl-C arriving meanwhile (when it was not deferred) is absorbed; the caller has
+        joined every thread that writes (the executor does), and the I/O threads are joined here first."""
+        if self._committed:
+            return
         for st in list(self._stages):
             try:
                 self._wait(st)
-            except Exception:  # noqa: BLE001 - aborting anyway; the first error was already raised
+            except BaseException:  # noqa: BLE001 - aborting anyway; _shutdown below still waits for it
                 pass
         self._shutdown()
         for fd in self._fds:
@@ -337,17 +395,10 @@ class ModelWriter:
             except OSError:
                 pass
         self._fds.clear()
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        interrupt_mod.uninterrupted(lambda: shutil.rmtree(self.tmp, ignore_errors=True))
+        self._remove_made_dirs()
 
 
 def check_target(target: Path, overwrite: bool) -> None:
-    """Fail early (before any work) if the output location cannot be used."""
-    if target.exists() and not overwrite:
-        raise OutputError(f"Output directory {target} already exists. Pass --overwrite to replace it (it is replaced only once the new model is complete).")
-    if target.exists() and not target.is_dir():
-        raise OutputError(f"Output path {target} exists and is not a directory.")
-    parent = target.parent
-    if not parent.is_dir():
-        raise OutputError(f"Cannot create {target}: parent directory {parent} does not exist.")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"Cannot write to {parent}: permission denied. Choose a writable output location.")
+    """Fail early (before any work) if the output location cannot be used (see ``modelmix.io.outputs``)."""
+    check_output_dir(target, overwrite=overwrite)

@@ -15,7 +15,7 @@ from ctypes import c_float, c_int64, c_uint32, c_uint64, c_void_p
 
 import numpy as np
 
-ABI_VERSION = 5  # must equal mm_abi_version() in ckernels.c
+ABI_VERSION = 6  # must equal mm_abi_version() in ckernels.c
 
 
 def _load() -> ctypes.CDLL | None:
@@ -39,12 +39,12 @@ def _load() -> ctypes.CDLL | None:
         "mm_hist_hi": ([p, p, i64, p], None),
         "mm_hist_lo": ([p, p, i64, c_uint32, p], None),
         "mm_gta_apply": ([i64, p, p, i64, p, p, p, p, p, p, i64, p, p, p, p, i64, i64, f32, f32, p], ctypes.c_int),
-        "mm_l1_sums": ([p, p, i64, i64, f32, p, f32, p, c_uint64, i64, f32, p], None),
-        "mm_dot_stats": ([p, p, i64, p], None),
+        "mm_l1_sums": ([p, p, i64, i64, i64, f32, p, f32, p, c_uint64, i64, f32, p], None),
+        "mm_dot_stats": ([p, p, i64, i64, p], None),
         "mm_axpby": ([p, p, i64, f32, f32, p], None),
         "mm_f32_to_bf16": ([p, i64, p], None),
         "mm_linear_bf16": ([i64, p, i64, p, i64, f32, i64, p], ctypes.c_int),
-        "mm_dot_stats_bf16": ([p, p, i64, p], ctypes.c_int),
+        "mm_dot_stats_bf16": ([p, p, i64, i64, p], ctypes.c_int),
         "mm_axpby_bf16": ([p, p, i64, f32, f32, i64, p], None),
     }
     try:
@@ -95,13 +95,15 @@ def gta_apply(xs, b, modes, thr_hi, need_hi, thr_lo, need_lo, useeds, ustart, q,
         raise MemoryError(f"out of memory for the scratch of a {m}-model merge")
 
 
-def l1_sums(x, b, mode, thr_hi, need_hi, thr_lo, need_lo, useed, ustart, q, sums) -> None:
-    _LIB.mm_l1_sums(_p(x), _p(b), x.shape[0], int(mode), float(thr_hi), _p(need_hi), float(thr_lo), _p(need_lo),
-                    int(useed), int(ustart), float(q), _p(sums))
+def l1_sums(x, b, row, mode, thr_hi, need_hi, thr_lo, need_lo, useed, ustart, q, sums) -> None:
+    """sums += (sum |x - b|, sum of the kept |x - b|) by the fixed partition (rows of ``row`` elements)."""
+    _LIB.mm_l1_sums(_p(x), _p(b), x.shape[0], int(row), int(mode), float(thr_hi), _p(need_hi), float(thr_lo),
+                    _p(need_lo), int(useed), int(ustart), float(q), _p(sums))
 
 
-def dot_stats(a: np.ndarray, b: np.ndarray, acc: np.ndarray) -> None:
-    _LIB.mm_dot_stats(_p(a), _p(b), a.shape[0], _p(acc))
+def dot_stats(a: np.ndarray, b: np.ndarray, row, acc: np.ndarray) -> None:
+    """acc += (sum a^2, sum b^2, sum a*b) in float64 by the fixed partition (rows of ``row`` elements)."""
+    _LIB.mm_dot_stats(_p(a), _p(b), a.shape[0], int(row), _p(acc))
 
 
 def axpby(a: np.ndarray, b: np.ndarray, ca, cb, out: np.ndarray) -> None:
@@ -121,9 +123,10 @@ def linear_bf16(xs, weights: np.ndarray, normalize: bool, total, out: np.ndarray
                                     float(total), int(out.dtype == np.uint16), _p(out)))
 
 
-def dot_stats_bf16(a: np.ndarray, b: np.ndarray, acc: np.ndarray) -> bool:
-    """acc += (sum a^2, sum b^2, sum a*b) of bf16 inputs (uint16 arrays); False if any value is NaN/Inf."""
-    return bool(_LIB.mm_dot_stats_bf16(_p(a), _p(b), a.shape[0], _p(acc)))
+def dot_stats_bf16(a: np.ndarray, b: np.ndarray, row, acc: np.ndarray) -> bool:
+    """acc += (sum a^2, sum b^2, sum a*b) of bf16 inputs (uint16 arrays) by the fixed partition; False if any
+    value is NaN/Inf."""
+    return bool(_LIB.mm_dot_stats_bf16(_p(a), _p(b), a.shape[0], int(row), _p(acc)))
 
 
 def axpby_bf16(a: np.ndarray, b: np.ndarray, ca, cb, out: np.ndarray) -> None:

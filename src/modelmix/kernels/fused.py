@@ -3,7 +3,8 @@
 The torch formulation of one TIES output chunk issues ~30 separate tensor ops (subtract, compare, mask,
 multiply, elect, where, divide, ...), each a full pass over memory. These kernels do the same arithmetic
 element by element in one or two sweeps, in float32 with the same operation order as the torch reference
-(``modelmix.methods._gta``), so results agree to the last bit except for float64 L1 sums. They release the
+(``modelmix.methods._gta``), so results agree to the last bit; float64 statistics (L1 sums, dots) follow
+the fixed partition of ``modelmix.kernels.reduce`` and agree to the last bit as well. They release the
 GIL, so the executor's worker threads run them in parallel. Without numba the torch path is used.
 """
 
@@ -218,61 +219,181 @@ def gta_apply(xs, b, modes, thr_hi, need_hi, thr_lo, need_lo, useeds, ustart, q,
                 oo[jj] = bb[jj] + mixed[jj]
 
 
-@njit(nogil=True, cache=True, fastmath={"reassoc", "nsz"})
-def l1_sums(x, b, mode, thr_hi, need_hi, thr_lo, need_lo, useed, ustart, q, sums):  # pragma: no cover - compiled
+_LANES = 8  # the fixed partition of the float64 statistics (modelmix.kernels.reduce, ckernels.c)
+
+
+@njit(inline="always")
+def _lanes_sum(s):  # pragma: no cover - compiled
+    return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]))
+
+
+@njit(inline="always")
+def _lanes_add(s, v, nb):  # pragma: no cover - compiled
+    """s[j % 8] += v[j] for j < nb (a block starting at a lane-0 position of its row). Groups of 8 are rows
+    of a 2-D view indexed by bare loop variables only, so LLVM vectorises the lane adds."""
+    ng = nb // _LANES
+    m = v[: ng * _LANES].reshape(ng, _LANES)
+    s0, s1, s2, s3, s4, s5, s6, s7 = s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]
+    for g in range(ng):
+        grp = m[g]
+        s0 += grp[0]
+        s1 += grp[1]
+        s2 += grp[2]
+        s3 += grp[3]
+        s4 += grp[4]
+        s5 += grp[5]
+        s6 += grp[6]
+        s7 += grp[7]
+    s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7] = s0, s1, s2, s3, s4, s5, s6, s7
+    tail = v[ng * _LANES : nb]
+    for li in range(tail.shape[0]):
+        s[li] += tail[li]
+
+
+@njit(nogil=True, cache=True)
+def l1_sums(x, b, row, mode, thr_hi, need_hi, thr_lo, need_lo, useed, ustart, q, sums):  # pragma: no cover - compiled
     """sums += (sum |x - b|, sum |keep * (x - b)|) in float64: the statistics pass of L1 rescaling.
 
-    Reassociation only changes the float64 summation order (the outputs are sums, not tensors)."""
+    The fixed partition of ``modelmix.kernels.reduce``: per row of ``row`` elements, element j into lane
+    j % 8 in order, lanes combined pairwise, row partials added to the totals in row order (no fastmath:
+    the order is the point). Per block of a row, |d| and the kept |d| go to scratch arrays (vectorisable
+    mode loops), then into the lanes. Bit-identical to ckernels.c and the torch formulation."""
     n = x.shape[0]
-    s_before = 0.0
-    s_after = 0.0
-    if mode == RANDOM:
-        for j in range(n):
-            a = np.float64(abs(x[j] - b[j]))
-            s_before += a
-            s_after += a if _uniform(useed, ustart + j) < q else 0.0
-    elif mode == TOPK:
-        ties = 0
-        for j in range(n):
-            a = abs(x[j] - b[j])
-            s_before += np.float64(a)
-            s_after += np.float64(a) if a > thr_hi else 0.0
-            ties += 1 if a == thr_hi else 0
-        if ties and need_hi[0] > 0:
-            for j in range(n):
-                a = abs(x[j] - b[j])
-                if a == thr_hi and need_hi[0] > 0:
-                    need_hi[0] -= 1
-                    s_after += np.float64(a)
-    elif mode == BAND:
-        for j in range(n):
-            a = abs(x[j] - b[j])
-            s_before += np.float64(a)
-            s_after += np.float64(a) if _in_band(a, thr_hi, need_hi, thr_lo, need_lo) else 0.0
-    else:
-        for j in range(n):
-            a = np.float64(abs(x[j] - b[j]))
-            s_before += a
-            s_after += 0.0 if mode == ZERO else a
-    sums[0] += s_before
-    sums[1] += s_after
+    row = max(row, 1)
+    sb = np.zeros(_LANES)
+    sa = np.zeros(_LANES)
+    av = np.empty(_BLOCK)
+    kv = np.empty(_BLOCK)
+    t_before = sums[0]
+    t_after = sums[1]
+    for r0 in range(0, n, row):
+        ln = min(row, n - r0)
+        for li in range(_LANES):
+            sb[li] = 0.0
+            sa[li] = 0.0
+        for j0 in range(0, ln, _BLOCK):
+            nb = min(_BLOCK, ln - j0)
+            o = r0 + j0
+            xs = x[o : o + nb]
+            bs = b[o : o + nb]
+            if mode == RANDOM:
+                for jj in range(nb):
+                    a = np.float64(abs(xs[jj] - bs[jj]))
+                    av[jj] = a
+                    kv[jj] = a if _uniform(useed, ustart + o + jj) < q else 0.0
+            elif mode == TOPK:
+                ties = 0
+                for jj in range(nb):
+                    af = abs(xs[jj] - bs[jj])
+                    av[jj] = np.float64(af)
+                    kv[jj] = np.float64(af) if af > thr_hi else 0.0
+                    ties += 1 if af == thr_hi else 0
+                if ties and need_hi[0] > 0:
+                    for jj in range(nb):
+                        if abs(xs[jj] - bs[jj]) == thr_hi and need_hi[0] > 0:
+                            need_hi[0] -= 1
+                            kv[jj] = av[jj]
+            elif mode == BAND:
+                for jj in range(nb):
+                    af = abs(xs[jj] - bs[jj])
+                    av[jj] = np.float64(af)
+                    kv[jj] = np.float64(af) if _in_band(af, thr_hi, need_hi, thr_lo, need_lo) else 0.0
+            else:
+                keep = 0.0 if mode == ZERO else 1.0
+                for jj in range(nb):
+                    a = np.float64(abs(xs[jj] - bs[jj]))
+                    av[jj] = a
+                    kv[jj] = a * keep
+            _lanes_add(sb, av, nb)
+            _lanes_add(sa, kv, nb)
+        t_before += _lanes_sum(sb)
+        t_after += _lanes_sum(sa)
+    sums[0] = t_before
+    sums[1] = t_after
 
 
-@njit(nogil=True, cache=True, fastmath=True)
-def dot_stats(a, b, acc):  # pragma: no cover - compiled
-    """acc += (sum a^2, sum b^2, sum a*b) in float64, one sweep (SLERP's whole-tensor statistics)."""
-    saa = 0.0
-    sbb = 0.0
-    sab = 0.0
-    for j in range(a.shape[0]):
-        x = np.float64(a[j])
-        y = np.float64(b[j])
-        saa += x * x
-        sbb += y * y
-        sab += x * y
-    acc[0] += saa
-    acc[1] += sbb
-    acc[2] += sab
+@njit(nogil=True, cache=True)
+def dot_stats(a, b, row, acc):  # pragma: no cover - compiled
+    """acc += (sum a^2, sum b^2, sum a*b) in float64 by the fixed partition (rows of ``row`` elements):
+    SLERP's, nuslerp's and Model Stock's whole-tensor statistics. Products of float32 values are exact in
+    float64, so only the (fixed) order of the sums matters. The 8 lanes are spelled out as scalars over
+    groups of a 2-D view (bare loop indices): twice as fast as indexed lane arrays."""
+    n = a.shape[0]
+    row = max(row, 1)
+    saa = np.zeros(_LANES)
+    sbb = np.zeros(_LANES)
+    sab = np.zeros(_LANES)
+    t0 = acc[0]
+    t1 = acc[1]
+    t2 = acc[2]
+    for r0 in range(0, n, row):
+        ln = min(row, n - r0)
+        ng = ln // _LANES
+        x2 = a[r0 : r0 + ng * _LANES].reshape(ng, _LANES)
+        y2 = b[r0 : r0 + ng * _LANES].reshape(ng, _LANES)
+        a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = 0.0
+        b0 = b1 = b2 = b3 = b4 = b5 = b6 = b7 = 0.0
+        c0 = c1 = c2 = c3 = c4 = c5 = c6 = c7 = 0.0
+        for g in range(ng):
+            xg = x2[g]
+            yg = y2[g]
+            u = np.float64(xg[0])
+            v = np.float64(yg[0])
+            a0 += u * u
+            b0 += v * v
+            c0 += u * v
+            u = np.float64(xg[1])
+            v = np.float64(yg[1])
+            a1 += u * u
+            b1 += v * v
+            c1 += u * v
+            u = np.float64(xg[2])
+            v = np.float64(yg[2])
+            a2 += u * u
+            b2 += v * v
+            c2 += u * v
+            u = np.float64(xg[3])
+            v = np.float64(yg[3])
+            a3 += u * u
+            b3 += v * v
+            c3 += u * v
+            u = np.float64(xg[4])
+            v = np.float64(yg[4])
+            a4 += u * u
+            b4 += v * v
+            c4 += u * v
+            u = np.float64(xg[5])
+            v = np.float64(yg[5])
+            a5 += u * u
+            b5 += v * v
+            c5 += u * v
+            u = np.float64(xg[6])
+            v = np.float64(yg[6])
+            a6 += u * u
+            b6 += v * v
+            c6 += u * v
+            u = np.float64(xg[7])
+            v = np.float64(yg[7])
+            a7 += u * u
+            b7 += v * v
+            c7 += u * v
+        saa[0], saa[1], saa[2], saa[3], saa[4], saa[5], saa[6], saa[7] = a0, a1, a2, a3, a4, a5, a6, a7
+        sbb[0], sbb[1], sbb[2], sbb[3], sbb[4], sbb[5], sbb[6], sbb[7] = b0, b1, b2, b3, b4, b5, b6, b7
+        sab[0], sab[1], sab[2], sab[3], sab[4], sab[5], sab[6], sab[7] = c0, c1, c2, c3, c4, c5, c6, c7
+        xt = a[r0 + ng * _LANES : r0 + ln]
+        yt = b[r0 + ng * _LANES : r0 + ln]
+        for li in range(xt.shape[0]):  # the row's last partial group
+            u = np.float64(xt[li])
+            v = np.float64(yt[li])
+            saa[li] += u * u
+            sbb[li] += v * v
+            sab[li] += u * v
+        t0 += _lanes_sum(saa)
+        t1 += _lanes_sum(sbb)
+        t2 += _lanes_sum(sab)
+    acc[0] = t0
+    acc[1] = t1
+    acc[2] = t2
 
 
 @njit(nogil=True, cache=True)

@@ -39,12 +39,19 @@ def normalize_rescale(value: object) -> Rescale:
 
 
 def rescale_l1(original: Tensor, masked: Tensor) -> Tensor:
-    """Scale ``masked`` (in place) so its L1 norm equals ``original``'s; no-op for (near) zero norms."""
-    before = original.abs().sum()
-    after = masked.abs().sum()
+    """Scale ``masked`` (in place) so its L1 norm equals ``original``'s; no-op for (near) zero norms.
+
+    Both norms are float64 fixed-partition sums (``modelmix.kernels.reduce``: per-row partials added in
+    row order), the factor is their quotient rounded to float32: what the executor's streamers compute,
+    whatever the chunking or thread count."""
+    from modelmix.kernels import reduce as red
+
+    row = red.row_len(original.shape)
+    before = red.abs_sum(original.contiguous(), row)
+    after = red.abs_sum(masked.contiguous(), row)
     if before < _RESCALE_EPS or after < _RESCALE_EPS:
         return masked
-    return masked.mul_(before / after)
+    return masked.mul_(float(np.float32(before / after)))
 
 
 def _finish(delta: Tensor, mask: Tensor, rescale: Rescale, keep_prob: float | Tensor) -> Tensor:

@@ -59,6 +59,7 @@ register(
         ),
         uses_base=False,
         elementwise=True,
+        check=lambda p: weight_sum_or_raise("linear", p["weight"]) if p.get("normalize", True) else None,
         description="Weighted average of the models' tensors.",
         reference="Wortsman et al. 2022, https://arxiv.org/abs/2203.05482; mergekit 0.1.5 `linear`.",
     )

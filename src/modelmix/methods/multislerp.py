@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from modelmix.errors import ConfigError
+from modelmix.kernels import reduce as red
 from modelmix.methods._common import WEIGHT, as_f32, check_count, weight_sum_or_raise
 from modelmix.methods.registry import Method, Param, register
 
@@ -25,17 +26,29 @@ def multislerp(
     if len(tensors) == 1:
         return as_f32(tensors[0]).clone()
     shape = tensors[0].shape
+    row = red.row_len(shape)  # norms and dots: float64 fixed-partition sums over the tensor's rows
     b = as_f32(base).reshape(-1) if base is not None else None
     vecs = torch.stack([as_f32(t).reshape(-1) for t in tensors])
     if b is not None:
         vecs -= b
-    w = torch.tensor(weight, dtype=torch.float32, device=vecs.device)
+    dev = vecs.device
+    w = torch.tensor(weight, dtype=torch.float32, device=dev)
     if normalize_weights:
-        w = w / weight_sum_or_raise("multislerp", weight, "normalize_weights: true").to(vecs.device)
-    norms = torch.linalg.vector_norm(vecs, dim=-1, keepdim=True)
+        w = w / weight_sum_or_raise("multislerp", weight, "normalize_weights: true").to(dev)
+
+    def norm(v: Tensor) -> Tensor:
+        return torch.tensor(red.norm(v, row), dtype=torch.float32, device=dev)
+
+    def wsum(vs: Tensor) -> Tensor:  # sum_i w_i vs_i, in model order
+        out = vs[0] * w[0]
+        for i in range(1, vs.shape[0]):
+            out = out + vs[i] * w[i]
+        return out
+
+    norms = torch.stack([norm(v) for v in vecs]).unsqueeze(-1)
     units = vecs / (norms + eps)
-    mean = (units * w[:, None]).sum(0)
-    mean_norm = torch.linalg.vector_norm(mean)
+    mean = wsum(units)
+    mean_norm = norm(mean)
     if mean_norm < eps:
         if len(tensors) != 2:
             raise ConfigError(
@@ -46,15 +59,15 @@ def multislerp(
         out = vecs[0] * w[0] + vecs[1] * w[1]
     else:
         mean = mean / mean_norm
-        tangent = units - (units * mean).sum(-1, keepdim=True) * mean
-        step = (tangent * w[:, None]).sum(0)
-        step_norm = torch.linalg.vector_norm(step) + eps
+        dots = torch.tensor([red.dot(u, mean, row) for u in units], dtype=torch.float32, device=dev).unsqueeze(-1)
+        tangent = units - dots * mean
+        step = wsum(tangent)
+        step_norm = norm(step) + eps
         out = mean * torch.cos(step_norm) + step * (torch.sin(step_norm) / step_norm)
         out = out * (norms.squeeze(-1) * w).sum()
     if b is not None:
         out = out + b
     return out.reshape(shape)
-
 
 register(
     Method(
@@ -65,6 +78,8 @@ register(
             Param("normalize_weights", "global", bool, True, help="Divide the weights by their sum."),
             Param("eps", "global", float, 1e-8, low=0.0, help="Small constant guarding divisions by norms."),
         ),
+        check=lambda p: (weight_sum_or_raise("multislerp", p["weight"], "normalize_weights: true")
+                         if p.get("normalize_weights", True) and len(p["weight"]) > 1 else None),
         description="Spherical barycentric interpolation of any number of models (optionally of task vectors).",
         reference="https://goddard.blog/posts/multislerp-wow-what-a-cool-idea; mergekit 0.1.5 `multislerp`.",
     )

@@ -20,13 +20,17 @@ Calling convention of ``Method.fn``::
 
 from __future__ import annotations
 
+import math
+import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from functools import lru_cache
+from typing import Any, Literal, Union, get_args, get_origin
 
 from modelmix.errors import ConfigError, did_you_mean
 
 REQUIRED: Any = object()
+_SCALAR = (bool, int, float, str)
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,61 @@ class Param:
     def required(self) -> bool:
         return self.default is REQUIRED
 
+    def validate(self, value: Any) -> Any:
+        """The value coerced to this parameter's type, or a ConfigError saying why it is not acceptable.
+
+        The one validator for a parameter value, whether it comes from a recipe (``modelmix.config``) or
+        from the Python API (``merge_tensors``): type (YAML's ``1e-3`` string is a number), finiteness,
+        ``choices`` and the inclusive ``low``/``high`` bounds declared here, once, on the real registry.
+        """
+        if value is None or not isinstance(value, _SCALAR):
+            raise ConfigError(f'expected {type_name(self.type)} for "{self.name}", got {short(value)}.')
+        from pydantic import ValidationError
+
+        try:
+            x = _adapter(self.type).validate_python(value)
+        except ValidationError:
+            raise ConfigError(f'expected {type_name(self.type)} for "{self.name}", got {short(value)}.') from None
+        if isinstance(x, float) and not math.isfinite(x):
+            raise ConfigError(f'"{self.name}" must be a finite number, got {short(value)}.')
+        if self.choices is not None and x not in self.choices:
+            opts = ", ".join(str(c).lower() if isinstance(c, bool) else str(c) for c in self.choices)
+            raise ConfigError(
+                f'invalid value {short(value)} for "{self.name}".{did_you_mean(str(x), self.choices)} Choices: {opts}.'
+            )
+        if isinstance(x, (int, float)) and not isinstance(x, bool):
+            lo, hi = self.low, self.high
+            if (lo is not None and x < lo) or (hi is not None and x > hi):
+                if lo is not None and hi is not None:
+                    rng = f"between {lo:g} and {hi:g}"
+                elif lo is not None:
+                    rng = f">= {lo:g}"
+                else:
+                    rng = f"<= {hi:g}"
+                raise ConfigError(f'{x:g} is out of range for "{self.name}" (must be {rng}).')
+        return x
+
+
+@lru_cache(maxsize=64)
+def _adapter(tp: Any) -> Any:
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(tp)
+
+
+def type_name(tp: Any) -> str:
+    names = {float: "a number", int: "an integer", bool: "true or false", str: "a string"}
+    if tp in names:
+        return names[tp]
+    if get_origin(tp) in (Union, types.UnionType):
+        return " or ".join(type_name(a) for a in get_args(tp) if a is not type(None))
+    return getattr(tp, "__name__", str(tp))
+
+
+def short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
 
 @dataclass(frozen=True)
 class Method:
@@ -59,6 +118,9 @@ class Method:
     description: str = ""
     reference: str = ""  # paper / mergekit behaviour it follows
     extra: dict[str, Any] = field(default_factory=dict)
+    # constraints between parameters, checked per tensor at plan time (so `modelmix check` reports them) and
+    # by merge_tensors: check({name: value or per-model list}) raises ConfigError
+    check: Callable[[dict[str, Any]], None] | None = None
 
     def param(self, name: str) -> Param:
         for p in self.params:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from modelmix.kernels import reduce as red
 from modelmix.kernels.select import topk_mask
 from modelmix.methods._common import as_f32
 from modelmix.methods._gta import agree, elect_keep
@@ -35,7 +36,10 @@ def sce(
     if select_topk < 1:
         keep = sce_select_mask(tvs, select_topk)
         tvs = [tv.mul_(keep) for tv in tvs]
-    energy = torch.stack([tv.square().mean() for tv in tvs]) if b.numel() else torch.zeros(len(tvs))
+    # mean squares as float64 fixed-partition sums (modelmix.kernels.reduce): independent of torch's threads
+    row = red.row_len(b.shape)
+    energy = (torch.tensor([red.sumsq(tv, row) / b.numel() for tv in tvs], dtype=torch.float32, device=b.device)
+              if b.numel() else torch.zeros(len(tvs)))
     total = energy.sum().item()
     w = torch.full_like(energy, 1 / len(tvs)) if abs(total) < 1e-6 else energy / total
     positive = elect_keep(tvs, "sum")

@@ -3,10 +3,13 @@ base as the origin, optional row/column-wise interpolation)."""
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 from torch import Tensor
 
-from modelmix.kernels.select import CHUNK
+from modelmix.kernels import reduce as red
 from modelmix.methods._common import WEIGHT, as_f32, check_count
 from modelmix.methods.registry import Method, Param, register
 
@@ -14,46 +17,58 @@ DOT_THRESHOLD = 0.9995  # |cos| above this: nearly colinear, lerp instead (merge
 NORM_EPS = 1e-8  # norms at or below this are treated as 1 (the vector is left unnormalized)
 
 
-def _cosine(a: Tensor, b: Tensor) -> Tensor:
-    """Cosine of the angle between two flat float32 vectors, normalizing before multiplying (no overflow)."""
-    na = torch.linalg.vector_norm(a)
-    nb = torch.linalg.vector_norm(b)
-    na = torch.where(na > NORM_EPS, na, torch.ones_like(na))
-    nb = torch.where(nb > NORM_EPS, nb, torch.ones_like(nb))
-    dot = torch.zeros((), dtype=torch.float32, device=a.device)
-    for s in range(0, a.numel(), CHUNK):
-        dot += torch.dot(a[s : s + CHUNK] / na, b[s : s + CHUNK] / nb)
-    return dot.clamp(-1, 1)
+def slerp_coeffs(ss_a: float, ss_b: float, dot: float, t: float, numel: int) -> tuple[Tensor, Tensor]:
+    """(ca, cb) with slerp = ca * a + cb * b, from the float64 sums (sum a^2, sum b^2, sum a*b); the angle
+    and its sines in float32 as mergekit (scalar ops: no vectorised/scalar split to depend on)."""
+    na, nb = math.sqrt(ss_a), math.sqrt(ss_b)
+    na = na if na > NORM_EPS else 1.0
+    nb = nb if nb > NORM_EPS else 1.0
+    cos = torch.tensor(max(-1.0, min(1.0, dot / (na * nb))), dtype=torch.float32)
+    if numel == 0 or cos.abs().item() > DOT_THRESHOLD:
+        return torch.tensor(1 - t, dtype=torch.float32), torch.tensor(t, dtype=torch.float32)
+    theta = torch.acos(cos)
+    return torch.sin((1 - t) * theta) / torch.sin(theta), torch.sin(t * theta) / torch.sin(theta)
 
 
 def slerp(tensors: list[Tensor], *, base: Tensor | None, t: float) -> Tensor:
     """Slerp over the whole flattened tensor from ``base`` (t=0) to the other model (t=1); falls back to
-    linear interpolation when the two are (anti)colinear (|cos| > 0.9995), as mergekit does."""
+    linear interpolation when the two are (anti)colinear (|cos| > 0.9995), as mergekit does. Norms and dot
+    are fixed-partition float64 sums (``modelmix.kernels.reduce``), as the executor's streamer takes them."""
     a = as_f32(base)  # type: ignore[arg-type]
     b = as_f32(tensors[0])
-    if a.numel() == 0:
-        return (1 - t) * a + t * b
-    dot = _cosine(a.reshape(-1), b.reshape(-1))
-    if dot.abs().item() > DOT_THRESHOLD:
-        return (1 - t) * a + t * b
-    theta = torch.acos(dot)
-    sin_theta = torch.sin(theta)
-    ca = torch.sin((1 - t) * theta) / sin_theta
-    cb = torch.sin(t * theta) / sin_theta
+    acc = np.zeros(3, dtype=np.float64)
+    red.dot_stats(a, b, red.row_len(a.shape), acc)
+    ca, cb = slerp_coeffs(*(float(v) for v in acc), t, a.numel())
     return ca * a + cb * b
 
 
-def _unit(x: Tensor) -> Tensor:
-    return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp(min=1e-7)
+def _map(fn, x: Tensor) -> Tensor:
+    """``fn`` (a math function) on every element of a float64 tensor, element by element: transcendental
+    functions must not depend on where an element sits (torch's vectorised and scalar tails differ)."""
+    return torch.tensor([fn(v) for v in x.reshape(-1).tolist()], dtype=torch.float64).view(x.shape).to(x.device)
 
 
-def _nuslerp_vectors(t: float, v0: Tensor, v1: Tensor, eps: float = 1e-8) -> Tensor:
-    """Slerp each row (last dim) of v0 towards v1; exactly colinear rows (1 - cos^2 <= eps^2) are lerped."""
-    cos = (_unit(v0) * _unit(v1)).sum(dim=-1, keepdim=True).clamp(-1, 1)
-    colinear = (1 - cos.square()) <= eps**2
-    theta = torch.acos(torch.where(colinear, torch.zeros_like(cos), cos))
-    spherical = (torch.sin((1 - t) * theta) * v0 + torch.sin(t * theta) * v1) / torch.sin(theta)
-    return torch.where(colinear, (1 - t) * v0 + t * v1, spherical)
+def nuslerp_coeffs(stats: Tensor, t: float) -> tuple[Tensor, Tensor]:
+    """float32 (c0, c1) with slerp(v0, v1) = c0 * v0 + c1 * v1 from float64 ``stats`` = (sum v0^2, sum v1^2,
+    sum v0*v1) per vector (shape ``(3, ...)``); exactly colinear vectors (1 - cos^2 <= 1e-16) are lerped."""
+    n0 = stats[0].sqrt().clamp(min=1e-7)
+    n1 = stats[1].sqrt().clamp(min=1e-7)
+    cos = (stats[2] / (n0 * n1)).clamp(-1, 1)
+    colinear = (1 - cos.square()) <= 1e-16
+    theta = _map(math.acos, torch.where(colinear, torch.zeros_like(cos), cos))
+    sin_t = torch.where(colinear, torch.ones_like(theta), _map(math.sin, theta))
+    c0 = torch.where(colinear, torch.full_like(cos, 1 - t), _map(math.sin, (1 - t) * theta) / sin_t).float()
+    c1 = torch.where(colinear, torch.full_like(cos, t), _map(math.sin, t * theta) / sin_t).float()
+    return c0, c1
+
+
+def _row_stats(v0: Tensor, v1: Tensor) -> Tensor:
+    """(3, ..., 1) fixed-procedure float64 stats of every last-dim row of v0, v1 (one partial per row)."""
+    x = v0.reshape(-1, v0.shape[-1]).to(torch.float64)
+    y = v1.reshape(-1, v1.shape[-1]).to(torch.float64)
+    w = v0.shape[-1]
+    parts = [red.row_partials(p, w) for p in (x * x, y * y, x * y)]
+    return torch.stack(parts).view(3, *v0.shape[:-1], 1)
 
 
 def nuslerp(
@@ -65,7 +80,9 @@ def nuslerp(
     nuslerp_flatten: bool = True,
 ) -> Tensor:
     """Slerp between two models at ``t = w1 / (w0 + w1)`` (0.5 when the weights cancel). With a base, the
-    task vectors (model - base) are interpolated and added back to the base."""
+    task vectors (model - base) are interpolated and added back to the base. Norms and dots are float64:
+    per tensor by the fixed partition, per row (last dim) by its 8-lane partial, per column (along dim 0)
+    added row by row in order, as the executor's streamer takes them."""
     check_count("nuslerp", tensors, weight, "weight")
     total = weight[0] + weight[1]
     t = 0.5 if abs(total) < 1e-6 else weight[1] / total
@@ -74,12 +91,19 @@ def nuslerp(
         b = as_f32(base)
         v0, v1 = v0 - b, v1 - b
     shape = v0.shape
-    if nuslerp_flatten:
-        out = _nuslerp_vectors(t, v0.reshape(-1), v1.reshape(-1)).reshape(shape)
-    elif nuslerp_row_wise:  # interpolate along dim 0 (per column)
-        out = _nuslerp_vectors(t, v0.transpose(0, -1), v1.transpose(0, -1)).transpose(0, -1).reshape(shape)
-    else:
-        out = _nuslerp_vectors(t, v0, v1)
+    if not nuslerp_flatten and v0.dim() >= 2 and not nuslerp_row_wise:  # per row (last dim)
+        c0, c1 = nuslerp_coeffs(_row_stats(v0, v1), t)
+        out = c0 * v0 + c1 * v1
+    elif not nuslerp_flatten and v0.dim() >= 2:  # per column: vectors along dim 0
+        x = v0.reshape(shape[0], -1).to(torch.float64)
+        y = v1.reshape(shape[0], -1).to(torch.float64)
+        c0, c1 = nuslerp_coeffs(torch.stack([red.col_sums(p, None) for p in (x * x, y * y, x * y)]), t)
+        out = (c0 * v0.reshape(shape[0], -1) + c1 * v1.reshape(shape[0], -1)).reshape(shape)
+    else:  # the whole tensor as one vector (1-D tensors always)
+        acc = np.zeros(3, dtype=np.float64)
+        red.dot_stats(v0, v1, red.row_len(shape), acc)
+        c0, c1 = nuslerp_coeffs(torch.tensor(acc, dtype=torch.float64), t)
+        out = c0.to(v0.device) * v0 + c1.to(v0.device) * v1
     return out + as_f32(base) if base is not None else out
 
 
@@ -92,6 +116,8 @@ register(
                 "t",
                 "global",
                 float,
+                low=0.0,
+                high=1.0,
                 help="Interpolation factor: 0 gives the base model, 1 the other model.",
             ),
         ),

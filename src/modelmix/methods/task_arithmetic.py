@@ -9,6 +9,7 @@ from typing import Any
 
 from torch import Tensor
 
+from modelmix.errors import ConfigError
 from modelmix.kernels.masks import (
     breadcrumbs_prune,
     dare_prune,
@@ -98,6 +99,17 @@ def _make(
     return fn
 
 
+def _check_della(p: dict[str, Any]) -> None:
+    """DELLA's keep probabilities range over density +/- epsilon; both ends must stay inside (0, 1)."""
+    eps = p.get("epsilon") or [0.15] * len(p["weight"])
+    for d, e in zip(p.get("density") or [1.0] * len(p["weight"]), eps, strict=True):
+        if 0 < d < 1 and (d + e >= 1 or d - e <= 0):
+            raise ConfigError(
+                f"DELLA needs density - epsilon > 0 and density + epsilon < 1, but density={d} and "
+                f"epsilon={e}. Lower epsilon (default 0.15) or move density away from 0 and 1."
+            )
+
+
 _VARIANTS = [
     # name, sparsifier, sign consensus, normalize default, rescale default, reference
     ("task_arithmetic", None, False, False, "none", "Ilharco et al. 2022, https://arxiv.org/abs/2212.04089"),
@@ -162,6 +174,7 @@ for _name, _sp, _cons, _norm, _resc, _ref in _VARIANTS:
         Method(
             name=_name,
             fn=_make(_sp, _cons, _norm, _resc),
+            check=_check_della if _sp == "della" else None,
             params=tuple(_params),
             needs_base=True,
             random=_sp in ("random", "della"),

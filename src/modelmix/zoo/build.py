@@ -25,6 +25,7 @@ symlink: users may modify or delete it freely). Bump `RECIPE_VERSION` whenever d
 from __future__ import annotations
 
 import copy
+import json
 import os
 import shutil
 import tempfile
@@ -76,13 +77,20 @@ def build_zoo(out: str | Path, preset: str = "default", seed: int = 0, progress:
     if preset not in PRESETS:
         raise ConfigError(f"Unknown zoo preset {preset!r}; choose one of {', '.join(PRESETS)}."
                           f"{did_you_mean(preset, PRESETS)}")
+    from modelmix.io.outputs import guard_inputs, real
+
     out = Path(out).expanduser()
     cached = cached_zoo_path(preset, seed)
+    if real(out) != real(cached):  # --out may be the cache itself, but neither inside nor around it
+        guard_inputs(out, [("zoo cache", cached)], what="--out")
     if not force and _is_complete(out, preset, seed):
         return out
     if out.exists() and not force and (not out.is_dir() or any(out.iterdir())):
         raise OutputError(f"{out} already exists and is not the {preset}/seed {seed} zoo; choose another --out "
                           "or pass --force to replace it.")
+    if out.exists() and force and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST).is_file())):
+        raise OutputError(f"{out} exists and is not a model zoo (no {MANIFEST}); --force replaces only an "
+                          "earlier zoo. Choose another --out or remove it yourself.")
     if force or not _is_complete(cached, preset, seed):
         _build_cached(cached, PRESETS[preset], seed, progress)
     if out.resolve() == cached.resolve():
@@ -91,6 +99,7 @@ def build_zoo(out: str | Path, preset: str = "default", seed: int = 0, progress:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
         shutil.copytree(cached, tmp / "zoo")
+        _mark_separators(tmp / "zoo")
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
         os.replace(tmp / "zoo", out)
@@ -284,6 +293,27 @@ def train_expert(p: Preset, seed: int, kb: T.KnowledgeBase, data: dict[str, dict
 
 
 def _save_decoder(model: Any, tok: Any, path: Path) -> None:
-    """safetensors weights + config + generation config + tokenizer, loadable offline by Auto* classes."""
+    """safetensors weights + config + generation config + tokenizer, loadable offline by Auto* classes.
+
+    config.json also records the zoo's prompt convention (input and output concatenated without a
+    separator), so every scoring command measures these models the way they were trained.
+    """
+    from modelmix.eval.models import SEPARATOR_KEY
+
+    setattr(model.config, SEPARATOR_KEY, "")
     model.save_pretrained(str(path))
     tok.save_pretrained(str(path))
+
+
+def _mark_separators(root: Path) -> None:
+    """Record the prompt convention in the decoders of a zoo built before config.json carried it."""
+    from modelmix.eval.models import SEPARATOR_KEY
+
+    z = load_zoo(root)
+    for spec in z.models.values():
+        f = root / spec["path"] / "config.json"
+        if spec["type"] == "decoder" and f.is_file():
+            cfg = json.loads(f.read_text(encoding="utf-8"))
+            if SEPARATOR_KEY not in cfg:
+                cfg[SEPARATOR_KEY] = ""
+                f.write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")

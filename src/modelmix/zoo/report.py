@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from modelmix.cli_common import Command, device_option
 from modelmix.errors import ConfigError, InputError, OutputError, did_you_mean
 
 if TYPE_CHECKING:
@@ -245,7 +246,13 @@ class ZooReport:
                       bbox_to_anchor=(0.5, 1.2), frameon=False)
             ax.set_title(f"zoo {self.preset}: experts and merges ({self.split} split)", pad=45)
             fig.tight_layout()
-            fig.savefig(p, dpi=110)
+            import io
+
+            from modelmix.io.outputs import write_file_atomic
+
+            buf = io.BytesIO()
+            fig.savefig(buf, format="png", dpi=110)
+            write_file_atomic(p, buf.getvalue(), what="chart")
         finally:
             plt.close(fig)
         return p
@@ -255,24 +262,16 @@ def _rel(x: float, ref: float) -> str:
     return f"{100 * (x - ref) / ref:+.1f} % vs base" if ref else "n/a"
 
 
-def _check_png(path: str | Path) -> Path:
-    p = Path(path)
-    if p.suffix.lower() != ".png":
-        raise OutputError(f"--png {p}: the chart is written as PNG; give a file name ending in .png.")
-    if not p.parent.absolute().is_dir():
-        raise OutputError(f"Cannot write {p}: directory {p.parent} does not exist.")
-    if p.is_dir():
-        raise OutputError(f"Cannot write {p}: it is a directory.")
-    return p
+def _check_png(path: str | Path, inputs: Any = ()) -> Path:
+    from modelmix.io.outputs import check_output_file
+
+    return check_output_file(path, inputs=inputs, suffix=".png", what="--png")
 
 
-def _check_out(path: str | Path) -> Path:
-    p = Path(path)
-    if not p.parent.absolute().is_dir():
-        raise OutputError(f"Cannot write {p}: directory {p.parent} does not exist.")
-    if p.is_dir():
-        raise OutputError(f"Cannot write {p}: it is a directory.")
-    return p
+def _check_out(path: str | Path, inputs: Any = ()) -> Path:
+    from modelmix.io.outputs import check_output_file
+
+    return check_output_file(path, inputs=inputs, what="--out")
 
 
 def check_methods(methods: Sequence[str] | None) -> list[str]:
@@ -398,12 +397,19 @@ def report(
     names = check_methods(methods)
     if split not in ("train", "validation", "test"):
         raise ConfigError(f"Unknown split {split!r}; choose train, validation or test.")
+    from modelmix.devices import check_device
+    from modelmix.io.outputs import guard_inputs
+
+    device = check_device(device)
+    zoo_in = [("zoo", Path(zoo_dir))]
     if out is not None:
-        _check_out(out)
+        _check_out(out, zoo_in)
     if png is not None:
-        _check_png(png)
-    if write_dir is not None and Path(write_dir).exists() and not Path(write_dir).is_dir():
-        raise OutputError(f"--write-dir {write_dir} exists and is not a directory.")
+        _check_png(png, zoo_in)
+    if write_dir is not None:
+        guard_inputs(write_dir, zoo_in, what="--write-dir")
+        if Path(write_dir).exists() and not Path(write_dir).is_dir():
+            raise OutputError(f"--write-dir {write_dir} exists and is not a directory.")
     z = load_zoo(zoo_dir)
     experts = z.experts("decoder")
     if not experts:
@@ -424,7 +430,6 @@ def report(
     from modelmix.io.checkpoint import Checkpoint
     from modelmix.soup import read_state_dict
 
-    _quiet_transformers()
     say(f"loading {base_name} and {len(experts)} experts from {z.path}")
     em = EvalModel.from_pretrained(z.model_path(base_name), device=device)
     if em.kind != "decoder":
@@ -475,21 +480,12 @@ def report(
         text = rep.to_markdown()
         if intro:
             text = intro.rstrip() + "\n\n" + text
-        Path(out).write_text(text + f"\n_Report computed in {rep.seconds:.0f} s._\n", encoding="utf-8")
+        from modelmix.io.outputs import write_file_atomic
+
+        write_file_atomic(out, text + f"\n_Report computed in {rep.seconds:.0f} s._\n", what="report")
     if png is not None:
         rep.plot(png)
     return rep
-
-
-def _quiet_transformers() -> None:
-    """Loading the skeleton should not draw progress bars over the per-model log."""
-    try:
-        from transformers.utils import logging
-
-        logging.disable_progress_bar()
-        logging.set_verbosity_error()
-    except ImportError:  # pragma: no cover - transformers is a dependency
-        pass
 
 
 DOC_INTRO = """# Zoo report: merge methods on the zoo's experts
@@ -512,21 +508,22 @@ modelmix zoo report --zoo zoo-default --out docs/zoo_report.md --png docs/zoo_re
 """
 
 
-@click.command(name="report")
+@click.command(name="report", cls=Command)
 @click.option("--zoo", "zoo_dir", required=True, type=click.Path(path_type=Path),
               help="A zoo directory (from `modelmix zoo build`).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the Markdown report here (default: print the table).")
 @click.option("--png", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write a bar chart of per-task exact match and general loss (PNG).")
-@click.option("--split", type=click.Choice(["train", "validation", "test"]), default="test", show_default=True)
+@click.option("--split", type=click.Choice(["train", "validation", "test"]), default="test", show_default=True,
+              help="Which split of every zoo task to score on.")
 @click.option("--methods", multiple=True,
               help=f"Merges to run (repeat or comma-separate; default all: {', '.join(DEFAULT_METHODS)}).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @click.option("--write-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Also write each merged model through the engine to DIR/<method> (replacing it).")
 @click.option("--doc", is_flag=True, help="Put the docs page intro (title, regeneration command) above the table.")
-@click.option("--device", default="cpu", show_default=True, help="Evaluation device.")
+@device_option("Evaluation device.")
 @click.option("--batch-size", type=click.IntRange(1), default=None, help="Rows per forward pass (default: by tokens).")
 @click.option("--quiet", "-q", is_flag=True, help="No per-model progress on stderr.")
 def report_cmd(zoo_dir: Path, out: Path | None, png: Path | None, split: str, methods: tuple[str, ...],

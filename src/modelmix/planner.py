@@ -308,6 +308,11 @@ class _Planner:
                     self.config.get_param(p.name, tensor_name=out_name, t=t, model=ref, slice_index=slice_index)
                     for ref, _nm in inputs
                 ]
+        if m.check is not None:  # constraints between parameters: reported by `check`, before any weight is read
+            try:
+                m.check({**gparams, **mparams})
+            except ConfigError as e:
+                raise ConfigError(f"Tensor {out_name!r}: {e}") from None
         self.tasks.append(
             TensorTask(
                 name=out_name,

@@ -1,0 +1,188 @@
+"""Where a command may write: one check shared by every command that writes an output.
+
+The README promises that inputs are never modified. Most ways of breaking that promise are not bugs in the
+writer but in the choice of path: ``modelmix merge recipe.yml ./ft1 --overwrite`` where ``./ft1`` is one of
+the recipe's models would replace that model with the merge, an output inside a model directory would be
+written into it, and an output directory that *contains* an input would delete the input when replaced.
+So every output path (model directory, report, plot) is compared with every input (models, LoRA adapters,
+the tokenizer source, example files, the recipe) after resolving symlinks and ``..``, before any heavy work,
+with or without ``--overwrite``. Only then come the ordinary checks (exists, parent writable).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from modelmix.errors import OutputError
+
+Inputs = Iterable[tuple[str, "str | Path"]]  # (what it is, e.g. "input model", path)
+
+
+def real(path: str | Path) -> Path:
+    """Absolute path with symlinks and ``..`` resolved (also for paths that do not exist yet)."""
+    return Path(os.path.realpath(os.path.abspath(os.path.expanduser(str(path)))))
+
+
+def guard_inputs(target: str | Path, inputs: Inputs, *, what: str = "output") -> None:
+    """OutputError if ``target`` equals, lies inside or contains any input (after resolving both)."""
+    t = real(target)
+    for label, p in inputs:
+        r = real(p)
+        if t == r:
+            rel = "is"
+        elif r in t.parents:
+            rel = "lies inside"
+        elif t in r.parents:
+            rel = "contains"
+        else:
+            continue
+        given = Path(target).expanduser().absolute()
+        shown_t = f"{given}" + (f" (that is {t})" if str(t) != str(given) else "")
+        raise OutputError(
+            f"The {what} {shown_t} {rel} the {label} {r}. modelmix never writes over, into or around its "
+            f"inputs, with or without --overwrite, so nothing was written; choose an output path outside "
+            f"every input."
+        )
+
+
+def nearest_existing(path: Path) -> Path:
+    """``path`` itself or its closest ancestor that exists."""
+    p = path
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def check_output_dir(target: str | Path, *, overwrite: bool, inputs: Inputs = (), create_parents: bool = True,
+                     what: str = "output directory") -> Path:
+    """Validate a directory output before any work; returns its absolute path.
+
+    Refuses an output on, in or around an input; an existing path without ``overwrite`` (or one that is not a
+    directory); and a location whose parent cannot be created or written. Missing parent directories are
+    allowed when ``create_parents`` (the writer creates them, as mergekit does).
+    """
+    out = Path(target).expanduser().absolute()
+    guard_inputs(out, inputs, what=what)
+    if out.exists() or out.is_symlink():
+        if not overwrite:
+            raise OutputError(f"Output directory {out} already exists. Pass --overwrite to replace it (it is "
+                              f"replaced only once the new output is complete).")
+        if not out.is_dir():
+            raise OutputError(f"Output path {out} exists and is not a directory.")
+    parent = out.parent
+    if not parent.is_dir():
+        anc = nearest_existing(parent)
+        if not create_parents or not anc.is_dir():
+            why = "does not exist" if not parent.exists() else "is not a directory"
+            raise OutputError(f"Cannot create {out}: its parent {parent} {why}.")
+        parent = anc
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"Cannot write to {parent}: permission denied. Choose a writable output location.")
+    return out
+
+
+def check_output_file(path: str | Path, *, inputs: Inputs = (), suffix: str | None = None,
+                      what: str = "output file") -> Path:
+    """Validate a single-file output (a report, a plot): not on or in an input, not a directory, and its
+    directory exists and is writable. An existing file is replaced (written atomically by the caller)."""
+    p = Path(path).expanduser()
+    if suffix is not None and p.suffix.lower() != suffix:
+        raise OutputError(f"{what} {p}: give a file name ending in {suffix}.")
+    guard_inputs(p, inputs, what=what)
+    if p.is_dir():
+        raise OutputError(f"Cannot write {what} {p}: it is a directory; give a file name.")
+    d = p.absolute().parent
+    if not d.is_dir():
+        raise OutputError(f"Cannot write {what} {p}: directory {d} does not exist.")
+    if not os.access(d, os.W_OK | os.X_OK):
+        raise OutputError(f"Cannot write {what} {p}: permission denied in {d}.")
+    return p
+
+
+def write_file_atomic(path: str | Path, data: bytes | str, *, what: str = "output file") -> Path:
+    """Write ``data`` to a temporary file beside ``path`` and rename it into place: a failure (disk full)
+    leaves the old file, or nothing, never a truncated one. Errors are OutputErrors naming ``path``."""
+    import tempfile
+
+    p = Path(path)
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.absolute().parent)
+        with os.fdopen(fd, "wb") as f:
+            f.write(raw)
+        os.chmod(tmp, 0o666 & ~umask())
+        os.replace(tmp, p)
+        tmp = None
+    except OSError as e:
+        raise os_error(e, p, what=what) from None
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+    return p
+
+
+def os_error(e: OSError, where: str | Path, *, what: str = "the output") -> OutputError:
+    """An OSError met while writing ``where`` as an OutputError that names the output location."""
+    import errno
+
+    if e.errno == errno.ENOSPC or e.errno == errno.EDQUOT:
+        return OutputError(f"No space left on the device while writing {what} {where}. Free some space or "
+                           f"choose another output location; nothing was written there.")
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return OutputError(f"Cannot write {what} {where}: {e.strerror}. Choose a writable output location.")
+    return OutputError(f"Writing {what} {where} failed: {e.strerror or e}.")
+
+
+def human_bytes(n: float) -> str:
+    """1234567 -> '1.23 MB' (decimal units, three significant digits, so small sizes stay readable)."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} B" if unit == "B" else f"{n:.3g} {unit}"
+        n /= 1000
+    return f"{n:.3g} TB"  # pragma: no cover - loop always returns
+
+
+def umask() -> int:
+    """The process umask, read without changing it where /proc allows (os.umask can only set it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def chmod_tree_umask(root: Path) -> None:
+    """Give a directory built in a 0700 temporary dir the permissions the user's umask asks for."""
+    mask = umask()
+    os.chmod(root, 0o777 & ~mask)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for d in dirnames:
+            os.chmod(os.path.join(dirpath, d), 0o777 & ~mask)
+        for f in filenames:
+            os.chmod(os.path.join(dirpath, f), 0o666 & ~mask)
+
+
+def input_list(models: Iterable[str | Path] = (), files: Iterable[str | Path | None] = (),
+               file_label: str = "examples file") -> list[tuple[str, Path]]:
+    """``(label, path)`` pairs for :func:`guard_inputs`: input models and input files (None skipped)."""
+    out = [("input model", Path(m)) for m in models]
+    out += [(file_label, Path(f)) for f in files if f is not None]
+    return out
+
+
+def check_model_output(out_dir: str | Path | None, *, overwrite: bool, models: Iterable[str | Path] = (),
+                       files: Iterable[str | Path | None] = ()) -> Path | None:
+    """The check every command that writes a merged model runs before any evaluation (None: no output)."""
+    if out_dir is None:
+        return None
+    return check_output_dir(out_dir, overwrite=overwrite, inputs=input_list(models, files))
