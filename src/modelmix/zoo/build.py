@@ -95,6 +95,7 @@ def build_zoo(out: str | Path, preset: str = "default", seed: int = 0, progress:
         _build_cached(cached, PRESETS[preset], seed, progress)
     if out.resolve() == cached.resolve():
         return out
+    tmp: Path | None = None
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -103,9 +104,11 @@ def build_zoo(out: str | Path, preset: str = "default", seed: int = 0, progress:
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
         os.replace(tmp / "zoo", out)
-        shutil.rmtree(tmp, ignore_errors=True)
     except OSError as e:
         raise OutputError(f"Cannot write the zoo to {out}: {e}.") from None
+    finally:  # also on Ctrl-C: no half-copied zoo beside the target
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
