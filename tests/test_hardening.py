@@ -519,9 +519,184 @@ def test_output_check_is_shared(tmp_path: Path):
     (tmp_path / "m").mkdir()
     (tmp_path / "ex.jsonl").write_text("{}\n")
     with pytest.raises(OutputError, match="is the examples file"):
-        check_output_file(tmp_path / "ex.jsonl", inputs=[("examples file", tmp_path / "ex.jsonl")])
+        check_output_file(tmp_path / "ex.jsonl", overwrite=True, inputs=[("examples file", tmp_path / "ex.jsonl")])
+    with pytest.raises(OutputError, match="already exists. Pass --overwrite"):
+        check_output_file(tmp_path / "ex.jsonl", overwrite=False)
+    with pytest.raises(OutputError, match="ending in .html"):
+        check_output_file(tmp_path / "report.txt", overwrite=True, suffix=(".html", ".htm"))
     with pytest.raises(OutputError, match="contains the input model"):
         check_output_dir(tmp_path, overwrite=True, inputs=[("input model", tmp_path / "m")])
     guard_inputs(tmp_path / "m2", [("input model", tmp_path / "m")])  # a sibling with a common prefix is fine
     assert check_output_dir(tmp_path / "new" / "deeper", overwrite=False) == (tmp_path / "new" / "deeper")
     assert [human_bytes(n) for n in (0, 999, 1500, 2.5e6, 7.25e9)] == ["0 B", "999 B", "1.5 KB", "2.5 MB", "7.25 GB"]
+
+
+# ------------------------------------------------------------------------ found by trying it as a new user
+def test_overwrite_replaces_only_an_earlier_output(trio, monkeypatch):
+    root, _ = trio
+    recipe = _linear(root, "ft1", "ft2")
+    work = root / "work"
+    (work / "sub").mkdir(parents=True)
+    (work / "sub" / "data.txt").write_text("mine")
+    monkeypatch.chdir(work)
+    code, _, err = run_cli("merge", str(recipe), ".", "--overwrite")
+    _refused(code, err, "current directory")
+    code, _, err = run_cli("merge", str(recipe), str(work), "--overwrite")
+    _refused(code, err, "current directory")
+    (root / "notes").mkdir()
+    (root / "notes" / "thesis.tex").write_text("years of work")
+    code, _, err = run_cli("merge", str(recipe), str(root / "notes"), "--overwrite")
+    _refused(code, err, "does not look like a model directory", "thesis.tex")
+    assert (work / "sub" / "data.txt").read_text() == "mine"
+    assert (root / "notes" / "thesis.tex").read_text() == "years of work"
+    # an earlier output, an empty directory and a dangling link are replaced
+    for target in ("prev", "empty", "dangling"):
+        if target == "prev":
+            assert run_cli("merge", str(recipe), str(root / "prev"), "-q")[0] == 0
+        elif target == "empty":
+            (root / "empty").mkdir()
+        else:
+            (root / "dangling").symlink_to(root / "nowhere")
+        code, _, err = run_cli("merge", str(recipe), str(root / target), "--overwrite", "-q")
+        assert code == 0, (target, err)
+        assert (root / target / "model.safetensors").is_file()
+
+
+def test_an_output_on_an_input_is_refused_before_the_exists_check(trio):
+    root, _ = trio
+    code, _, err = run_cli("merge", str(_linear(root, "ft1", "ft2")), str(root / "ft1"))
+    _refused(code, err, "is the input model")  # not "already exists. Pass --overwrite"
+
+
+def test_report_files_are_replaced_only_with_overwrite(decoders, zoo_dir: Path, tmp_path: Path):
+    root, (d0, d1), ex = decoders
+    keep = tmp_path / "keep.html"
+    keep.write_text("<p>my notes</p>")
+    code, _, err = run_cli("analyze", "--base", str(d0), str(d1), str(d1), "--html", str(keep))
+    _refused(code, err, "already exists. Pass --overwrite")
+    code, _, err = run_cli("analyze", "--base", str(d0), str(d1), str(d1), "--html", str(ex.with_suffix(".txt")))
+    _refused(code, err, "ending in .html")
+    code, _, err = run_cli("lmc", str(d0), str(d1), "--examples", str(ex), "--png", str(keep.with_suffix(".png")))
+    assert code == 0, err
+    code, _, err = run_cli("lmc", str(d0), str(d1), "--examples", str(ex), "--png", str(keep.with_suffix(".png")))
+    _refused(code, err, "already exists. Pass --overwrite")
+    (tmp_path / "report.md").write_text("mine")
+    code, _, err = run_cli("zoo", "report", "--zoo", str(zoo_dir), "--out", str(tmp_path / "report.md"))
+    _refused(code, err, "already exists. Pass --overwrite")
+    (tmp_path / "wd" / "soup").mkdir(parents=True)
+    code, _, err = run_cli("zoo", "report", "--zoo", str(zoo_dir), "--methods", "soup", "--write-dir", str(tmp_path / "wd"))
+    _refused(code, err, "already holds soup", "--overwrite")
+    assert keep.read_text() == "<p>my notes</p>" and (tmp_path / "report.md").read_text() == "mine"
+
+
+def _slow_recipe(root: Path) -> Path:
+    base = make_model(root / "bigbase", hidden=384, layers=8, vocab=4096, seed=0)
+    make_model(root / "bigft", hidden=384, layers=8, vocab=4096, seed=1, like=base)
+    return write_recipe(root / "slow.yml", f"merge_method: ties\nbase_model: {root / 'bigbase'}\nmodels:\n"
+                        f"  - model: {root / 'bigft'}\n    parameters: {{weight: 1.0, density: 0.5}}\n"
+                        "dtype: float32\n")
+
+
+def test_sigterm_during_a_merge_leaves_nothing(tmp_path: Path):
+    import signal
+    import time
+
+    recipe = _slow_recipe(tmp_path)
+    before = snapshot(tmp_path / "bigft")
+    env = {**os.environ, "MODELMIX_DIRECT_IO": "0"}
+    p = subprocess.Popen([sys.executable, "-m", "modelmix.cli", "merge", str(recipe), str(tmp_path / "out"),
+                          "--threads", "1"], stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 60
+    while not _tmp_dirs(tmp_path) and p.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    if p.returncode == 0:
+        pytest.skip("the merge finished before SIGTERM arrived")
+    assert p.returncode == 143, err
+    assert "Aborted." in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists() and _tmp_dirs(tmp_path) == []
+    assert snapshot(tmp_path / "bigft") == before
+
+
+def test_temp_dirs_of_dead_merges_are_removed(trio):
+    from modelmix.io import writer
+
+    root, _ = trio
+    dead = root / f"{writer._tmp_prefix('out').replace(str(os.getpid()), '999999999')}abcd1234"
+    live = root / f"{writer._tmp_prefix('out')}live0000"  # this very process: still running
+    other = root / ".out.modelmix-otherhost-1-abcd1234"  # another host on a shared file system
+    for d in (dead, live, other):
+        d.mkdir()
+    code, _, err = run_cli("merge", str(_linear(root, "ft1", "ft2")), str(root / "out"), "-q")
+    assert code == 0, err
+    assert not dead.exists() and live.exists() and other.exists()
+
+
+def test_model_card_records_the_seed_the_merge_used(trio):
+    root, _ = trio
+    recipe = write_recipe(root / "d.yml", f"merge_method: dare_ties\nbase_model: {root / 'base'}\nmodels:\n"
+                          f"  - model: {root / 'ft1'}\n    parameters: {{weight: 1.0, density: 0.5}}\n"
+                          "random_seed: 42\ndtype: float32\n")
+    code, _, err = run_cli("merge", str(recipe), str(root / "o"), "--seed", "7", "-q")
+    assert code == 0, err
+    card = (root / "o" / "README.md").read_text()
+    assert "random_seed: 7" in card and "random_seed: 42" not in card
+
+
+def test_small_cli_mistakes_are_caught(trio, decoders, zoo_dir: Path):
+    root, _ = trio
+    _r, (d0, d1), ex = decoders
+    recipe = _linear(root, "ft1", "ft2")
+    for bad in ("0", "-3MB"):
+        code, _, err = run_cli("merge", str(recipe), str(root / "o"), "--out-shard-size", bad)
+        assert code == 2 and "must be positive" in err and not (root / "o").exists(), err
+    code, _, err = run_cli("eval", str(d0), "--examples", str(ex), "--limit", "5")
+    assert code == 2 and "--limit applies to --lm-eval" in err
+    code, _, err = run_cli("cocktail", str(d0), str(d1), "--weights", "1", "1", "--granularity", "layer",
+                           "--out", str(root / "c"))
+    _refused(code, err, "nothing to search")
+    from modelmix.zoo import load_zoo
+
+    z = load_zoo(zoo_dir)
+    emb = z.model_path("embedders/base")
+    code, _, err = run_cli("eval", str(emb), "--examples", str(ex), "--metric", "loss")
+    _refused(code, err, "--metric loss needs a decoder", "is an encoder")
+    code, _, err = run_cli("eval", str(emb), "--examples", str(ex))
+    _refused(code, err, "{input, output} decoder examples", "is an encoder")
+    other = next(m for m, spec in z.models.items() if spec["type"] == "encoder" and m != "embedders/base")
+    code, _, err = run_cli("soup", str(emb), str(z.model_path(other)), "--examples", str(ex), "--out", str(root / "s"))
+    _refused(code, err, "needs a decoder")
+    lora_recipe = write_recipe(root / "l.yml", f"merge_method: linear\nmodels:\n  - model: {root / 'ft1'}+./nolora\n"
+                               "    parameters: {weight: 1.0}\n")
+    code, _, err = run_cli("check", str(lora_recipe))
+    _refused(code, err, "LoRA adapter of", "nolora")
+    assert "huggingface-cli" not in err
+
+
+def test_dry_run_into_a_closed_pipe_exits_quietly(trio):
+    root, _ = trio
+    recipe = _linear(root, "ft1", "ft2")
+    p = subprocess.Popen([sys.executable, "-m", "modelmix.cli", "merge", str(recipe), str(root / "o"), "--dry-run"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.readline()
+    p.stdout.close()  # as `| head -1` does
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=60) == 0 and "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_zoo_copy_follows_umask_and_messages_fit(zoo_dir: Path, cache_env: Path, tmp_path: Path):
+    old = os.umask(0o022)
+    try:
+        code, out, err = run_cli("zoo", "build", "--out", str(tmp_path / "z"), "--preset", "test", "--no-progress")
+    finally:
+        os.umask(old)
+    assert code == 0, err
+    assert stat.S_IMODE((tmp_path / "z").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "z" / "base" / "model.safetensors").stat().st_mode) == 0o644
+    assert "decoders" in out and "embedders" in out
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "f").write_text("x")
+    code, _, err = run_cli("zoo", "build", "--out", str(tmp_path / "x"), "--preset", "test")
+    _refused(code, err, "choose another --out")
+    assert "--force" not in err  # --force would refuse to replace a non-zoo directory anyway

@@ -104,16 +104,15 @@ def merge(
     from modelmix import interrupt
     from modelmix.devices import check_device
     from modelmix.execute import Executor, Progress
-    from modelmix.io.outputs import guard_inputs
-    from modelmix.io.writer import ModelWriter, OutSpec, check_target
+    from modelmix.io.outputs import check_output_dir
+    from modelmix.io.writer import ModelWriter, OutSpec
 
     t0 = time.perf_counter()
     device = check_device(device)
     out = Path(out_dir)
-    check_target(out.absolute(), overwrite)  # before any heavy work
     mp = plan(config, base_dir=base_dir, allow_pickle=allow_pickle, seed=seed)
-    try:  # planning read only headers; now the output can be compared with every input
-        guard_inputs(out, [*plan_inputs(mp, config), *protect])
+    try:  # planning read only headers; the output is checked against every input before anything else
+        check_output_dir(out, overwrite=overwrite, inputs=[*plan_inputs(mp, config), *protect])
     except BaseException:
         mp.close()
         raise
@@ -139,7 +138,7 @@ def merge(
                 finally:
                     progress.close()
                 intr.check()
-                _write_aux(mp, writer.path, writer.target)
+                _write_aux(mp, writer.path, writer.target, seed)
                 writer.commit(intr)  # checks for a pending Ctrl-C once more, right before the rename
             except BaseException:
                 writer.abort()
@@ -180,11 +179,13 @@ def _aux_bytes(mp) -> int:
     return total
 
 
-def _write_aux(mp, path, target: Path) -> None:
+def _write_aux(mp, path, target: Path, seed: int | None = None) -> None:
     """config.json, tokenizer + generation config from the tokenizer source, and a model card.
 
     A source that cannot be read is an InputError naming it; a failed write (disk full) is an OutputError
-    naming the file in the output location ``target``, never the input it was copied from.
+    naming the file in the output location ``target``, never the input it was copied from. The card's
+    recipe records the seed the merge ran with (``--seed`` overrides the recipe's ``random_seed``), so the
+    model can be rebuilt from it.
     """
     from modelmix.io.outputs import os_error
 
@@ -222,6 +223,8 @@ def _write_aux(mp, path, target: Path) -> None:
         data["chat_template"] = template
         put("tokenizer_config.json", json.dumps(data, indent=2) + "\n")
     models = "\n".join(f"- {k}" for k in mp.models)
+    if seed is not None and seed != cfg.random_seed:
+        cfg = cfg.model_copy(update={"random_seed": seed})
     put("README.md",
         "---\ntags:\n- modelmix\n- merge\n---\n"
         f"# Merged model\n\nThis model was merged with modelmix using the `{cfg.merge_method}` method.\n\n"

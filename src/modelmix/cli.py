@@ -73,9 +73,12 @@ def _parse_size(s: str) -> int:
     t = s.strip().upper().replace(" ", "")
     num = t.rstrip("KMGTIB")
     try:
-        return int(float(num) * units[t[len(num):]])
+        n = int(float(num) * units[t[len(num):]])
     except (ValueError, KeyError):
         raise click.BadParameter(f"{s!r} is not a size like 5GB, 500MB or 2GiB") from None
+    if n < 1:
+        raise click.BadParameter(f"{s!r}: a shard size must be positive, like 5GB, 500MB or 2GiB")
+    return n
 
 
 @app.command(cls=Command)
@@ -103,6 +106,9 @@ def merge(recipe, out_dir, overwrite, threads, device, seed, out_shard_size, all
         click.echo(f"# {len(p.tasks)} output tensors, {p.out_bytes / 1e9:.3f} GB, method {p.method.name}")
         for t in p.tasks:
             click.echo(t.describe())
+        sys.stdout.flush()
+    except BrokenPipeError:  # `modelmix merge --dry-run | head`: the reader has what it wanted
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the interpreter's final flush goes nowhere
     finally:
         p.close()
 
@@ -169,6 +175,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(e.exit_code)
 
 
+
 def _aborted() -> None:
     """Ctrl-C: exit 130 with "Aborted." (nothing was written: a merge removes its temporary directory
     before the interrupt reaches here) -- unless the merge had already completed, the interrupt arriving
@@ -178,7 +185,7 @@ def _aborted() -> None:
     if interrupt.finished():
         sys.exit(0)
     click.echo("Aborted.", err=True)
-    sys.exit(130)
+    sys.exit(interrupt.exit_code())  # 130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP
 
 
 def _quiet_libraries() -> None:

@@ -81,30 +81,6 @@ class CocktailWeights:
 
 
 # ------------------------------------------------------------------------------------------ validation
-def _detect_type(path: Path) -> str:
-    """encoder for a sentence-transformers dir or a non-causal-LM config, else decoder (cheap: JSON only)."""
-    if (path / "modules.json").is_file():
-        return "encoder"
-    try:
-        cfg = json.loads((path / "config.json").read_text())
-    except (OSError, ValueError):
-        return "decoder"
-    archs = cfg.get("architectures") or []
-    return "decoder" if not archs or any(a.endswith("ForCausalLM") for a in archs) else "encoder"
-
-
-def _describe(path: Path) -> str:
-    """What a model directory is, in the words of its config (for error messages)."""
-    if (path / "modules.json").is_file():
-        return "a sentence-transformers directory"
-    try:
-        cfg = json.loads((path / "config.json").read_text())
-    except (OSError, ValueError):
-        return "no readable config.json"
-    archs = cfg.get("architectures") or []
-    return f"config architectures {', '.join(archs)}" if archs else f"model_type {cfg.get('model_type')!r}"
-
-
 def _vocab_fingerprint(path: Path) -> Any:
     """The tokenizer's vocabulary as stored on disk (None when the dir has no tokenizer)."""
     tj = path / "tokenizer.json"
@@ -331,6 +307,7 @@ def compute_weights(
     LM-Cocktail's space for ordinary models, ``""`` for the modelmix zoo's).
     """
     from modelmix.devices import check_device
+    from modelmix.eval.models import describe_dir, kind_of_dir
 
     device = check_device(device)
     if granularity not in GRANULARITIES:
@@ -342,11 +319,11 @@ def compute_weights(
     paths = check_models(models)
     if type is not None and type not in TYPES:
         raise ConfigError(f"type must be one of {', '.join(TYPES)}, got {type!r}.")
-    kind = _detect_type(paths[0])
+    kind = kind_of_dir(paths[0])
     if type is not None and type != kind:
         raise ConfigError(
             f"--type {type} was given, but {paths[0]} is {'an encoder' if kind == 'encoder' else 'a decoder'} "
-            f"({_describe(paths[0])}). LM-Cocktail scores decoders by the loss of their outputs and encoders by "
+            f"({describe_dir(paths[0])}). LM-Cocktail scores decoders by the loss of their outputs and encoders by "
             f"InfoNCE over query/pos/neg examples; use --type {kind} or leave --type out to detect it."
         )
     exs = load_cocktail_examples(examples, kind)

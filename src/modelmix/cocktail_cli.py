@@ -61,6 +61,9 @@ def cocktail(models: tuple[str, ...], models_opt: tuple[str, ...], examples: str
         raise ConfigError("Give either --examples (to compute the weights) or --weights (one per model).")
     if not weights_only and not out_dir:
         raise ConfigError("--out is required unless --weights-only is given.")
+    if weight_list and granularity != "model":
+        raise ConfigError("--granularity layer searches weights on --examples; with explicit --weights there is "
+                          "nothing to search. Drop one of them.")
 
     from modelmix import cocktail as C
     from modelmix.io.outputs import check_model_output

@@ -14,6 +14,10 @@ KeyboardInterrupt raised (:meth:`Interrupt.check`); the writer's ``abort`` joins
 closes the files and removes the directory. More Ctrl-C during that cleanup are counted and change
 nothing: the cleanup is bounded by one chunk per worker, or the whole-tensor method call a worker is in.
 After the rename (the commit) an interrupt is too late to undo anything and is ignored.
+
+SIGTERM and SIGHUP (``kill``, a job scheduler's preemption, a closed terminal) are handled the same way
+while their action is the default one, which would end the process on the spot and leave the temporary
+directory behind; the CLI then exits with 128 + the signal's number, as the default action would.
 """
 
 from __future__ import annotations
@@ -29,15 +33,20 @@ class Interrupt:
     """SIGINT state of one merge; ``handler`` is what SIGINT runs while it is installed."""
 
     def __init__(self) -> None:
+        self.signum = 0  # the first signal that asked to stop (SIGINT, SIGTERM or SIGHUP)
+        self.others: dict[int, Any] = {}  # SIGTERM/SIGHUP -> the handler they had before
         self.requested = False  # a Ctrl-C arrived
         self.committed = False  # the output is in place: later Ctrl-C are ignored
         self.count = 0
         self.prev: Any = None  # the handler install() replaced
 
     def handler(self, signum: int, frame: Any) -> None:
+        global _last_signum
         self.count += 1
         if not self.committed:
-            self.requested = True  # an attribute store only: nothing here can block or be left half done
+            self.requested = True  # attribute stores only: nothing here can block or be left half done
+            self.signum = self.signum or signum
+            _last_signum = self.signum
 
     def is_set(self) -> bool:
         """Whether the work should stop (``threading.Event``'s spelling, so either can be a cancel flag)."""
@@ -59,6 +68,39 @@ def _current() -> Interrupt | None:
     return owner if isinstance(owner, Interrupt) else None
 
 
+_OTHER_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n))
+_last_signum = 0  # the signal behind the latest request (for the CLI's exit code)
+
+
+def exit_code() -> int:
+    """128 + the number of the signal that stopped the merge (130 for Ctrl-C), as the default action gives."""
+    return 128 + (_last_signum or signal.SIGINT)
+
+
+def _reset_last() -> None:
+    global _last_signum
+    _last_signum = 0
+
+
+def _take_others(it: Interrupt) -> None:
+    """Route SIGTERM/SIGHUP to ``it`` where they still have the default (process-ending) action."""
+    for sig in _OTHER_SIGNALS:
+        try:
+            if signal.getsignal(sig) is signal.SIG_DFL:
+                it.others[sig] = signal.signal(sig, it.handler)
+        except (OSError, ValueError):
+            pass
+
+
+def _give_back_others(it: Interrupt) -> None:
+    for sig, prev in it.others.items():
+        try:
+            signal.signal(sig, prev)
+        except (OSError, ValueError):
+            pass
+    it.others.clear()
+
+
 _finished: Interrupt | None = None  # the last installed Interrupt, once its merge committed and it was removed
 _atexit_registered = False
 
@@ -75,13 +117,15 @@ def install() -> Interrupt:
     interpreter exit SIGINT is ignored (an atexit hook): while Python finalises it restores the default
     action, termination by the signal, and a Ctrl-C there would kill a process whose merge had completed.
     """
-    global _finished, _atexit_registered
+    global _finished, _atexit_registered, _last_signum
     _finished = None
+    _last_signum = 0
     it = Interrupt()
     if (threading.current_thread() is not threading.main_thread()
             or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
         return it  # SIGINT ignored (as a background job's is) or handled by someone else: leave it so
     it.prev = signal.signal(signal.SIGINT, it.handler)
+    _take_others(it)
     if not _atexit_registered:
         import atexit
 
@@ -95,6 +139,7 @@ def uninstall(it: Interrupt) -> None:
     global _finished
     if it.prev is not None:
         signal.signal(signal.SIGINT, it.prev)
+    _give_back_others(it)
     if it.committed:
         _finished = it
 
@@ -123,7 +168,9 @@ def deferred() -> Iterator[Interrupt]:
         it = _current()
         if it is None and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
             it = Interrupt()
+            _reset_last()
             prev = signal.signal(signal.SIGINT, it.handler)
+            _take_others(it)
     if it is None:
         yield Interrupt()
         return
@@ -134,6 +181,7 @@ def deferred() -> Iterator[Interrupt]:
         yield it
     finally:
         signal.signal(signal.SIGINT, prev)
+        _give_back_others(it)
 
 
 def ignore() -> None:

@@ -131,6 +131,11 @@ def lmc_curve(
     ts = grid(points)
     if metric is not None:
         check_metric(metric, ("exact_match",))
+    from modelmix.eval.models import require_kind
+
+    for m in (a, b):
+        if Path(m).is_dir():
+            require_kind(m, "decoder", "Linear mode connectivity (scored by decoder loss)")
     exs = coerce_examples(examples, "decoder")
     cks = open_models([a, b], what="endpoint models")
     sa, sb = read_state_dict(cks[0]), read_state_dict(cks[1])
@@ -156,12 +161,12 @@ def lmc_curve(
                      str(a), str(b))
 
 
-def check_png(path: str | Path, inputs: Sequence[tuple[str, str | Path]] = ()) -> Path:
-    """The PNG target: a .png file in an existing directory, not on or inside an input (checked before any
-    evaluation)."""
+def check_png(path: str | Path, inputs: Sequence[tuple[str, str | Path]] = (), *, overwrite: bool = True) -> Path:
+    """The PNG target: a .png file in an existing directory, not on or inside an input, an existing file only
+    with ``overwrite`` (checked before any evaluation)."""
     from modelmix.io.outputs import check_output_file
 
-    return check_output_file(path, inputs=inputs, suffix=".png", what="--png")
+    return check_output_file(path, inputs=inputs, suffix=".png", what="--png", overwrite=overwrite)
 
 
 def plot_curve(result: LMCResult, path: str | Path) -> Path:

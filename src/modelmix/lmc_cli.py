@@ -27,7 +27,7 @@ from modelmix.cli_common import (
 @click.option("--merge-best", is_flag=True,
               help="Write the interpolation at the best t (by --metric if given, else lowest loss) to --out.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Output directory for --merge-best.")
-@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+@click.option("--overwrite", is_flag=True, help="Replace --out and --png if they exist.")
 @separator_option()
 @device_option("Device for evaluation.")
 @click.option("--batch-size", type=click.IntRange(1), default=None, help="Rows per forward pass (default: by tokens).")
@@ -54,7 +54,7 @@ def lmc(models, models_opt, examples, points, metric, png, as_json, merge_best, 
     check_out(out_dir, overwrite, [model_a, model_b], [examples])  # fail before the evaluation, not after
     inputs = [("input model", Path(model_a)), ("input model", Path(model_b)), ("examples file", Path(examples))]
     if png:
-        check_png(png, inputs)
+        check_png(png, inputs, overwrite=overwrite)
     res = lmc_curve(model_a, model_b, examples, points, metric, device=device, batch_size=batch_size,
                     separator=separator, log=lambda s: click.echo(s, err=True))
     if png:

@@ -201,8 +201,12 @@ def model_soup(
     ex_file = examples if isinstance(examples, (str, Path)) else None
     check_out(out_dir, overwrite, models, [ex_file])
     from modelmix.eval.data import coerce_examples
+    from modelmix.eval.models import require_kind
     from modelmix.io.outputs import input_list
 
+    for m in models:
+        if Path(m).is_dir():
+            require_kind(m, "decoder", "A soup (scored by loss or exact match)")
     exs = coerce_examples(examples, "decoder")
     cks = open_models(models)
     names = [str(m) for m in models]

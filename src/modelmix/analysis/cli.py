@@ -21,16 +21,21 @@ from modelmix.cli_common import (
 from modelmix.errors import OutputError
 
 
-def _check_outputs(html_out: str | None, png_dir: str | None, inputs: list) -> None:
-    """Fail before the (long) analysis if an output location cannot be written or is an input."""
+def _check_outputs(html_out: str | None, png_dir: str | None, inputs: list, overwrite: bool) -> None:
+    """Fail before the (long) analysis if an output location cannot be written, is an input, or holds
+    something already (without --overwrite)."""
     from modelmix.io.outputs import check_output_file, guard_inputs
 
     if html_out is not None:
-        check_output_file(html_out, inputs=inputs, what="--html")
+        check_output_file(html_out, inputs=inputs, what="--html", suffix=(".html", ".htm"), overwrite=overwrite)
     if png_dir is not None:
         guard_inputs(png_dir, inputs, what="--png-dir")
-        if Path(png_dir).exists() and not Path(png_dir).is_dir():
+        d = Path(png_dir)
+        if d.exists() and not d.is_dir():
             raise OutputError(f"--png-dir {png_dir} exists and is not a directory.")
+        if d.is_dir() and any(d.glob("*.png")) and not overwrite:
+            raise OutputError(f"--png-dir {png_dir} already holds PNG files; pass --overwrite to replace the "
+                              f"report's plots there.")
 
 
 @click.command("analyze", cls=Command)
@@ -49,8 +54,9 @@ def _check_outputs(html_out: str | None, png_dir: str | None, inputs: list) -> N
 @device_option()
 @click.option("--threads", type=click.IntRange(1, 64), default=None, help="Worker threads (default: cores, at most 4).")
 @click.option("--allow-pickle", is_flag=True, help="Allow pickle (.bin) checkpoints, loaded with weights_only=True.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --html file and the plots in --png-dir.")
 def analyze(base, models, models_opt, examples, html_out, as_json, png_dir, top_k, metrics, separator, device,
-            threads, allow_pickle):
+            threads, allow_pickle, overwrite):
     """Analyse how the task vectors of M1 M2 ... (relative to --base) interfere: norms, cosine similarity, sign
     conflicts and overlap among the top-k magnitudes, per layer and overall; with --examples also per-task
     scores and the loss along the linear path between two models. Prints findings (or --json).
@@ -62,7 +68,7 @@ def analyze(base, models, models_opt, examples, html_out, as_json, png_dir, top_
     models = join_models(models, models_opt, at_least=2)
     inputs = [("base model", Path(base)), *[("input model", Path(m)) for m in models],
               *[("examples file", Path(e)) for e in examples]]
-    _check_outputs(html_out, png_dir, inputs)
+    _check_outputs(html_out, png_dir, inputs, overwrite)
     report = run(base, list(models), examples=list(examples) or None, top_k=top_k, device=device,
                  metrics=list(dict.fromkeys(metrics)), workers=threads, allow_pickle=allow_pickle,
                  separator=separator)

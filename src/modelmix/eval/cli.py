@@ -102,6 +102,8 @@ def eval_command(
     data = [Path(p) for p in join_examples(examples, examples_alias, required=False)]
     if sum(map(bool, (data, zoo, lm_eval_tasks))) != 1:
         raise click.UsageError("Give one of --examples FILE (repeatable), --zoo DIR or --lm-eval TASKS.")
+    if limit is not None and not lm_eval_tasks:
+        raise click.UsageError("--limit applies to --lm-eval only (examples per lm-evaluation-harness task).")
     from modelmix.devices import check_device
 
     device = check_device(device)
@@ -131,7 +133,19 @@ def eval_command(
             raise InputError(
                 f"--examples files must have distinct names (used as task keys): {', '.join(stems)}."
             )
+        from modelmix.eval.models import kind_of_dir, require_kind
+
+        if Path(model).is_dir():  # a metric or file that does not fit the model: say so, not "missing field"
+            for m in metrics:
+                require_kind(model, "encoder" if METRIC_KIND[m] == "encoder" else "decoder", f"--metric {m}")
         for p in data:  # validate every file before paying for the model load
+            if not metrics and Path(model).is_dir() and Path(p).is_file():
+                have, want = kind_of_dir(model), _kind_of(p)
+                if (have == "encoder") != (want == "encoder"):
+                    shape = "{query, pos, neg} retrieval" if want == "encoder" else "{input, output} decoder"
+                    raise InputError(f"{p} holds {shape} examples, but {model} is "
+                                     f"{'an encoder' if have == 'encoder' else 'a decoder'}; give it examples "
+                                     f"of its kind (or the model they were written for).")
             for kind in {METRIC_KIND[m] for m in metrics} or {_kind_of(p)}:
                 load_examples(p, kind)
         em = EvalModel.from_pretrained(model, device=device)

@@ -55,9 +55,15 @@ def validate_example(ex: Any, kind: str, where: str) -> dict[str, Any]:
     if not isinstance(ex, Mapping):
         raise DataError(f"{where}: each example must be a JSON object, got {type(ex).__name__}.")
     if kind == "decoder":
+        if "input" not in ex and "query" in ex:
+            raise DataError(f"{where}: this is a retrieval example {{query, pos, neg}} (for encoders), but "
+                            f"decoder examples {{input, output}} are needed here.")
         _check_str(ex, "input", where)
         _check_str(ex, "output", where)
     elif kind == "encoder":
+        if "query" not in ex and "input" in ex:
+            raise DataError(f"{where}: this is a decoder example {{input, output}}, but retrieval examples "
+                            f"{{query, pos, neg}} (for encoders) are needed here.")
         _check_str(ex, "query", where)
         _check_str_list(ex, "pos", where, nonempty=True)
         _check_str_list(ex, "neg", where, nonempty=False)
@@ -103,8 +109,8 @@ def load_examples(path: str | Path, kind: str = "decoder") -> list[dict[str, Any
             whole = None
         if isinstance(whole, list) and whole and all(isinstance(e, Mapping) for e in whole):
             raise DataError(
-                f"{p} holds one JSON array, but modelmix expects JSON Lines: one object per line. Convert it, "
-                f"e.g. with `jq -c '.[]' {p.name} > {p.stem}.jsonl`."
+                f"{p} holds one JSON array, but modelmix expects JSON Lines: one object per line. Convert it "
+                f"into a new file, e.g. `jq -c '.[]' {p.name} > {p.stem}.lines.jsonl`."
             )
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():

@@ -269,6 +269,7 @@ def generate_greedy(
     results: list[str] = [""] * len(prompts)
     # generation holds a KV cache per row: budget rows by prompt+budget tokens, but keep batches large
     bs_default = None if batch_size else 256
+    cache_kw = _cache_kwarg(model)
     with torch.inference_mode():
         for idx in _batches(
             [lengths[i] + budgets[i] for i in range(len(prompts))], batch_size or bs_default, 1
@@ -285,7 +286,7 @@ def generate_greedy(
             out = model(
                 input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1
             )
-            cache = out.past_key_values
+            cache = _cache_of(out)
             done = torch.zeros(len(idx), dtype=torch.bool, device=dev)
             seen = torch.zeros(len(idx), dtype=torch.bool, device=dev)
             steps: list[Tensor] = []
@@ -307,10 +308,10 @@ def generate_greedy(
                     input_ids=nxt.unsqueeze(1),
                     attention_mask=attn,
                     position_ids=pos,
-                    past_key_values=cache,
                     use_cache=True,
+                    **{cache_kw: cache},
                 )
-                cache = out.past_key_values
+                cache = _cache_of(out)
             gen = torch.stack(steps, 1).cpu()
             keepm = torch.stack(live_steps, 1).cpu()
             for r, i in enumerate(idx):
@@ -321,6 +322,22 @@ def generate_greedy(
 
 
 @_threaded
+def _cache_kwarg(model: Any) -> str:
+    """The forward() argument that takes the KV cache: ``cache`` in transformers 5.x (where
+    ``past_key_values`` is deprecated), ``past_key_values`` before."""
+    import inspect
+
+    try:
+        return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    except (TypeError, ValueError):
+        return "past_key_values"
+
+
+def _cache_of(out: Any) -> Any:
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
 def exact_match(
     em: EvalModel,
     examples: Sequence[dict[str, Any]],

@@ -128,6 +128,45 @@ def prompt_separator(model_dir: str | Path) -> str:
     return LMCOCKTAIL_SEPARATOR
 
 
+def kind_of_dir(path: str | Path) -> str:
+    """``"encoder"`` or ``"decoder"`` from a model directory's JSON alone (no weights, no transformers): a
+    sentence-transformers dir or a config without a ``*ForCausalLM`` architecture is an encoder. Lets a
+    command say "this metric needs a decoder" before it validates data or loads anything."""
+    p = Path(path)
+    if (p / "modules.json").is_file():
+        return "encoder"
+    try:
+        cfg = json.loads((p / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "decoder"
+    archs = cfg.get("architectures") or [] if isinstance(cfg, dict) else []
+    return "decoder" if not archs or any(str(a).endswith("ForCausalLM") for a in archs) else "encoder"
+
+
+def describe_dir(path: str | Path) -> str:
+    """What a model directory is, in the words of its config (for error messages)."""
+    p = Path(path)
+    if (p / "modules.json").is_file():
+        return "a sentence-transformers directory"
+    try:
+        cfg = json.loads((p / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "no readable config.json"
+    archs = cfg.get("architectures") or []
+    return f"config architectures {', '.join(archs)}" if archs else f"model_type {cfg.get('model_type')!r}"
+
+
+def require_kind(path: str | Path, kind: str, what: str) -> None:
+    """InputError unless the model at ``path`` is a ``kind`` (``what`` names the metric or command)."""
+    have = kind_of_dir(path)
+    if have != kind:
+        article = "an" if have == "encoder" else "a"
+        raise InputError(
+            f"{what} needs {'an encoder (embedding model)' if kind == 'encoder' else 'a decoder (causal LM)'}, "
+            f"but {path} is {article} {have} ({describe_dir(path)})."
+        )
+
+
 def _detect_kind(config: Any, is_st: bool) -> str:
     if is_st:
         return "encoder"

@@ -34,7 +34,8 @@ def resolve_model_path(ref: str, *, base_dir: Path | None = None) -> Path:
         if c.exists():
             return c.resolve()
     repo, _, revision = ref.partition("@")
-    looks_like_repo = re.fullmatch(r"[\w.-]+/[\w.-]+", repo) is not None
+    # org/name; a path spelled ./x, ../x, /x or ~/x is a path, never a hub id
+    looks_like_repo = re.fullmatch(r"[\w-][\w.-]*/[\w.-]+", repo) is not None and not repo.startswith((".", "~"))
     if looks_like_repo:
         try:
             from huggingface_hub import snapshot_download
@@ -134,7 +135,10 @@ class Checkpoint:
         self._index_tensors(allow_pickle)
         self.lora: LoraAdapter | None = None
         if lora:
-            lora_path = resolve_model_path(lora, base_dir=base_dir)
+            try:
+                lora_path = resolve_model_path(lora, base_dir=base_dir)
+            except InputError as e:
+                raise InputError(f"LoRA adapter of {ref}: {e}") from None
             self.lora = LoraAdapter.open(lora_path, set(self.entries))
 
     # -- discovery -------------------------------------------------------------------------------

@@ -67,10 +67,14 @@ def check_output_dir(target: str | Path, *, overwrite: bool, inputs: Inputs = ()
     guard_inputs(out, inputs, what=what)
     if out.exists() or out.is_symlink():
         if not overwrite:
-            raise OutputError(f"Output directory {out} already exists. Pass --overwrite to replace it (it is "
-                              f"replaced only once the new output is complete).")
-        if not out.is_dir():
+            raise OutputError(f"Output directory {out} already exists. Pass --overwrite (overwrite=True) to "
+                              f"replace it (it is replaced only once the new output is complete).")
+        if out.is_symlink() and not out.exists():
+            pass  # a dangling link: replacing it loses nothing
+        elif not out.is_dir():
             raise OutputError(f"Output path {out} exists and is not a directory.")
+        else:
+            _check_replaceable(out)
     parent = out.parent
     if not parent.is_dir():
         anc = nearest_existing(parent)
@@ -78,26 +82,65 @@ def check_output_dir(target: str | Path, *, overwrite: bool, inputs: Inputs = ()
             why = "does not exist" if not parent.exists() else "is not a directory"
             raise OutputError(f"Cannot create {out}: its parent {parent} {why}.")
         parent = anc
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"Cannot write to {parent}: permission denied. Choose a writable output location.")
+    _check_writable(parent)
     return out
 
 
-def check_output_file(path: str | Path, *, inputs: Inputs = (), suffix: str | None = None,
-                      what: str = "output file") -> Path:
-    """Validate a single-file output (a report, a plot): not on or in an input, not a directory, and its
-    directory exists and is writable. An existing file is replaced (written atomically by the caller)."""
+#: what a model directory holds: --overwrite replaces only a directory with one of these (or an empty one)
+_MODEL_MARKERS = ("config.json", "model.safetensors.index.json", "modules.json", "adapter_config.json",
+                  "pytorch_model.bin", "zoo.json")
+
+
+def _check_replaceable(out: Path) -> None:
+    """``--overwrite`` replaces an earlier output, not whatever happens to be there: never the current
+    directory or one above it, never a directory that does not look like a model."""
+    r, cwd = real(out), real(os.getcwd())
+    if r == cwd or r in cwd.parents:
+        raise OutputError(f"Refusing to replace {out}: it is the current directory or contains it. --overwrite "
+                          f"replaces an earlier output directory; choose a new directory for the output.")
+    if r == Path(r.anchor) or r == real(Path.home()):
+        raise OutputError(f"Refusing to replace {out}: it is the root or home directory.")
+    try:
+        entries = list(r.iterdir())
+    except OSError:
+        return
+    if entries and not any(e.name in _MODEL_MARKERS or e.suffix == ".safetensors" for e in entries):
+        shown = ", ".join(sorted(e.name for e in entries)[:3]) + (", ..." if len(entries) > 3 else "")
+        raise OutputError(f"Refusing to replace {out} with --overwrite: it does not look like a model directory "
+                          f"(it holds {shown}, but no config.json or *.safetensors). Remove it yourself if "
+                          f"that is what you want, or choose another output.")
+
+
+def _check_writable(d: Path) -> None:
+    if os.access(d, os.W_OK | os.X_OK):
+        try:
+            if not os.statvfs(d).f_flag & os.ST_RDONLY:
+                return
+        except (OSError, AttributeError):
+            return
+        raise OutputError(f"Cannot write to {d}: it is on a read-only file system. Choose a writable output "
+                          f"location.")
+    raise OutputError(f"Cannot write to {d}: permission denied. Choose a writable output location.")
+
+
+def check_output_file(path: str | Path, *, overwrite: bool, inputs: Inputs = (),
+                      suffix: str | tuple[str, ...] | None = None, what: str = "output file") -> Path:
+    """Validate a single-file output (a report, a plot): the right suffix, not on or in an input, not a
+    directory, an existing file only with ``overwrite`` (then replaced atomically by the caller), and its
+    directory exists and is writable."""
     p = Path(path).expanduser()
-    if suffix is not None and p.suffix.lower() != suffix:
-        raise OutputError(f"{what} {p}: give a file name ending in {suffix}.")
+    suffixes = (suffix,) if isinstance(suffix, str) else suffix
+    if suffixes is not None and p.suffix.lower() not in suffixes:
+        raise OutputError(f"{what} {p}: give a file name ending in {' or '.join(suffixes)}.")
     guard_inputs(p, inputs, what=what)
     if p.is_dir():
         raise OutputError(f"Cannot write {what} {p}: it is a directory; give a file name.")
+    if (p.exists() or p.is_symlink()) and not overwrite:
+        raise OutputError(f"{what} {p} already exists. Pass --overwrite to replace it.")
     d = p.absolute().parent
     if not d.is_dir():
         raise OutputError(f"Cannot write {what} {p}: directory {d} does not exist.")
-    if not os.access(d, os.W_OK | os.X_OK):
-        raise OutputError(f"Cannot write {what} {p}: permission denied in {d}.")
+    _check_writable(d)
     return p
 
 

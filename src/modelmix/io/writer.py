@@ -20,7 +20,9 @@ import errno
 import json
 import math
 import os
+import re
 import shutil
+import socket
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -30,7 +32,7 @@ import torch
 
 from modelmix import interrupt as interrupt_mod
 from modelmix.errors import OutputError
-from modelmix.io.outputs import check_output_dir, human_bytes, nearest_existing, os_error, umask
+from modelmix.io.outputs import check_output_dir, human_bytes, os_error, umask
 from modelmix.io.safetensors_file import TORCH_TO_ST, itemsize
 
 ALIGN = 4096  # O_DIRECT offset/length/address alignment that every Linux block device accepts
@@ -101,15 +103,7 @@ class ModelWriter:
         check_target(self.target, overwrite)
         parent = self.target.parent
         total = sum(s.nbytes for s in specs)
-        try:
-            free = shutil.disk_usage(nearest_existing(parent)).free
-        except OSError as e:
-            raise _oserror(e, parent) from None
-        if free < total + extra_bytes:
-            raise OutputError(
-                f"Not enough free space for the merged model: it needs {human_bytes(total + extra_bytes)} but "
-                f"{nearest_existing(parent)} has {human_bytes(free)} free. Nothing was written."
-            )
+        self._fds: list[int] = []
         # missing parents are created, as mergekit does, and removed again if the merge does not complete
         self._made_dirs: list[Path] = []
         try:
@@ -117,12 +111,26 @@ class ModelWriter:
             for d in reversed(missing):
                 d.mkdir()
                 self._made_dirs.append(d)
-            self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.modelmix-", dir=parent))
+            # the temporary directory's name says which process on which host owns it: a later merge to the
+            # same target removes those whose process has died (a SIGKILL, a power cut) and no others
+            self.tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(self.target.name), dir=parent))
             os.chmod(self.tmp, 0o777 & ~umask())  # mkdtemp makes it 0700; the output gets the user's umask
         except OSError as e:
             self._remove_made_dirs()
+            raise OutputError(f"Cannot create the output {self.target} (a temporary directory in {parent} "
+                              f"first): {e.strerror or e}. Choose a writable output location.") from None
+        _remove_stale(parent, self.target.name)
+        try:
+            free = shutil.disk_usage(parent).free
+        except OSError as e:
+            self.abort()
             raise _oserror(e, parent) from None
-        self._fds: list[int] = []
+        if free < total + extra_bytes:
+            self.abort()
+            raise OutputError(
+                f"Not enough free space for the merged model: it needs {human_bytes(total + extra_bytes)} but "
+                f"{parent} has {human_bytes(free)} free. Nothing was written."
+            )
         self._where: dict[str, tuple[int, int | None, int, OutSpec]] = {}  # name -> (fd, direct fd, offset, spec)
         shards = plan_shards(specs, max_shard_bytes)
         n = len(shards)
@@ -397,6 +405,34 @@ class ModelWriter:
         self._fds.clear()
         interrupt_mod.uninterrupted(lambda: shutil.rmtree(self.tmp, ignore_errors=True))
         self._remove_made_dirs()
+
+
+def _host_tag() -> str:
+    return re.sub(r"[^A-Za-z0-9]", "_", socket.gethostname() or "host")
+
+
+def _tmp_prefix(name: str) -> str:
+    return f".{name}.modelmix-{_host_tag()}-{os.getpid()}-"
+
+
+def _remove_stale(parent: Path, name: str) -> None:
+    """Remove temporary directories of earlier merges to ``name`` whose process no longer runs on this
+    host. A live process (or one of another user, or on another host sharing the file system) keeps its."""
+    pat = re.compile(rf"\.{re.escape(name)}\.modelmix-{re.escape(_host_tag())}-(\d+)-[A-Za-z0-9_]+")
+    try:
+        entries = list(parent.iterdir())
+    except OSError:
+        return
+    for d in entries:
+        m = pat.fullmatch(d.name)
+        if m is None or int(m.group(1)) == os.getpid() or not d.is_dir():
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except OSError:
+            pass
 
 
 def check_target(target: Path, overwrite: bool) -> None:

@@ -77,7 +77,7 @@ def build_zoo(out: str | Path, preset: str = "default", seed: int = 0, progress:
     if preset not in PRESETS:
         raise ConfigError(f"Unknown zoo preset {preset!r}; choose one of {', '.join(PRESETS)}."
                           f"{did_you_mean(preset, PRESETS)}")
-    from modelmix.io.outputs import guard_inputs, real
+    from modelmix.io.outputs import chmod_tree_umask, guard_inputs, os_error, real
 
     out = Path(out).expanduser()
     cached = cached_zoo_path(preset, seed)
@@ -86,8 +86,9 @@ def build_zoo(out: str | Path, preset: str = "default", seed: int = 0, progress:
     if not force and _is_complete(out, preset, seed):
         return out
     if out.exists() and not force and (not out.is_dir() or any(out.iterdir())):
-        raise OutputError(f"{out} already exists and is not the {preset}/seed {seed} zoo; choose another --out "
-                          "or pass --force to replace it.")
+        other_zoo = (out / MANIFEST).is_file()
+        raise OutputError(f"{out} already exists and is not the {preset}/seed {seed} zoo; choose another --out"
+                          + (" or pass --force to replace that zoo." if other_zoo else "."))
     if out.exists() and force and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST).is_file())):
         raise OutputError(f"{out} exists and is not a model zoo (no {MANIFEST}); --force replaces only an "
                           "earlier zoo. Choose another --out or remove it yourself.")
@@ -101,11 +102,12 @@ def build_zoo(out: str | Path, preset: str = "default", seed: int = 0, progress:
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
         shutil.copytree(cached, tmp / "zoo")
         _mark_separators(tmp / "zoo")
+        chmod_tree_umask(tmp / "zoo")  # the cache was built in 0700 temporary dirs; the copy is the user's
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
         os.replace(tmp / "zoo", out)
     except OSError as e:
-        raise OutputError(f"Cannot write the zoo to {out}: {e}.") from None
+        raise os_error(e, out, what="the zoo") from None
     finally:  # also on Ctrl-C: no half-copied zoo beside the target
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)

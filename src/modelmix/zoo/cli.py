@@ -41,7 +41,9 @@ def build_cmd(out: Path, preset: str, seed: int, force: bool, no_progress: bool)
 
     path = build_zoo(out, preset=preset, seed=seed, progress=not no_progress, force=force)
     z = load_zoo(path)
-    click.echo(f"zoo ({z.preset}, seed {z.seed}) at {path}: {len(z.models)} models, {len(z.tasks)} tasks")
+    n_dec = sum(s["type"] == "decoder" for s in z.models.values())
+    click.echo(f"zoo ({z.preset}, seed {z.seed}) at {path}: {len(z.models)} models ({n_dec} decoders, "
+               f"{len(z.models) - n_dec} embedders), {len(z.tasks)} tasks; decoders' exact match:")
     dec = [t for t in z.decoder_tasks() if t != "general"]
     for name in [m for m, s in z.models.items() if s["type"] == "decoder"]:
         sc = z.scores.get(name, {})

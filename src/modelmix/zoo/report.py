@@ -262,16 +262,16 @@ def _rel(x: float, ref: float) -> str:
     return f"{100 * (x - ref) / ref:+.1f} % vs base" if ref else "n/a"
 
 
-def _check_png(path: str | Path, inputs: Any = ()) -> Path:
+def _check_png(path: str | Path, inputs: Any = (), overwrite: bool = True) -> Path:
     from modelmix.io.outputs import check_output_file
 
-    return check_output_file(path, inputs=inputs, suffix=".png", what="--png")
+    return check_output_file(path, inputs=inputs, suffix=".png", what="--png", overwrite=overwrite)
 
 
-def _check_out(path: str | Path, inputs: Any = ()) -> Path:
+def _check_out(path: str | Path, inputs: Any = (), overwrite: bool = True) -> Path:
     from modelmix.io.outputs import check_output_file
 
-    return check_output_file(path, inputs=inputs, what="--out")
+    return check_output_file(path, inputs=inputs, what="--out", overwrite=overwrite)
 
 
 def check_methods(methods: Sequence[str] | None) -> list[str]:
@@ -342,7 +342,8 @@ def merge_recipe(recipe: Recipe, experts: Sequence[Mapping[str, torch.Tensor]],
     return merge_tensors(recipe.method, list(experts), base=base, seed=0, **recipe.params)
 
 
-def _write_merge(name: str, recipe: Recipe, base_path: Path, expert_paths: Sequence[Path], out: Path) -> None:
+def _write_merge(name: str, recipe: Recipe, base_path: Path, expert_paths: Sequence[Path], out: Path,
+                 overwrite: bool = False) -> None:
     """Write one merge through the streaming engine (same inputs and seed as the in-memory merge)."""
     from modelmix.api import merge
     from modelmix.methods import get_method
@@ -367,7 +368,7 @@ def _write_merge(name: str, recipe: Recipe, base_path: Path, expert_paths: Seque
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise OutputError(f"Cannot create --write-dir {out}: {e}.") from None
-    merge(cfg, out / name, overwrite=True)
+    merge(cfg, out / name, overwrite=overwrite)
 
 
 def report(
@@ -382,13 +383,15 @@ def report(
     batch_size: int | None = None,
     keep_state_dicts: bool = False,
     intro: str | None = None,
+    overwrite: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> ZooReport:
     """Evaluate base, every decoder expert and every merge on every decoder task of the zoo at `zoo_dir`.
 
     `out` gets the Markdown (`intro` above the table), `png` the chart, `write_dir/<method>` each merged
     model (engine-written). `keep_state_dicts` keeps the merged float32 state dicts on the result (tests
-    compare them to :func:`modelmix.api.merge_tensors`). All arguments are checked before the first merge.
+    compare them to :func:`modelmix.api.merge_tensors`). Existing outputs are replaced only with
+    `overwrite`. All arguments are checked before the first merge.
     """
     from modelmix.zoo.manifest import load_zoo
 
@@ -403,13 +406,17 @@ def report(
     device = check_device(device)
     zoo_in = [("zoo", Path(zoo_dir))]
     if out is not None:
-        _check_out(out, zoo_in)
+        _check_out(out, zoo_in, overwrite)
     if png is not None:
-        _check_png(png, zoo_in)
+        _check_png(png, zoo_in, overwrite)
     if write_dir is not None:
         guard_inputs(write_dir, zoo_in, what="--write-dir")
         if Path(write_dir).exists() and not Path(write_dir).is_dir():
             raise OutputError(f"--write-dir {write_dir} exists and is not a directory.")
+        clash = [n for n in names if (Path(write_dir) / n).exists()]
+        if clash and not overwrite:
+            raise OutputError(f"--write-dir {write_dir} already holds {', '.join(clash)}; pass --overwrite to "
+                              f"replace those merges.")
     z = load_zoo(zoo_dir)
     experts = z.experts("decoder")
     if not experts:
@@ -472,7 +479,8 @@ def report(
         if keep_state_dicts:
             rep.state_dicts[label] = merged
         if write_dir is not None:
-            _write_merge(n, r, z.model_path(base_name), [z.model_path(m) for m in enames], Path(write_dir))
+            _write_merge(n, r, z.model_path(base_name), [z.model_path(m) for m in enames], Path(write_dir),
+                         overwrite)
             say(f"wrote {Path(write_dir) / n}")
         del merged
     rep.seconds = time.perf_counter() - t_start
@@ -501,7 +509,7 @@ Regenerate (about the time printed at the bottom, on a 2-core CPU):
 
 ```
 modelmix zoo build --out zoo-default --preset default
-modelmix zoo report --zoo zoo-default --out docs/zoo_report.md --png docs/zoo_report.png --doc
+modelmix zoo report --zoo zoo-default --out docs/zoo_report.md --png docs/zoo_report.png --doc --overwrite
 ```
 
 ![per-task exact match and general loss](zoo_report.png)
@@ -526,15 +534,16 @@ modelmix zoo report --zoo zoo-default --out docs/zoo_report.md --png docs/zoo_re
 @device_option("Evaluation device.")
 @click.option("--batch-size", type=click.IntRange(1), default=None, help="Rows per forward pass (default: by tokens).")
 @click.option("--quiet", "-q", is_flag=True, help="No per-model progress on stderr.")
+@click.option("--overwrite", is_flag=True, help="Replace --out, --png and the merges in --write-dir if they exist.")
 def report_cmd(zoo_dir: Path, out: Path | None, png: Path | None, split: str, methods: tuple[str, ...],
                as_json: bool, write_dir: Path | None, doc: bool, device: str, batch_size: int | None,
-               quiet: bool) -> None:
+               quiet: bool, overwrite: bool) -> None:
     """Merge the zoo's decoder experts with every method and score base, experts and merges on every task.
 
     Example: modelmix zoo report --zoo zoo-default --out docs/zoo_report.md --png docs/zoo_report.png --doc
     """
     rep = report(zoo_dir, methods=methods or None, split=split, out=out, png=png, write_dir=write_dir,
-                 device=device, batch_size=batch_size, intro=DOC_INTRO if doc else None,
+                 device=device, batch_size=batch_size, intro=DOC_INTRO if doc else None, overwrite=overwrite,
                  log=None if quiet else (lambda s: click.echo(s, err=True)))
     if as_json:
         click.echo(json.dumps(rep.to_dict(), indent=2))
