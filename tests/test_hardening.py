@@ -21,6 +21,7 @@ import torch
 
 from conftest import make_model, run_cli, snapshot, write_recipe
 from modelmix.cli import _LAZY, app
+from modelmix.cli_common import DeviceType
 from modelmix.errors import ConfigError, DataError, DeviceError, OutputError
 
 EXAMPLES = [{"input": f"{a}+{b}=", "output": str(a + b)} for a in range(3) for b in range(3)]
@@ -332,6 +333,9 @@ def test_cuda_without_a_gpu_is_one_clear_error(trio, decoders, zoo_dir: Path):
         assert "AssertionError" not in err and not (root / "o").exists(), args
     code, _, err = run_cli("soup", str(d0), str(d1), "--examples", str(ex), "--out", str(root / "o"), "--device", "tpu")
     assert code == 2 and "'tpu' is not one of 'cpu', 'cuda'" in err and "Traceback" not in err
+    code, _, err = run_cli("soup", str(d0), str(d1), "--examples", str(ex), "--out", str(root / "o"),
+                           "--device", "cuda:1")  # a valid spelling: refused for want of a GPU, not as a typo
+    _refused(code, err, "no CUDA GPU is available")
 
 
 def test_api_device_check():
@@ -420,7 +424,7 @@ def test_every_option_has_help_and_every_command_takes_debug():
             if isinstance(p, click.Option):
                 assert p.help, f"modelmix {name} {p.opts[0]} has no help text"
             if isinstance(p, click.Option) and "--device" in p.opts:
-                assert isinstance(p.type, click.Choice) and list(p.type.choices) == ["cpu", "cuda"], name
+                assert isinstance(p.type, DeviceType), name
         assert any("--debug" in p.opts for p in cmd.params if isinstance(p, click.Option)), name
         code, out, err = run_cli(*name.split(), "--debug", "--help")
         assert code == 0 and "Usage:" in out, (name, err)
@@ -545,6 +549,7 @@ def test_overwrite_replaces_only_an_earlier_output(trio, monkeypatch):
     _refused(code, err, "current directory")
     (root / "notes").mkdir()
     (root / "notes" / "thesis.tex").write_text("years of work")
+    (root / "notes" / "config.json").write_text("{}")  # a project's config.json does not make it a model
     code, _, err = run_cli("merge", str(recipe), str(root / "notes"), "--overwrite")
     _refused(code, err, "does not look like a model directory", "thesis.tex")
     assert (work / "sub" / "data.txt").read_text() == "mine"
@@ -597,40 +602,81 @@ def _slow_recipe(root: Path) -> Path:
                         "dtype: float32\n")
 
 
-def test_sigterm_during_a_merge_leaves_nothing(tmp_path: Path):
+@pytest.mark.parametrize("signame, code, sigint_ignored", [("SIGTERM", 143, False), ("SIGHUP", 129, False),
+                                                            ("SIGTERM", 143, True)])
+def test_sigterm_during_a_merge_leaves_nothing(tmp_path: Path, signame: str, code: int, sigint_ignored: bool):
+    """kill / a scheduler's preemption / a closed terminal; also for a background job (SIGINT ignored)."""
     import signal
     import time
 
     recipe = _slow_recipe(tmp_path)
     before = snapshot(tmp_path / "bigft")
     env = {**os.environ, "MODELMIX_DIRECT_IO": "0"}
+
+    def start() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN if sigint_ignored else signal.SIG_DFL)
+        for s in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(s, signal.SIG_DFL)
+
     p = subprocess.Popen([sys.executable, "-m", "modelmix.cli", "merge", str(recipe), str(tmp_path / "out"),
-                          "--threads", "1"], stderr=subprocess.PIPE, text=True, env=env)
+                          "--threads", "1"], stderr=subprocess.PIPE, text=True, env=env, preexec_fn=start)
     deadline = time.time() + 60
     while not _tmp_dirs(tmp_path) and p.poll() is None and time.time() < deadline:
         time.sleep(0.005)
-    p.send_signal(signal.SIGTERM)
+    p.send_signal(getattr(signal, signame))
     _, err = p.communicate(timeout=120)
     if p.returncode == 0:
-        pytest.skip("the merge finished before SIGTERM arrived")
-    assert p.returncode == 143, err
+        pytest.skip("the merge finished before the signal arrived")
+    assert p.returncode == code, err
     assert "Aborted." in err and "Traceback" not in err
     assert not (tmp_path / "out").exists() and _tmp_dirs(tmp_path) == []
     assert snapshot(tmp_path / "bigft") == before
 
 
 def test_temp_dirs_of_dead_merges_are_removed(trio):
+    """A temp dir nobody holds locked is a dead merge's (SIGKILL, power cut): the next merge to the same
+    target removes it; a locked one (a running merge, whatever its PID namespace) and another host's stay."""
+    import fcntl
+
     from modelmix.io import writer
 
     root, _ = trio
-    dead = root / f"{writer._tmp_prefix('out').replace(str(os.getpid()), '999999999')}abcd1234"
-    live = root / f"{writer._tmp_prefix('out')}live0000"  # this very process: still running
+    dead = root / f"{writer._tmp_prefix('out').replace(str(os.getpid()), '12345')}abcd1234"
+    live = root / f"{writer._tmp_prefix('out').replace(str(os.getpid()), '12346')}live0000"
     other = root / ".out.modelmix-otherhost-1-abcd1234"  # another host on a shared file system
     for d in (dead, live, other):
         d.mkdir()
-    code, _, err = run_cli("merge", str(_linear(root, "ft1", "ft2")), str(root / "out"), "-q")
+        (d / "model-00001-of-00002.safetensors").write_bytes(b"partial")
+    fd = os.open(live, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # as the running merge that owns it does
+    try:
+        code, _, err = run_cli("merge", str(_linear(root, "ft1", "ft2")), str(root / "out"), "-q")
+    finally:
+        os.close(fd)
     assert code == 0, err
     assert not dead.exists() and live.exists() and other.exists()
+
+
+def test_overwrite_swaps_outputs_atomically(trio, monkeypatch):
+    """With --overwrite the new output takes the old one's place in one rename (no moment without a model
+    at the target); where renameat2 is missing the old output is moved aside and restored on failure."""
+    from modelmix.io import writer
+
+    root, _ = trio
+    recipe = _linear(root, "ft1", "ft2")
+    assert run_cli("merge", str(recipe), str(root / "out"), "-q")[0] == 0
+    calls = []
+    real = writer._rename2
+    monkeypatch.setattr(writer, "_rename2", lambda a, b, f: calls.append(f) or real(a, b, f))
+    code, _, err = run_cli("merge", str(recipe), str(root / "out"), "--overwrite", "-q")
+    assert code == 0, err
+    if writer._renameat2() is not None:
+        assert calls == [writer._EXCHANGE]
+        assert not [p for p in root.iterdir() if ".old-" in p.name]  # no moving aside
+    monkeypatch.setattr(writer, "_rename2", lambda a, b, f: False)  # no renameat2: the fallback
+    code, _, err = run_cli("merge", str(recipe), str(root / "out"), "--overwrite", "-q")
+    assert code == 0, err and (root / "out" / "model.safetensors").is_file()
+    assert _tmp_dirs(root) == []
 
 
 def test_model_card_records_the_seed_the_merge_used(trio):

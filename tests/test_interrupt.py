@@ -93,7 +93,7 @@ def _check(rc: int, err: str, out: Path, *, old: bytes | None = None, late_ok: b
     if old is None:
         assert not out.exists(), sorted(p.name for p in out.iterdir())
     else:  # --overwrite: the old output is still there, untouched
-        assert sorted(p.name for p in out.iterdir()) == ["config.json", "old.txt"]
+        assert sorted(p.name for p in out.iterdir()) == ["model.safetensors", "old.txt"]
         assert (out / "old.txt").read_bytes() == old
     return "aborted"
 
@@ -126,7 +126,7 @@ def _sweep(models, tmp_path: Path, cases) -> list[str]:
             out.mkdir()
             old = f"old output {i}".encode()
             (out / "old.txt").write_bytes(old)
-            (out / "config.json").write_text("{}")  # an earlier output: --overwrite replaces only a model dir
+            (out / "model.safetensors").write_bytes(b"old weights")  # --overwrite replaces only a model dir
         args = _cmd(root, method, out, threads, *(["--overwrite"] if overwrite else []))
         rc, err, waited = _interrupt_after(args, delay, _env(kernels), second)
         outcome = _check(rc, err, out, old=old)
@@ -276,7 +276,7 @@ def test_interrupt_cleanup_and_overwrite_keep_old_output(models, tmp_path: Path)
     out, mark = tmp_path / "out", tmp_path / "fired"
     out.mkdir()
     (out / "old.txt").write_bytes(b"old")
-    (out / "config.json").write_text("{}")  # an earlier output: --overwrite replaces only a model dir
+    (out / "model.safetensors").write_bytes(b"old weights")  # --overwrite replaces only a model dir
     (tmp_path / "drive.py").write_text(DRIVER)
     for phase, kernels in (("cleanup", "numba"), ("commit", "c")):
         args = ["merge", str(root / "dare_ties.yml"), str(out), "--threads", "2", "--overwrite"]

@@ -321,7 +321,7 @@ def test_existing_output_and_overwrite(trio):
     recipe = write_recipe(root / "r.yml", _ties(root))
     (root / "out").mkdir()
     (root / "out" / "keep.txt").write_text("mine")
-    (root / "out" / "config.json").write_text("{}")  # an earlier output: --overwrite replaces only a model dir
+    (root / "out" / "model.safetensors").write_bytes(b"old")  # --overwrite replaces only a model dir
     code, _, err = run_cli("merge", str(recipe), str(root / "out"))
     assert code != 0 and "--overwrite" in err and (root / "out" / "keep.txt").read_text() == "mine"
     code, _, err = run_cli("merge", str(recipe), str(root / "out"), "--overwrite", "-q")

@@ -63,7 +63,7 @@ def plan_inputs(mp: Any, recipe: Any = None) -> list[tuple[str, Path]]:
     be, contain or lie inside the output."""
     out: list[tuple[str, Path]] = []
     for key, ck in mp.models.items():
-        out.append(("input model", ck.path))
+        out.append(("input model", ck.model_dir))  # the directory, also for a model given as one file
         if ck.lora is not None:
             out.append((f"LoRA adapter of {key}", ck.lora.path))
     if mp.tokenizer_dir is not None:
@@ -109,7 +109,7 @@ def merge(
 
     t0 = time.perf_counter()
     device = check_device(device)
-    out = Path(out_dir)
+    out = Path(out_dir).expanduser()  # as the output checks see it
     mp = plan(config, base_dir=base_dir, allow_pickle=allow_pickle, seed=seed)
     try:  # planning read only headers; the output is checked against every input before anything else
         check_output_dir(out, overwrite=overwrite, inputs=[*plan_inputs(mp, config), *protect])
@@ -163,8 +163,11 @@ def _aux_sources(mp) -> list[Path]:
     src = mp.tokenizer_dir
     if src is None:
         return []
-    out = [src / name for name in _AUX_FILES if (src / name).is_file()]
-    out += [d for d in sorted(src.iterdir()) if d.is_dir() and d.name.startswith(_AUX_DIRS_PREFIX)]
+    try:
+        out = [src / name for name in _AUX_FILES if (src / name).is_file()]
+        out += [d for d in sorted(src.iterdir()) if d.is_dir() and d.name.startswith(_AUX_DIRS_PREFIX)]
+    except OSError as e:
+        raise InputError(f"Cannot list the tokenizer source {src}: {e.strerror or e}.") from None
     return out
 
 

@@ -152,6 +152,9 @@ def check(recipe, allow_pickle):
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one paragraph on stderr and exit code 2 (traceback only with --debug)."""
+    from modelmix import interrupt
+
+    interrupt.reset()
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("MODELMIX_DEBUG") == "1"
     if not debug:

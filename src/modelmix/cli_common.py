@@ -74,8 +74,26 @@ def add_debug(cmd: click.Command) -> click.Command:
     return cmd
 
 
+class DeviceType(click.ParamType):
+    """cpu, cuda or cuda:N, checked for spelling here (a usage error) and for availability by
+    ``modelmix.devices.check_device`` when the command runs."""
+
+    name = "device"
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:  # noqa: ARG002
+        return "[cpu|cuda|cuda:N]"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        import re
+
+        v = str(value).strip().lower()
+        if v in DEVICES or re.fullmatch(r"cuda:\d+", v):
+            return v
+        self.fail(f"{value!r} is not one of 'cpu', 'cuda' (or 'cuda:N' for one of several GPUs).", param, ctx)
+
+
 def device_option(help: str = "Device to run on.") -> Callable[[Any], Any]:  # noqa: A002
-    return click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True, help=help)
+    return click.option("--device", type=DeviceType(), default="cpu", show_default=True, help=help)
 
 
 def separator_option() -> Callable[[Any], Any]:
@@ -90,7 +108,7 @@ def models_argument(metavar: str = "MODELS...") -> Callable[[Any], Any]:
     """Positional model directories plus the hidden ``--models`` alias (see :func:`join_models`)."""
 
     def deco(f: Any) -> Any:
-        f = click.option("--models", "models_opt", multiple=True, hidden=True,
+        f = click.option("--models", "-m", "models_opt", multiple=True, hidden=True,
                          help="Model directories (alias of the positional MODELS).")(f)
         return click.argument("models", nargs=-1, type=click.Path(), metavar=metavar)(f)
 

@@ -11,7 +11,7 @@ So from the moment a merge starts writing until its output is renamed into place
 the handler: SIGINT only sets :attr:`Interrupt.requested`. The executor's workers check it before every
 unit and row chunk and stop, the main thread stops scheduling and joins every worker, and only then is
 KeyboardInterrupt raised (:meth:`Interrupt.check`); the writer's ``abort`` joins its I/O threads before it
-closes the files and removes the directory. More Ctrl-C during that cleanup are counted and change
+closes the files and removes the directory. More Ctrl-C during that cleanup change
 nothing: the cleanup is bounded by one chunk per worker, or the whole-tensor method call a worker is in.
 After the rename (the commit) an interrupt is too late to undo anything and is ignored.
 
@@ -28,6 +28,8 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
+_OTHER_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n))
+
 
 class Interrupt:
     """SIGINT state of one merge; ``handler`` is what SIGINT runs while it is installed."""
@@ -37,12 +39,10 @@ class Interrupt:
         self.others: dict[int, Any] = {}  # SIGTERM/SIGHUP -> the handler they had before
         self.requested = False  # a Ctrl-C arrived
         self.committed = False  # the output is in place: later Ctrl-C are ignored
-        self.count = 0
         self.prev: Any = None  # the handler install() replaced
 
     def handler(self, signum: int, frame: Any) -> None:
         global _last_signum
-        self.count += 1
         if not self.committed:
             self.requested = True  # attribute stores only: nothing here can block or be left half done
             self.signum = self.signum or signum
@@ -63,18 +63,23 @@ class Interrupt:
 
 
 def _current() -> Interrupt | None:
-    h = signal.getsignal(signal.SIGINT)
-    owner = getattr(h, "__self__", None)
-    return owner if isinstance(owner, Interrupt) else None
+    """The Interrupt installed for SIGINT -- or, where SIGINT is ignored (a background job), for SIGTERM."""
+    for sig in (signal.SIGINT, *_OTHER_SIGNALS):
+        owner = getattr(signal.getsignal(sig), "__self__", None)
+        if isinstance(owner, Interrupt):
+            return owner
+    return None
 
 
-_OTHER_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n))
 _last_signum = 0  # the signal behind the latest request (for the CLI's exit code)
 
 
 def exit_code() -> int:
     """128 + the number of the signal that stopped the merge (130 for Ctrl-C), as the default action gives."""
     return 128 + (_last_signum or signal.SIGINT)
+
+
+_KEEP: Any = object()  # deferred() left SIGINT's handler alone
 
 
 def _reset_last() -> None:
@@ -121,11 +126,11 @@ def install() -> Interrupt:
     _finished = None
     _last_signum = 0
     it = Interrupt()
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
-        return it  # SIGINT ignored (as a background job's is) or handled by someone else: leave it so
-    it.prev = signal.signal(signal.SIGINT, it.handler)
-    _take_others(it)
+    if threading.current_thread() is not threading.main_thread():
+        return it
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # ignored (a background job's) or
+        it.prev = signal.signal(signal.SIGINT, it.handler)             # someone else's: leave SIGINT so
+    _take_others(it)  # SIGTERM/SIGHUP in any case while they would end the process on the spot
     if not _atexit_registered:
         import atexit
 
@@ -152,36 +157,46 @@ def finished() -> bool:
 
 @contextlib.contextmanager
 def deferred() -> Iterator[Interrupt]:
-    """Within the block, SIGINT sets ``requested`` instead of raising.
+    """Within the block, SIGINT (and SIGTERM/SIGHUP) set ``requested`` instead of raising or killing.
 
-    Takes effect in the main thread when SIGINT has Python's default handler (installing and restoring it)
-    or an installed :class:`Interrupt` (sharing it, and a request it recorded before: the block should
-    start with ``check()``).
+    Takes effect in the main thread: for SIGINT when it has Python's default handler, for SIGTERM/SIGHUP
+    when they have the default action (installing and restoring them), or through an installed
+    :class:`Interrupt` (sharing it, and a request it recorded before: the block should start with
+    ``check()``).
     Elsewhere -- another thread, a custom handler -- the Interrupt yielded is never set and Ctrl-C behaves
     as the handler decides; the engine's cleanup then still joins every thread before it removes anything.
     """
     global _finished
     _finished = None
-    it: Interrupt | None = None
-    prev = None
-    if threading.current_thread() is threading.main_thread():
-        it = _current()
-        if it is None and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-            it = Interrupt()
-            _reset_last()
-            prev = signal.signal(signal.SIGINT, it.handler)
-            _take_others(it)
-    if it is None:
-        yield Interrupt()
+    if threading.current_thread() is not threading.main_thread():
+        yield Interrupt()  # signals are delivered to the main thread only: nothing to defer here
         return
-    if prev is None:  # shared: stays in force (committed after a commit) until uninstalled
-        yield it
+    shared = _current()
+    if shared is not None:  # the CLI's install(): stays in force (committed after a commit) until uninstalled
+        yield shared
+        if shared.committed:
+            _finished = shared
         return
+    it = Interrupt()
+    _reset_last()
+    sigint_is_default = signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    prev = signal.signal(signal.SIGINT, it.handler) if sigint_is_default else _KEEP
+    _take_others(it)  # SIGTERM/SIGHUP also where SIGINT is ignored (a background job) or someone else's
     try:
         yield it
+        if it.committed:
+            _finished = it  # a signal arriving after the output is in place came too late to abort
     finally:
-        signal.signal(signal.SIGINT, prev)
+        if prev is not _KEEP:
+            signal.signal(signal.SIGINT, prev)
         _give_back_others(it)
+
+
+def reset() -> None:
+    """Forget the previous command's outcome (the CLI calls this first: one process may run several)."""
+    global _finished
+    _finished = None
+    _reset_last()
 
 
 def ignore() -> None:

@@ -53,8 +53,8 @@ def lmc(models, models_opt, examples, points, metric, png, as_json, merge_best, 
         raise ConfigError("--out is only used with --merge-best; add --merge-best or drop --out.")
     check_out(out_dir, overwrite, [model_a, model_b], [examples])  # fail before the evaluation, not after
     inputs = [("input model", Path(model_a)), ("input model", Path(model_b)), ("examples file", Path(examples))]
-    if png:
-        check_png(png, inputs, overwrite=overwrite)
+    if png:  # not inside --out either: replacing --out would delete the plot just written
+        check_png(png, inputs + ([("--out directory", Path(out_dir))] if out_dir else []), overwrite=overwrite)
     res = lmc_curve(model_a, model_b, examples, points, metric, device=device, batch_size=batch_size,
                     separator=separator, log=lambda s: click.echo(s, err=True))
     if png:

@@ -52,7 +52,7 @@ class AnalysisReport:
         from modelmix.analysis.render import figures
         from modelmix.io.outputs import os_error, write_file_atomic
 
-        d = Path(out_dir)
+        d = Path(out_dir).expanduser()
         try:
             d.mkdir(parents=True, exist_ok=True)
         except OSError as e:

@@ -29,7 +29,7 @@ def _check_outputs(html_out: str | None, png_dir: str | None, inputs: list, over
     if html_out is not None:
         check_output_file(html_out, inputs=inputs, what="--html", suffix=(".html", ".htm"), overwrite=overwrite)
     if png_dir is not None:
-        guard_inputs(png_dir, inputs, what="--png-dir")
+        guard_inputs(png_dir, inputs, what="--png-dir", allow_contains=True)  # it only adds files
         d = Path(png_dir)
         if d.exists() and not d.is_dir():
             raise OutputError(f"--png-dir {png_dir} exists and is not a directory.")

@@ -132,6 +132,8 @@ def kind_of_dir(path: str | Path) -> str:
     """``"encoder"`` or ``"decoder"`` from a model directory's JSON alone (no weights, no transformers): a
     sentence-transformers dir or a config without a ``*ForCausalLM`` architecture is an encoder. Lets a
     command say "this metric needs a decoder" before it validates data or loads anything."""
+    from types import SimpleNamespace
+
     p = Path(path)
     if (p / "modules.json").is_file():
         return "encoder"
@@ -139,8 +141,8 @@ def kind_of_dir(path: str | Path) -> str:
         cfg = json.loads((p / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return "decoder"
-    archs = cfg.get("architectures") or [] if isinstance(cfg, dict) else []
-    return "decoder" if not archs or any(str(a).endswith("ForCausalLM") for a in archs) else "encoder"
+    # the same rule EvalModel.from_pretrained applies to the loaded config
+    return _detect_kind(SimpleNamespace(**cfg) if isinstance(cfg, dict) else SimpleNamespace(), False)
 
 
 def describe_dir(path: str | Path) -> str:
@@ -152,6 +154,8 @@ def describe_dir(path: str | Path) -> str:
         cfg = json.loads((p / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return "no readable config.json"
+    if not isinstance(cfg, dict):
+        return "a config.json that is not a JSON object"
     archs = cfg.get("architectures") or []
     return f"config architectures {', '.join(archs)}" if archs else f"model_type {cfg.get('model_type')!r}"
 

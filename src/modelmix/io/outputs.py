@@ -25,16 +25,39 @@ def real(path: str | Path) -> Path:
     return Path(os.path.realpath(os.path.abspath(os.path.expanduser(str(path)))))
 
 
-def guard_inputs(target: str | Path, inputs: Inputs, *, what: str = "output") -> None:
-    """OutputError if ``target`` equals, lies inside or contains any input (after resolving both)."""
+def _ids(path: Path) -> list[tuple[int, int]]:
+    """(device, inode) of ``path`` and each existing ancestor, innermost first (empty where unreadable)."""
+    out = []
+    for p in (path, *path.parents):
+        try:
+            st = os.stat(p)
+        except OSError:
+            continue
+        out.append((st.st_dev, st.st_ino))
+    return out
+
+
+def guard_inputs(target: str | Path, inputs: Inputs, *, what: str = "output", allow_contains: bool = False) -> None:
+    """OutputError if ``target`` equals, lies inside or contains any input.
+
+    Compared twice: as resolved paths (symlinks and ``..``; also for paths that do not exist yet) and by
+    file identity (device and inode), which also catches what path strings cannot: another letter case on a
+    case-insensitive file system, a bind mount, a hard-linked checkpoint file. ``allow_contains``: an output
+    that only adds files to a directory (``--png-dir``) may sit above inputs.
+    """
     t = real(target)
+    t_ids = _ids(t)  # t (if it exists) and its existing ancestors
+    t_exists = t.exists()
     for label, p in inputs:
         r = real(p)
-        if t == r:
+        r_ids = _ids(r)
+        r_id = r_ids[0] if r_ids and r.exists() else None
+        r_anc = r_ids[1:] if r_id is not None else r_ids
+        if t == r or (t_exists and r_id is not None and t_ids[0] == r_id):
             rel = "is"
-        elif r in t.parents:
+        elif r in t.parents or (r_id is not None and r_id in t_ids[int(t_exists):]):
             rel = "lies inside"
-        elif t in r.parents:
+        elif not allow_contains and (t in r.parents or (t_exists and t_ids[0] in r_anc)):
             rel = "contains"
         else:
             continue
@@ -57,12 +80,22 @@ def nearest_existing(path: Path) -> Path:
 
 def check_output_dir(target: str | Path, *, overwrite: bool, inputs: Inputs = (), create_parents: bool = True,
                      what: str = "output directory") -> Path:
-    """Validate a directory output before any work; returns its absolute path.
+    """Validate a directory output before any work; returns its absolute path (``~`` expanded).
 
     Refuses an output on, in or around an input; an existing path without ``overwrite`` (or one that is not a
-    directory); and a location whose parent cannot be created or written. Missing parent directories are
-    allowed when ``create_parents`` (the writer creates them, as mergekit does).
+    directory, or does not look like an earlier output); and a location whose parent cannot be created or
+    written. Missing parent directories are allowed when ``create_parents`` (the writer creates them, as
+    mergekit does).
     """
+    try:
+        return _check_output_dir(target, overwrite=overwrite, inputs=inputs, create_parents=create_parents,
+                                 what=what)
+    except OSError as e:  # e.g. EACCES from Path.exists() under a directory we may not search
+        raise os_error(e, target, what=f"the {what}") from None
+
+
+def _check_output_dir(target: str | Path, *, overwrite: bool, inputs: Inputs, create_parents: bool,
+                      what: str) -> Path:
     out = Path(target).expanduser().absolute()
     guard_inputs(out, inputs, what=what)
     if out.exists() or out.is_symlink():
@@ -86,9 +119,9 @@ def check_output_dir(target: str | Path, *, overwrite: bool, inputs: Inputs = ()
     return out
 
 
-#: what a model directory holds: --overwrite replaces only a directory with one of these (or an empty one)
-_MODEL_MARKERS = ("config.json", "model.safetensors.index.json", "modules.json", "adapter_config.json",
-                  "pytorch_model.bin", "zoo.json")
+#: weights: --overwrite replaces only a directory holding some (or an empty one); a config.json alone is not
+#: enough, project directories have those too
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
 
 def _check_replaceable(out: Path) -> None:
@@ -104,10 +137,10 @@ def _check_replaceable(out: Path) -> None:
         entries = list(r.iterdir())
     except OSError:
         return
-    if entries and not any(e.name in _MODEL_MARKERS or e.suffix == ".safetensors" for e in entries):
+    if entries and not any(e.suffix in _WEIGHT_SUFFIXES or e.name.endswith(".index.json") for e in entries):
         shown = ", ".join(sorted(e.name for e in entries)[:3]) + (", ..." if len(entries) > 3 else "")
         raise OutputError(f"Refusing to replace {out} with --overwrite: it does not look like a model directory "
-                          f"(it holds {shown}, but no config.json or *.safetensors). Remove it yourself if "
+                          f"(it holds {shown}, but no weights such as *.safetensors). Remove it yourself if "
                           f"that is what you want, or choose another output.")
 
 
@@ -128,7 +161,15 @@ def check_output_file(path: str | Path, *, overwrite: bool, inputs: Inputs = (),
     """Validate a single-file output (a report, a plot): the right suffix, not on or in an input, not a
     directory, an existing file only with ``overwrite`` (then replaced atomically by the caller), and its
     directory exists and is writable."""
-    p = Path(path).expanduser()
+    try:
+        return _check_output_file(Path(path).expanduser(), overwrite=overwrite, inputs=inputs, suffix=suffix,
+                                  what=what)
+    except OSError as e:
+        raise os_error(e, path, what=what) from None
+
+
+def _check_output_file(p: Path, *, overwrite: bool, inputs: Inputs, suffix: str | tuple[str, ...] | None,
+                       what: str) -> Path:
     suffixes = (suffix,) if isinstance(suffix, str) else suffix
     if suffixes is not None and p.suffix.lower() not in suffixes:
         raise OutputError(f"{what} {p}: give a file name ending in {' or '.join(suffixes)}.")
@@ -149,7 +190,7 @@ def write_file_atomic(path: str | Path, data: bytes | str, *, what: str = "outpu
     leaves the old file, or nothing, never a truncated one. Errors are OutputErrors naming ``path``."""
     import tempfile
 
-    p = Path(path)
+    p = Path(path).expanduser()
     raw = data.encode("utf-8") if isinstance(data, str) else data
     tmp = None
     try:

@@ -93,7 +93,7 @@ class ModelWriter:
 
     def __init__(self, target: Path, specs: list[OutSpec], *, max_shard_bytes: int, overwrite: bool,
                  direct_io: bool = True, extra_bytes: int = 0):
-        self.target = Path(target).absolute()
+        self.target = Path(target).expanduser().absolute()
         self.direct_io = direct_io and hasattr(os, "O_DIRECT") and os.environ.get("MODELMIX_DIRECT_IO", "1") != "0"
         self._tls = threading.local()
         self._pool = None  # background direct-write threads, started on the first staged write
@@ -104,6 +104,7 @@ class ModelWriter:
         parent = self.target.parent
         total = sum(s.nbytes for s in specs)
         self._fds: list[int] = []
+        self._lock_fd: int | None = None
         # missing parents are created, as mergekit does, and removed again if the merge does not complete
         self._made_dirs: list[Path] = []
         try:
@@ -111,31 +112,28 @@ class ModelWriter:
             for d in reversed(missing):
                 d.mkdir()
                 self._made_dirs.append(d)
-            # the temporary directory's name says which process on which host owns it: a later merge to the
-            # same target removes those whose process has died (a SIGKILL, a power cut) and no others
+            # the temporary directory is named after its host and process and locked (flock) while this
+            # writer lives: a later merge to the same target removes the unlocked ones -- their process died
+            # (a SIGKILL, a power cut) -- and no others
             self.tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(self.target.name), dir=parent))
-            os.chmod(self.tmp, 0o777 & ~umask())  # mkdtemp makes it 0700; the output gets the user's umask
         except OSError as e:
             self._remove_made_dirs()
             raise OutputError(f"Cannot create the output {self.target} (a temporary directory in {parent} "
                               f"first): {e.strerror or e}. Choose a writable output location.") from None
-        _remove_stale(parent, self.target.name)
-        try:
-            free = shutil.disk_usage(parent).free
-        except OSError as e:
-            self.abort()
-            raise _oserror(e, parent) from None
-        if free < total + extra_bytes:
-            self.abort()
-            raise OutputError(
-                f"Not enough free space for the merged model: it needs {human_bytes(total + extra_bytes)} but "
-                f"{parent} has {human_bytes(free)} free. Nothing was written."
-            )
         self._where: dict[str, tuple[int, int | None, int, OutSpec]] = {}  # name -> (fd, direct fd, offset, spec)
-        shards = plan_shards(specs, max_shard_bytes)
-        n = len(shards)
         self.weight_map: dict[str, str] = {}
-        try:
+        try:  # from here on any failure, or a Ctrl-C, removes the temporary directory again
+            self._lock_fd = _lock_dir(self.tmp)
+            os.chmod(self.tmp, 0o777 & ~umask())  # mkdtemp makes it 0700; the output gets the user's umask
+            _remove_stale(parent, self.target.name)
+            free = shutil.disk_usage(parent).free
+            if free < total + extra_bytes:
+                raise OutputError(
+                    f"Not enough free space for the merged model: it needs {human_bytes(total + extra_bytes)} "
+                    f"but {parent} has {human_bytes(free)} free. Nothing was written."
+                )
+            shards = plan_shards(specs, max_shard_bytes)
+            n = len(shards)
             for i, shard in enumerate(shards):
                 fname = "model.safetensors" if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors"
                 self._open_shard(self.tmp / fname, shard)
@@ -151,6 +149,14 @@ class ModelWriter:
             self.abort()
             raise
         self.total_bytes = total
+
+    def _unlock(self) -> None:
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
     def _remove_made_dirs(self) -> None:
         """Remove the (still empty) parent directories this writer created, innermost first."""
@@ -317,9 +323,11 @@ class ModelWriter:
 
         The rename is the commit point. Before it, a failure or a pending Ctrl-C (``interrupt``, checked
         once every write has landed and every file is closed) aborts: the temporary directory is removed
-        and an existing target is left as it was -- with overwrite the old output is moved aside and put
-        back if the new one cannot be renamed in. After it, the merge is complete and ``interrupt`` ignores
-        Ctrl-C; only the removal of the replaced output remains.
+        and an existing target is left as it was. With overwrite the new and the old output swap places in
+        one ``renameat2(RENAME_EXCHANGE)`` where the system has it, so no kill can leave the target missing;
+        elsewhere the old output is moved aside first and put back if the new one cannot be renamed in.
+        After it, the merge is complete and ``interrupt`` ignores Ctrl-C; only the removal of the replaced
+        output remains.
         """
         try:
             self.flush()
@@ -331,9 +339,13 @@ class ModelWriter:
             if interrupt is not None:
                 interrupt.check()  # the last moment a Ctrl-C aborts the merge
             trash = None
+            replaced = None  # the old output, swapped out atomically to where the temporary directory was
             if self.target.exists() or self.target.is_symlink():
                 if not self.overwrite:
                     raise OutputError(f"Output directory {self.target} appeared during the merge; not replacing it.")
+            if (self.target.exists() or self.target.is_symlink()) and _rename2(self.tmp, self.target, _EXCHANGE):
+                replaced = self.tmp  # no moment without an output at the target, whatever kills the process
+            elif self.target.exists() or self.target.is_symlink():
                 trash = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.old-", dir=self.target.parent))
                 try:
                     os.rename(self.target, trash / "old")
@@ -346,9 +358,12 @@ class ModelWriter:
                     os.rename(trash / "old", self.target)  # the old output goes back where it was
                     os.rmdir(trash)
                     raise
-            else:
+            elif not _rename2(self.tmp, self.target, _NOREPLACE):
+                if self.target.exists() or self.target.is_symlink():  # appeared since the check above
+                    raise OutputError(f"Output directory {self.target} appeared during the merge; not replacing it.")
                 os.rename(self.tmp, self.target)
             self._committed = True
+            self._unlock()
             if interrupt is not None:
                 interrupt.commit()
         except OSError as e:
@@ -359,6 +374,8 @@ class ModelWriter:
             raise
         if trash is not None:
             interrupt_mod.uninterrupted(lambda: shutil.rmtree(trash, ignore_errors=True))
+        if replaced is not None:
+            interrupt_mod.uninterrupted(lambda: _remove(replaced))
         return self.target
 
     _closed = False  # I/O threads shut down (commit or abort): no background write may start any more
@@ -403,6 +420,7 @@ class ModelWriter:
             except OSError:
                 pass
         self._fds.clear()
+        self._unlock()
         interrupt_mod.uninterrupted(lambda: shutil.rmtree(self.tmp, ignore_errors=True))
         self._remove_made_dirs()
 
@@ -415,24 +433,87 @@ def _tmp_prefix(name: str) -> str:
     return f".{name}.modelmix-{_host_tag()}-{os.getpid()}-"
 
 
+def _lock_dir(d: Path) -> int:
+    """An open descriptor of ``d`` holding an exclusive flock: released when the process ends, however."""
+    import fcntl
+
+    fd = os.open(d, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
 def _remove_stale(parent: Path, name: str) -> None:
-    """Remove temporary directories of earlier merges to ``name`` whose process no longer runs on this
-    host. A live process (or one of another user, or on another host sharing the file system) keeps its."""
-    pat = re.compile(rf"\.{re.escape(name)}\.modelmix-{re.escape(_host_tag())}-(\d+)-[A-Za-z0-9_]+")
+    """Remove temporary directories of earlier merges to ``name`` on this host that nobody holds locked any
+    more: their process died. A running merge (of any user, in any PID namespace) holds its lock; another
+    host's is left alone (flock may not reach across a network file system)."""
+    import fcntl
+
+    pat = re.compile(rf"\.{re.escape(name)}\.modelmix-{re.escape(_host_tag())}-\d+-[A-Za-z0-9_]+")
     try:
         entries = list(parent.iterdir())
     except OSError:
         return
     for d in entries:
-        m = pat.fullmatch(d.name)
-        if m is None or int(m.group(1)) == os.getpid() or not d.is_dir():
+        if pat.fullmatch(d.name) is None or d.is_symlink() or not d.is_dir():
             continue
         try:
-            os.kill(int(m.group(1)), 0)
-        except ProcessLookupError:
-            shutil.rmtree(d, ignore_errors=True)
+            fd = os.open(d, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
         except OSError:
-            pass
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # locked: its merge is running
+        finally:
+            os.close(fd)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+_NOREPLACE, _EXCHANGE = 1, 2  # renameat2 flags (linux/fs.h)
+
+
+def _rename2(src: Path, dst: Path, flags: int) -> bool:
+    """``renameat2(src, dst, flags)``: True when done; False where the kernel, C library or file system
+    lacks it (the caller falls back to plain renames). Other errors (EEXIST for NOREPLACE) are False too,
+    so the caller re-checks the target."""
+    fn = _renameat2()
+    if fn is None:
+        return False
+    import ctypes
+
+    if fn(-100, os.fsencode(src), -100, os.fsencode(dst), ctypes.c_uint(flags)) == 0:  # -100: AT_FDCWD
+        return True
+    return False
+
+
+_RENAMEAT2: list = []
+
+
+def _renameat2():
+    if not _RENAMEAT2:
+        fn = None
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            fn = libc.renameat2
+            fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+            fn.restype = ctypes.c_int
+        except (OSError, AttributeError):
+            fn = None
+        _RENAMEAT2.append(fn)
+    return _RENAMEAT2[0]
+
+
+def _remove(p: Path) -> None:
+    if p.is_symlink() or p.is_file():
+        p.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(p, ignore_errors=True)
 
 
 def check_target(target: Path, overwrite: bool) -> None:

@@ -55,6 +55,7 @@ class Param:
         from the Python API (``merge_tensors``): type (YAML's ``1e-3`` string is a number), finiteness,
         ``choices`` and the inclusive ``low``/``high`` bounds declared here, once, on the real registry.
         """
+        value = _plain(value)
         if value is None or not isinstance(value, _SCALAR):
             raise ConfigError(f'expected {type_name(self.type)} for "{self.name}", got {short(value)}.')
         from pydantic import ValidationError
@@ -81,6 +82,22 @@ class Param:
                     rng = f"<= {hi:g}"
                 raise ConfigError(f'{x:g} is out of range for "{self.name}" (must be {rng}).')
         return x
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars, 0-d arrays/tensors and other numbers as plain Python values (weights computed with
+    numpy or torch reach ``merge_tensors`` that way)."""
+    if isinstance(value, _SCALAR) or value is None:
+        return value
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:  # numpy scalar, 0-d array or tensor
+        return value.item()
+    import numbers
+
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    return value
 
 
 @lru_cache(maxsize=64)

@@ -318,7 +318,10 @@ def _mark_separators(root: Path) -> None:
     for spec in z.models.values():
         f = root / spec["path"] / "config.json"
         if spec["type"] == "decoder" and f.is_file():
-            cfg = json.loads(f.read_text(encoding="utf-8"))
-            if SEPARATOR_KEY not in cfg:
+            try:
+                cfg = json.loads(f.read_text(encoding="utf-8"))
+            except ValueError:
+                raise InputError(f"{f} in the zoo cache is not valid JSON; rebuild the zoo with --force.") from None
+            if isinstance(cfg, dict) and SEPARATOR_KEY not in cfg:
                 cfg[SEPARATOR_KEY] = ""
                 f.write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")

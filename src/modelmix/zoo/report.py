@@ -410,7 +410,7 @@ def report(
     if png is not None:
         _check_png(png, zoo_in, overwrite)
     if write_dir is not None:
-        guard_inputs(write_dir, zoo_in, what="--write-dir")
+        guard_inputs(write_dir, zoo_in, what="--write-dir", allow_contains=True)  # each merge is checked itself
         if Path(write_dir).exists() and not Path(write_dir).is_dir():
             raise OutputError(f"--write-dir {write_dir} exists and is not a directory.")
         clash = [n for n in names if (Path(write_dir) / n).exists()]
@@ -529,7 +529,7 @@ modelmix zoo report --zoo zoo-default --out docs/zoo_report.md --png docs/zoo_re
               help=f"Merges to run (repeat or comma-separate; default all: {', '.join(DEFAULT_METHODS)}).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @click.option("--write-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Also write each merged model through the engine to DIR/<method> (replacing it).")
+              help="Also write each merged model through the engine to DIR/<method> (--overwrite replaces one there).")
 @click.option("--doc", is_flag=True, help="Put the docs page intro (title, regeneration command) above the table.")
 @device_option("Evaluation device.")
 @click.option("--batch-size", type=click.IntRange(1), default=None, help="Rows per forward pass (default: by tokens).")
