@@ -660,20 +660,20 @@ def test_temp_dirs_of_dead_merges_are_removed(trio):
 def test_overwrite_swaps_outputs_atomically(trio, monkeypatch):
     """With --overwrite the new output takes the old one's place in one rename (no moment without a model
     at the target); where renameat2 is missing the old output is moved aside and restored on failure."""
-    from modelmix.io import writer
+    from modelmix.io import outputs, writer
 
     root, _ = trio
     recipe = _linear(root, "ft1", "ft2")
     assert run_cli("merge", str(recipe), str(root / "out"), "-q")[0] == 0
     calls = []
-    real = writer._rename2
-    monkeypatch.setattr(writer, "_rename2", lambda a, b, f: calls.append(f) or real(a, b, f))
+    real = writer.rename2
+    monkeypatch.setattr(writer, "rename2", lambda a, b, f: calls.append(f) or real(a, b, f))
     code, _, err = run_cli("merge", str(recipe), str(root / "out"), "--overwrite", "-q")
     assert code == 0, err
-    if writer._renameat2() is not None:
-        assert calls == [writer._EXCHANGE]
+    if outputs._renameat2() is not None:
+        assert calls == [outputs.RENAME_EXCHANGE]
         assert not [p for p in root.iterdir() if ".old-" in p.name]  # no moving aside
-    monkeypatch.setattr(writer, "_rename2", lambda a, b, f: False)  # no renameat2: the fallback
+    monkeypatch.setattr(writer, "rename2", lambda a, b, f: False)  # no renameat2: the fallback
     code, _, err = run_cli("merge", str(recipe), str(root / "out"), "--overwrite", "-q")
     assert code == 0, err and (root / "out" / "model.safetensors").is_file()
     assert _tmp_dirs(root) == []

@@ -270,3 +270,39 @@ def check_model_output(out_dir: str | Path | None, *, overwrite: bool, models: I
     if out_dir is None:
         return None
     return check_output_dir(out_dir, overwrite=overwrite, inputs=input_list(models, files))
+
+
+RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2  # renameat2 flags (linux/fs.h)
+
+
+def rename2(src: Path, dst: Path, flags: int) -> bool:
+    """``renameat2(src, dst, flags)``: True when done; False where the kernel, C library or file system
+    lacks it (the caller falls back to plain renames). Other errors (EEXIST for NOREPLACE) are False too,
+    so the caller re-checks the target."""
+    fn = _renameat2()
+    if fn is None:
+        return False
+    import ctypes
+
+    if fn(-100, os.fsencode(src), -100, os.fsencode(dst), ctypes.c_uint(flags)) == 0:  # -100: AT_FDCWD
+        return True
+    return False
+
+
+_RENAMEAT2: list = []
+
+
+def _renameat2():
+    if not _RENAMEAT2:
+        fn = None
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            fn = libc.renameat2
+            fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+            fn.restype = ctypes.c_int
+        except (OSError, AttributeError):
+            fn = None
+        _RENAMEAT2.append(fn)
+    return _RENAMEAT2[0]

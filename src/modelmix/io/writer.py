@@ -32,7 +32,15 @@ import torch
 
 from modelmix import interrupt as interrupt_mod
 from modelmix.errors import OutputError
-from modelmix.io.outputs import check_output_dir, human_bytes, os_error, umask
+from modelmix.io.outputs import (
+    RENAME_EXCHANGE,
+    RENAME_NOREPLACE,
+    check_output_dir,
+    human_bytes,
+    os_error,
+    rename2,
+    umask,
+)
 from modelmix.io.safetensors_file import TORCH_TO_ST, itemsize
 
 ALIGN = 4096  # O_DIRECT offset/length/address alignment that every Linux block device accepts
@@ -343,7 +351,7 @@ class ModelWriter:
             if self.target.exists() or self.target.is_symlink():
                 if not self.overwrite:
                     raise OutputError(f"Output directory {self.target} appeared during the merge; not replacing it.")
-            if (self.target.exists() or self.target.is_symlink()) and _rename2(self.tmp, self.target, _EXCHANGE):
+            if (self.target.exists() or self.target.is_symlink()) and rename2(self.tmp, self.target, RENAME_EXCHANGE):
                 replaced = self.tmp  # no moment without an output at the target, whatever kills the process
             elif self.target.exists() or self.target.is_symlink():
                 trash = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.old-", dir=self.target.parent))
@@ -358,7 +366,7 @@ class ModelWriter:
                     os.rename(trash / "old", self.target)  # the old output goes back where it was
                     os.rmdir(trash)
                     raise
-            elif not _rename2(self.tmp, self.target, _NOREPLACE):
+            elif not rename2(self.tmp, self.target, RENAME_NOREPLACE):
                 if self.target.exists() or self.target.is_symlink():  # appeared since the check above
                     raise OutputError(f"Output directory {self.target} appeared during the merge; not replacing it.")
                 os.rename(self.tmp, self.target)
@@ -471,42 +479,6 @@ def _remove_stale(parent: Path, name: str) -> None:
         finally:
             os.close(fd)
         shutil.rmtree(d, ignore_errors=True)
-
-
-_NOREPLACE, _EXCHANGE = 1, 2  # renameat2 flags (linux/fs.h)
-
-
-def _rename2(src: Path, dst: Path, flags: int) -> bool:
-    """``renameat2(src, dst, flags)``: True when done; False where the kernel, C library or file system
-    lacks it (the caller falls back to plain renames). Other errors (EEXIST for NOREPLACE) are False too,
-    so the caller re-checks the target."""
-    fn = _renameat2()
-    if fn is None:
-        return False
-    import ctypes
-
-    if fn(-100, os.fsencode(src), -100, os.fsencode(dst), ctypes.c_uint(flags)) == 0:  # -100: AT_FDCWD
-        return True
-    return False
-
-
-_RENAMEAT2: list = []
-
-
-def _renameat2():
-    if not _RENAMEAT2:
-        fn = None
-        try:
-            import ctypes
-
-            libc = ctypes.CDLL(None, use_errno=True)
-            fn = libc.renameat2
-            fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-            fn.restype = ctypes.c_int
-        except (OSError, AttributeError):
-            fn = None
-        _RENAMEAT2.append(fn)
-    return _RENAMEAT2[0]
 
 
 def _remove(p: Path) -> None:

@@ -103,9 +103,14 @@ def build_zoo(out: str | Path, preset: str = "default", seed: int = 0, progress:
         shutil.copytree(cached, tmp / "zoo")
         _mark_separators(tmp / "zoo")
         chmod_tree_umask(tmp / "zoo")  # the cache was built in 0700 temporary dirs; the copy is the user's
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        os.replace(tmp / "zoo", out)
+        from modelmix.io.outputs import RENAME_EXCHANGE, rename2
+
+        # swap in one rename where the system can (the old zoo lands in tmp and goes with it), so a failure
+        # or a kill never leaves neither zoo; elsewhere remove the old one first
+        if not (out.exists() and rename2(tmp / "zoo", out, RENAME_EXCHANGE)):
+            if out.exists():
+                shutil.rmtree(out) if out.is_dir() else out.unlink()
+            os.replace(tmp / "zoo", out)
     except OSError as e:
         raise os_error(e, out, what="the zoo") from None
     finally:  # also on Ctrl-C: no half-copied zoo beside the target
