@@ -106,13 +106,10 @@ def prompt_separator(model_dir: str | Path) -> str:
     Every scoring command takes ``--separator`` to override it.
     """
     p = Path(model_dir)
-    try:
-        cfg = json.loads((p / "config.json").read_text(encoding="utf-8"))
-        sep = cfg.get(SEPARATOR_KEY) if isinstance(cfg, dict) else None
-        if isinstance(sep, str):
-            return sep
-    except (OSError, ValueError):
-        pass
+    cfg = _config_json(p)
+    sep = cfg.get(SEPARATOR_KEY) if isinstance(cfg, dict) else None
+    if isinstance(sep, str):
+        return sep
     try:
         rp = p.resolve()
         for anc in list(rp.parents)[:3]:
@@ -128,6 +125,14 @@ def prompt_separator(model_dir: str | Path) -> str:
     return LMCOCKTAIL_SEPARATOR
 
 
+def _config_json(model_dir: Path) -> Any:
+    """The parsed config.json of a model directory, or None when it is missing or not JSON."""
+    try:
+        return json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
 def kind_of_dir(path: str | Path) -> str:
     """``"encoder"`` or ``"decoder"`` from a model directory's JSON alone (no weights, no transformers): a
     sentence-transformers dir or a config without a ``*ForCausalLM`` architecture is an encoder. Lets a
@@ -137,10 +142,7 @@ def kind_of_dir(path: str | Path) -> str:
     p = Path(path)
     if (p / "modules.json").is_file():
         return "encoder"
-    try:
-        cfg = json.loads((p / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return "decoder"
+    cfg = _config_json(p)
     # the same rule EvalModel.from_pretrained applies to the loaded config
     return _detect_kind(SimpleNamespace(**cfg) if isinstance(cfg, dict) else SimpleNamespace(), False)
 
@@ -150,9 +152,8 @@ def describe_dir(path: str | Path) -> str:
     p = Path(path)
     if (p / "modules.json").is_file():
         return "a sentence-transformers directory"
-    try:
-        cfg = json.loads((p / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    cfg = _config_json(p)
+    if cfg is None:
         return "no readable config.json"
     if not isinstance(cfg, dict):
         return "a config.json that is not a JSON object"

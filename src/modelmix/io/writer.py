@@ -92,10 +92,6 @@ def plan_shards(specs: list[OutSpec], max_shard_bytes: int) -> list[list[OutSpec
     return shards
 
 
-def _oserror(e: OSError, where: Path) -> OutputError:
-    return os_error(e, where)
-
-
 class ModelWriter:
     """Streams tensors into preplanned safetensors shards inside a temporary dir; ``commit`` renames it."""
 
@@ -152,7 +148,7 @@ class ModelWriter:
                 (self.tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
         except OSError as e:
             self.abort()
-            raise _oserror(e, self.target) from None
+            raise os_error(e, self.target) from None
         except BaseException:  # e.g. a KeyboardInterrupt: no temporary directory may stay behind
             self.abort()
             raise
@@ -240,7 +236,7 @@ class ModelWriter:
                 fut.result()
             except OSError as e:
                 st.fut = None
-                raise _oserror(e, self.target) from None
+                raise os_error(e, self.target) from None
             st.fut = None  # only once done: an interrupted wait leaves it for abort() to wait for again
 
     def write(self, name: str, tensor: torch.Tensor, byte_start: int = 0) -> None:
@@ -277,7 +273,7 @@ class ModelWriter:
             else:
                 self._direct(fd, dfd, mid, a0)
         except OSError as e:
-            raise _oserror(e, self.target) from None
+            raise os_error(e, self.target) from None
 
     def _direct(self, fd: int, dfd: int, mid: torch.Tensor, pos: int) -> None:
         """Direct-write an aligned range (through the bounce buffer if its memory is misaligned); buffered if
@@ -376,7 +372,7 @@ class ModelWriter:
                 interrupt.commit()
         except OSError as e:
             self.abort()
-            raise _oserror(e, self.target) from None
+            raise os_error(e, self.target) from None
         except BaseException:
             self.abort()
             raise
