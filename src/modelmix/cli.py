@@ -25,6 +25,7 @@ _LAZY = {
     "soup": ("modelmix.soup_cli", "soup", "Uniform or greedy model soup, scored on held-out examples."),
     "lmc": ("modelmix.lmc_cli", "lmc", "Linear mode connectivity: loss along the straight path between two models."),
     "analyze": ("modelmix.analysis.cli", "analyze", "Task-vector interference analysis (norms, cosines, sign conflicts) with an HTML report."),
+    "import-gguf": ("modelmix.gguf_cli", "import_gguf", "Convert a llama-family GGUF file into a Hugging Face model directory."),
 }
 
 
