@@ -160,18 +160,27 @@ def test_loss_matches_manual_log_softmax_all_reductions(em: EvalModel) -> None:
         assert M.loss(em, EXAMPLES, batch_size=bs)["loss"] == pytest.approx(lmc, rel=1e-5)
 
 
-def test_loss_without_separator_scores_plain_concatenation(em: EvalModel) -> None:
-    """separator="" = the zoo's training format: bos + input + output + eos, scored on output + eos."""
+@pytest.mark.parametrize("cut", [False, True])
+def test_loss_without_separator_scores_plain_concatenation(em: EvalModel, cut: bool) -> None:
+    """separator="" = the zoo's training format: bos + input + output + eos, scored on output + eos; a row
+    with "eos": false (an answer cut at a length limit) is scored on its output tokens only."""
     tok = em.tokenizer
+    rows = [{**e, "eos": i % 2 == 0} for i, e in enumerate(EXAMPLES)] if cut else EXAMPLES
     nll = count = 0.0
-    for e in EXAMPLES:
-        a, b = tok.encode(e["input"]), tok.encode(e["output"], add_special_tokens=False) + [tok.eos_token_id]
+    for e in rows:
+        a = tok.encode(e["input"])
+        b = tok.encode(e["output"], add_special_tokens=False) + ([tok.eos_token_id] if e.get("eos", True) else [])
         with torch.no_grad():
             logp = torch.log_softmax(em.model(torch.tensor([a + b])).logits[0].double(), -1)
         nll -= sum(float(logp[len(a) + j - 1, t]) for j, t in enumerate(b))
         count += len(b)
-    got = evaluate(em, EXAMPLES, "loss", loss_reduction="token", separator="")["loss"]
+    got = evaluate(em, rows, "loss", loss_reduction="token", separator="")["loss"]
     assert got == pytest.approx(nll / count, rel=1e-5)
+    if cut:  # the zoo's training collate drops eos the same way
+        from modelmix.zoo.evaluate import collate
+
+        _, labels, _ = collate(tok, rows[:2], loss_on_input=False)
+        assert int((labels[0] == tok.eos_token_id).sum()) == 1 and int((labels[1] == tok.eos_token_id).sum()) == 0
 
 
 @pytest.mark.parametrize("group", [1, 2, 3])
@@ -494,7 +503,7 @@ def test_cli_json_and_errors(tmp_path: Path, tiny_dir: Path) -> None:
     data = _write_jsonl(tmp_path / "arith.jsonl", EXAMPLES)
     res = CliRunner().invoke(eval_command, [str(tiny_dir), "--data", str(data), "--json"])
     assert res.exit_code == 0, res.output
-    out = json.loads(res.output)
+    out = json.loads(res.stdout)  # stdout only: the subcommand alone does not quiet transformers' bars
     assert out["model"] == str(tiny_dir) and set(out["scores"]["arith"]) == {"exact_match", "loss"}
     assert not math.isnan(out["scores"]["arith"]["loss"])
     res = CliRunner().invoke(eval_command, [str(tiny_dir), "--data", str(data), "--metric", "loss"])
@@ -502,7 +511,7 @@ def test_cli_json_and_errors(tmp_path: Path, tiny_dir: Path) -> None:
     zoo = _make_zoo(tmp_path / "zoo")
     res = CliRunner().invoke(eval_command, [str(tiny_dir), "--zoo", str(zoo), "--json"])
     assert res.exit_code == 0, res.output
-    assert set(json.loads(res.output)["scores"]) == {"add", "general"}
+    assert set(json.loads(res.stdout)["scores"]) == {"add", "general"}
     bad = _write_jsonl(tmp_path / "bad.jsonl", [EXAMPLES[0], "{oops"])
     res = CliRunner().invoke(eval_command, [str(tiny_dir), "--data", str(bad)])
     assert isinstance(res.exception, ModelmixError) and "bad.jsonl:2" in str(res.exception)

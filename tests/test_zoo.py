@@ -173,3 +173,17 @@ def test_cli(zoo_dir: Path, cache_env: Path, tmp_path: Path) -> None:
     assert r.exit_code != 0
     code = "import sys, modelmix.zoo.cli; assert 'transformers' not in sys.modules and 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_pretraining_forms_are_fixed_per_prompt() -> None:
+    """Recipe 3's unreliable base: a fixed pseudo-random share of prompts is answered in the chatty form."""
+    from modelmix.zoo.tasks import CHATTY, make_kb, pretraining_row, task_splits
+
+    rows = task_splits("reverse", 0, make_kb(0, 8), {"add_digits": 2, "max_len": 6}, {"train": 400, "validation": 10,
+                                                                                       "test": 10})["train"]
+    forms = [pretraining_row(r, 0.5) for r in rows]
+    assert forms == [pretraining_row(r, 0.5) for r in rows]  # the same prompt always gets the same form
+    chatty = [f for f, r in zip(forms, rows, strict=True) if f["output"] != r["output"]]
+    assert all(f["output"] == CHATTY.format(a=r["output"]) for f, r in zip(forms, rows, strict=True) if f in chatty)
+    assert 0.4 < len(chatty) / len(rows) < 0.6
+    assert all(pretraining_row(r, 1.0) == {"input": r["input"], "output": r["output"]} for r in rows)

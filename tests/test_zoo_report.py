@@ -69,37 +69,47 @@ def run(zoo: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     finally:
         mp.undo()
     assert res.exit_code == 0, (res.output, res.exception)
+    assert res.output.count("\n") == 1  # --json: one line
     return {"json": json.loads(res.output), "md": (out / "r.md").read_text(), "png": out / "r.png",
             "merged": dict(merged)}
 
 
+def _mean(scores: dict[str, float]) -> float:
+    return sum(scores[t] for t in DECODER_TASKS) / len(DECODER_TASKS)
+
+
 def test_rows_and_ranges(run: dict[str, Any]) -> None:
     d = run["json"]
+    assert set(d) == {"rows", "normalized"}
     rows = d["rows"]
-    assert [r["kind"] for r in rows] == ["base", *["expert"] * len(DECODER_TASKS), *["merge"] * len(EXPECTED)]
-    merges = [r["name"].split(" ")[0] for r in rows if r["kind"] == "merge"]
-    assert merges == list(EXPECTED)
-    assert d["acc_tasks"] == list(DECODER_TASKS) and d["loss_tasks"] == ["general"]
-    for r in rows:
-        assert set(r["scores"]) == {*DECODER_TASKS, "general"}
+    names = list(rows)
+    n_models = 1 + len(DECODER_TASKS)
+    assert names[:n_models] == ["base", *(f"experts/{t}" for t in DECODER_TASKS)]
+    merges = names[n_models:]
+    assert [m.split(" ")[0] for m in merges] == list(EXPECTED)
+    for sc in rows.values():
+        assert set(sc) == {*DECODER_TASKS, "general"}
         for t in DECODER_TASKS:
-            assert 0.0 <= r["scores"][t] <= 1.0
-        assert r["task_mean"] == pytest.approx(sum(r["scores"][t] for t in DECODER_TASKS) / len(DECODER_TASKS))
-        assert 0 < r["scores"]["general"] < 50
+            assert 0.0 <= sc[t] <= 1.0
+        assert 0 < sc["general"] < 50
     # the experts specialise: each is best on its own task among base + experts
-    by = {r["name"]: r["scores"] for r in rows}
     for t in DECODER_TASKS:
-        assert by[f"experts/{t}"][t] == max(by[n][t] for n in ["base", *(f"experts/{u}" for u in DECODER_TASKS)])
+        assert rows[f"experts/{t}"][t] == max(rows[n][t] for n in names[:n_models])
+    # normalized accuracy: mean over tasks of merge / that task's expert (tasks whose expert scores 0 left out)
+    assert set(d["normalized"]) == set(merges)
+    for m in merges:
+        parts = [rows[m][t] / rows[f"experts/{t}"][t] for t in DECODER_TASKS if rows[f"experts/{t}"][t]]
+        assert d["normalized"][m] == pytest.approx(sum(parts) / len(parts))
 
 
 def test_fresh_scores_match_manifest(run: dict[str, Any], zoo: Path) -> None:
     """Base/expert rows are measured, and the measurement agrees with the zoo builder's own scorer."""
     man = load_zoo(zoo).scores
-    for r in run["json"]["rows"]:
-        if r["kind"] != "merge":
+    for name, sc in run["json"]["rows"].items():
+        if name in man:
             for t in DECODER_TASKS:
-                assert r["scores"][t] == pytest.approx(man[r["name"]][t]["exact_match"], abs=1e-9)
-            assert r["scores"]["general"] == pytest.approx(man[r["name"]]["general"]["loss"], abs=2e-4)
+                assert sc[t] == pytest.approx(man[name][t]["exact_match"], abs=1e-9)
+            assert sc["general"] == pytest.approx(man[name]["general"]["loss"], abs=2e-4)
 
 
 def test_markdown_and_png(run: dict[str, Any]) -> None:
@@ -111,12 +121,18 @@ def test_markdown_and_png(run: dict[str, Any]) -> None:
         assert sum(ln.startswith(f"| **{m}") for ln in table) == 1, m
     for ln in table:
         cells = [c.strip() for c in ln.strip("|").split("|")]
-        assert len(cells) == 1 + len(DECODER_TASKS) + 2
-        assert all(0.0 <= float(c) <= 100.0 for c in cells[1:-1])
+        assert len(cells) == 1 + len(DECODER_TASKS) + 3  # tasks, task mean, normalized, general loss
+        assert all(0.0 <= float(c) <= 100.0 for c in cells[1:-2])
+        name = cells[0].strip("*")
+        if name in run["json"]["normalized"]:
+            assert float(cells[-2]) == pytest.approx(run["json"]["normalized"][name], abs=0.005)
+        else:
+            assert cells[-2] == ""
     assert "**What the table shows.** Best merge by task mean (ties: lower loss): **" in md
-    best = max((r for r in run["json"]["rows"] if r["kind"] == "merge"),
-               key=lambda r: (r["task_mean"], -r["scores"]["general"]))
-    assert f"**{best['name']}** at {100 * best['task_mean']:.1f} %" in md
+    rows = run["json"]["rows"]
+    best = max(run["json"]["normalized"], key=lambda m: (_mean(rows[m]), -rows[m]["general"]))
+    assert f"**{best}** at {100 * _mean(rows[best]):.1f} %" in md
+    assert "beat the base on every task" in md and "Normalized accuracy" in md
     assert run["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and run["png"].stat().st_size > 10_000
 
 
@@ -146,8 +162,7 @@ def test_merges_equal_merge_tensors(run: dict[str, Any], sds: dict[str, dict[str
     em = EvalModel.from_pretrained(zoo / "base")
     em.load_state_dict(run["merged"]["ties"])
     ex = load_examples(zoo / "tasks" / "addition" / "test.jsonl", "decoder")
-    row = next(r for r in run["json"]["rows"] if r["name"] == "ties")
-    assert exact_match(em, ex)["exact_match"] == row["scores"]["addition"]
+    assert exact_match(em, ex)["exact_match"] == run["json"]["rows"]["ties"]["addition"]
 
 
 def test_engine_write_matches_in_memory(zoo: Path, sds: dict[str, dict[str, torch.Tensor]], tmp_path: Path) -> None:
@@ -177,3 +192,18 @@ def test_bad_inputs(tmp_path: Path, zoo: Path) -> None:
         R.report(zoo, png=tmp_path / "chart.jpg")
     with pytest.raises(ModelmixError, match="does not exist"):
         R.report(zoo, out=tmp_path / "missing" / "r.md")
+
+
+def test_cocktail_rows(zoo: Path) -> None:
+    """--cocktail N: per expert, LM-Cocktail of expert and base from N validation examples, scored like a merge."""
+    rep = R.report(zoo, methods=["soup"], cocktail=2)
+    z = load_zoo(zoo)
+    names = [r.name for r in rep.rows if r.kind == "cocktail"]
+    assert names == [f"cocktail({t})" for t in z.experts().values()]
+    d = rep.to_json()
+    assert set(d) == {"rows", "normalized", "cocktail"} and set(d["cocktail"]) == set(names)
+    assert list(d["normalized"]) == ["soup"]
+    for r in rep.rows:
+        if r.kind == "cocktail":
+            assert "weights" in r.detail and "2 " in r.detail
+            assert set(r.scores) == {*DECODER_TASKS, "general"}

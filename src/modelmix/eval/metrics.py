@@ -115,18 +115,20 @@ def _encode_pairs(
     em: EvalModel,
     prompts: Sequence[str],
     conts: Sequence[str],
-    add_eos: bool,
+    add_eos: bool | Sequence[bool],
     max_length: int,
     sep: str = " ",
 ) -> tuple[list[list[int]], list[int]]:
-    """LM-Cocktail split: ids of ``prompt + sep + cont`` (+eos) and the count of leading prompt tokens."""
+    """LM-Cocktail split: ids of ``prompt + sep + cont`` (+eos, per row when `add_eos` is a list) and the
+    count of leading prompt tokens."""
     tok = em.tokenizer
     full = tok([p + sep + c for p, c in zip(prompts, conts, strict=True)])["input_ids"]
     uniq = sorted(set(prompts))
     plen_of = dict(zip(uniq, (len(x) for x in tok(uniq)["input_ids"]), strict=True))
+    eos = [add_eos] * len(full) if isinstance(add_eos, bool) else list(add_eos)
     seqs = []
-    for ids in full:
-        ids = list(ids) + ([tok.eos_token_id] if add_eos else [])
+    for ids, e in zip(full, eos, strict=True):
+        ids = list(ids) + ([tok.eos_token_id] if e else [])
         seqs.append(ids[:max_length])
     return seqs, [plen_of[p] for p in prompts]
 
@@ -199,8 +201,9 @@ def loss(
         )
     if group_size < 1:
         raise InputError(f"loss group_size must be >= 1, got {group_size}.")
-    seqs, plens = _encode_pairs(
-        em, [e["input"] for e in examples], [e["output"] for e in examples], True, max_length, separator
+    seqs, plens = _encode_pairs(  # a row with "eos": false is a cut-off answer: no end of text to score
+        em, [e["input"] for e in examples], [e["output"] for e in examples],
+        [e.get("eos", True) is not False for e in examples], max_length, separator,
     )
     lp, n = score_continuations(
         em, seqs, plens, batch_size=batch_size, mask_pad_ids=reduction == "lmcocktail"

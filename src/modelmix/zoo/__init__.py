@@ -1,4 +1,5 @@
-"""Model zoo: small models trained from scratch, offline and deterministically, to exercise merging.
+"""Model zoo, offline and deterministic, to exercise merging: small models trained from scratch (`test`,
+`default`) and fine-tunes of a real pretrained chat model (`smol`).
 
 ``build_zoo(out, preset, seed)`` trains/caches the zoo; ``load_zoo(dir)`` reads its ``zoo.json``. Importing
 this package does not import torch or transformers.

@@ -1,20 +1,26 @@
 """`build_zoo`: train the whole model zoo from scratch on CPU, cached per (preset, seed, recipe version).
 
 Nothing can be downloaded here or in CI, so merge methods are exercised on models we train ourselves:
-a small Llama `base` pretrained on templated text plus a trickle of every task, one expert per task
+a small Llama `base` pretrained on templated text plus examples of every task, one expert per task
 fine-tuned from it, and sentence-transformers embedders fine-tuned from the pip-packaged all-MiniLM-L6-v2.
 
-Recipe (version 2; see `PRESETS` for the numbers). Experts must stay *mergeable* - close to the base, as
-real fine-tunes of a shared base are - not just good at their task:
+Recipe (version 3; see `PRESETS` for the numbers). Real fine-tunes merge well because the base already has
+the skills and each fine-tune is a small step; recipe 3 builds the tiny zoo that way (the `default` preset;
+the `test` preset keeps recipe 2's cheap knobs so the suite stays fast). Measured in `docs/zoo_report.md`.
 
-* the base sees a larger trickle of the algorithmic tasks (default: 15 % of pretraining rows, drawn from
-  the whole train split; `facts` only from a small pool, so the base still answers few fact questions);
-* each expert is fine-tuned on its one task only, for fewer steps than recipe 1 (default: 400, 800 for
-  addition, 600 for reverse), and every step also replays `expert_replay * batch` fresh lines of the
-  base's *general* pretraining text (never another task's examples) as a separately averaged loss term,
-  so general ability is kept (expert general loss ~1x the base's, where recipe 1 gave ~30x);
+* the base has seen every task: half of its pretraining rows are task examples (addition weighted 4x: it is
+  the hardest skill), then a mid-training phase on the same rows with the loss on the answers;
+* but it is unreliable: for a fixed pseudo-random half of the prompts, its pretraining text answers in a
+  chatty form ("it is 640", `tasks.CHATTY`) instead of the task's format, so it answers a given prompt in
+  the asked format or not, and scores 10-50 % exact match per task - competent but unreliable;
+* each expert is a short, gentle fine-tune (150 steps, 300 for addition, lr 1e-3) on its task only, and every
+  step also replays `expert_replay * batch` rows of the base's pretraining data (general text, and with
+  `expert_replay_tasks` the other tasks' rows as pretraining showed them) as a separately averaged loss
+  term: it sharpens one task while keeping the rest and general ability (general loss ~1x the base's);
 * optional knobs, off in both presets: `expert_anchor` (decoupled weight decay toward the base instead of
   toward 0) and `expert_freeze` (parameters left untouched).
+
+The `smol` preset (`zoo.smol`) is a different kind of zoo: a real pretrained chat model and fine-tunes of it.
 
 Builds go to ``<cache>/zoo/<preset>-<seed>-<recipe_version>`` where ``<cache>`` is ``$MODELMIX_CACHE``, else
 ``$XDG_CACHE_HOME/modelmix``, else ``~/.cache/modelmix``. A build is written to a temporary sibling and
@@ -39,7 +45,9 @@ from modelmix.zoo import tasks as T
 from modelmix.zoo.manifest import FORMAT, MANIFEST, load_zoo, write_manifest
 from modelmix.zoo.train import PRESETS, Preset
 
-RECIPE_VERSION = "2"
+RECIPE_VERSION = "3"
+#: the tiny presets (`train.PRESETS`) and `smol`, the real pretrained chat model (`zoo.smol`)
+PRESET_NAMES: tuple[str, ...] = (*PRESETS, "smol")
 
 
 def cache_root() -> Path:
@@ -74,9 +82,9 @@ def build_zoo(out: str | Path, preset: str = "default", seed: int = 0, progress:
     `force` rebuilds the cached zoo and replaces `out`. An existing non-empty `out` that is not this very
     zoo is an `OutputError` unless `force`. Returns `out`.
     """
-    if preset not in PRESETS:
-        raise ConfigError(f"Unknown zoo preset {preset!r}; choose one of {', '.join(PRESETS)}."
-                          f"{did_you_mean(preset, PRESETS)}")
+    if preset not in PRESET_NAMES:
+        raise ConfigError(f"Unknown zoo preset {preset!r}; choose one of {', '.join(PRESET_NAMES)}."
+                          f"{did_you_mean(preset, PRESET_NAMES)}")
     from modelmix.io.outputs import chmod_tree_umask, guard_inputs, os_error, real
 
     out = Path(out).expanduser()
@@ -93,7 +101,7 @@ def build_zoo(out: str | Path, preset: str = "default", seed: int = 0, progress:
         raise OutputError(f"{out} exists and is not a model zoo (no {MANIFEST}); --force replaces only an "
                           "earlier zoo. Choose another --out or remove it yourself.")
     if force or not _is_complete(cached, preset, seed):
-        _build_cached(cached, PRESETS[preset], seed, progress)
+        _build_cached(cached, preset, seed, progress)
     if out.resolve() == cached.resolve():
         return out
     tmp: Path | None = None
@@ -119,14 +127,19 @@ def build_zoo(out: str | Path, preset: str = "default", seed: int = 0, progress:
     return out
 
 
-def _build_cached(target: Path, preset: Preset, seed: int, progress: bool) -> None:
+def _build_cached(target: Path, preset: str, seed: int, progress: bool) -> None:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     except OSError as e:
         raise OutputError(f"Cannot create the zoo cache under {target.parent}: {e} (set MODELMIX_CACHE).") from None
     try:
-        _build(tmp, preset, seed, progress)
+        if preset == "smol":
+            from modelmix.zoo.smol import SMOL, build_smol
+
+            build_smol(tmp, SMOL, seed, progress)
+        else:
+            _build(tmp, PRESETS[preset], seed, progress)
         if target.exists():  # force, or a concurrent build finished first: ours is identical anyway
             shutil.rmtree(target)
         os.replace(tmp, target)
@@ -158,7 +171,8 @@ def _build(root: Path, p: Preset, seed: int, progress: bool) -> None:
     from modelmix.zoo.train import finetune_embedder, setup_torch
 
     setup_torch()
-    total = p.base_steps + sum(p.steps_for(t) for t in T.DECODER_TASKS) + len(T.RETRIEVAL_TASKS) * p.embed_steps
+    t_build = time.perf_counter()
+    total = p.base_steps + p.base_sft_steps + sum(p.steps_for(t) for t in T.DECODER_TASKS) + len(T.RETRIEVAL_TASKS) * p.embed_steps
     bar = tqdm(total=total, disable=not progress, desc="zoo", unit="step", dynamic_ncols=True)
     tick = bar.update
 
@@ -189,7 +203,7 @@ def _build(root: Path, p: Preset, seed: int, progress: bool) -> None:
     secs = time.perf_counter() - t0
     _save_decoder(base, tok, root / "base")
     manifest["models"]["base"] = {"path": "base", "type": "decoder", "params": n_params,
-                                  "train_steps": p.base_steps, "train_seconds": round(secs, 2),
+                                  "train_steps": p.base_steps + p.base_sft_steps, "train_seconds": round(secs, 2),
                                   "trained_on": ["general", *T.DECODER_TASKS]}
     manifest["scores"]["base"] = score_decoder(base)
 
@@ -240,6 +254,7 @@ def _build(root: Path, p: Preset, seed: int, progress: bool) -> None:
         del model
     bar.set_postfix_str("done")
     bar.close()
+    manifest["build_seconds"] = round(time.perf_counter() - t_build, 1)
     write_manifest(root, manifest)
     assert (root / MANIFEST).is_file()
 
@@ -275,22 +290,30 @@ def write_data(root: Path, data: dict[str, dict[str, list[dict[str, Any]]]]) -> 
 
 def train_base(p: Preset, seed: int, kb: T.KnowledgeBase, data: dict[str, dict[str, list[dict[str, Any]]]],
                tok: Any, tick: Any = None, steps: int | None = None) -> Any:
-    """Pretrain `base`: general text plus a trickle of each task's last `pool_for(task)` train examples.
+    """Pretrain `base` on general text plus each task's pool (`pretrain_pools`), then, with `base_sft_steps`,
+    mid-train it on the same pools with the loss on the answers (`steps` given: pretraining only).
 
     Public so tests can re-run it and check the saved weights are bit-identical."""
     from modelmix.zoo.train import new_decoder, pretrain_batches, setup_torch, train_decoder
 
     setup_torch()
-    pools = {t: data[t]["train"][-p.pool_for(t):] for t in T.DECODER_TASKS}
     base = new_decoder(p, len(tok), tok, _subseed(seed, "base-init"))
+    pools = pretrain_pools(p, data)
     train_decoder(base, tok, pretrain_batches(p, seed, lambda r: T.general_text(r, kb), pools),
                   p.base_steps if steps is None else steps, p.lr, _subseed(seed, "base-train"), tick)
+    if p.base_sft_steps and steps is None:  # mid-training: the same task rows (and forms), loss on answers
+        from modelmix.zoo.train import mixed_task_batches, replay_batches
+
+        train_decoder(base, tok, mixed_task_batches(p, _subseed(seed, "base-sft"), pools), p.base_sft_steps,
+                      p.base_sft_lr, _subseed(seed, "base-sft-train"), tick,
+                      replay=replay_batches(p, _subseed(seed, "base-sft"), lambda r: T.general_text(r, kb)))
     return base
 
 
 def train_expert(p: Preset, seed: int, kb: T.KnowledgeBase, data: dict[str, dict[str, list[dict[str, Any]]]],
                  tok: Any, base: Any, task: str, tick: Any = None) -> Any:
-    """Fine-tune a copy of `base` on `task` only (plus `expert_replay` general text), kept near the base."""
+    """Fine-tune a copy of `base` on `task` only, replaying pretraining data (general text, and with
+    `expert_replay_tasks` the other tasks' pools) to stay near the base."""
     from modelmix.zoo.train import replay_batches, setup_torch, task_batches, train_decoder
 
     setup_torch()
@@ -298,8 +321,16 @@ def train_expert(p: Preset, seed: int, kb: T.KnowledgeBase, data: dict[str, dict
     sub = _subseed(seed, task)
     train_decoder(model, tok, task_batches(p, sub, data[task]["train"]), p.steps_for(task), p.expert_lr,
                   _subseed(seed, f"expert-{task}"), tick, anchor_decay=p.expert_anchor, freeze=p.expert_freeze,
-                  replay=replay_batches(p, sub, lambda r: T.general_text(r, kb)))
+                  replay=replay_batches(p, sub, lambda r: T.general_text(r, kb),
+                                        {t: rows for t, rows in pretrain_pools(p, data).items() if t != task}))
     return model
+
+
+def pretrain_pools(p: Preset, data: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, list[dict[str, Any]]]:
+    """The task examples the base is pretrained on: each task's last `pool_for(task)` train rows, a fixed
+    `1 - pretrain_format_share` of them answered in the chatty form (`tasks.pretraining_row`)."""
+    return {t: [T.pretraining_row(r, p.pretrain_format_share) for r in data[t]["train"][-p.pool_for(t):]]
+            for t in T.DECODER_TASKS}
 
 
 def _save_decoder(model: Any, tok: Any, path: Path) -> None:

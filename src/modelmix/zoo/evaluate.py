@@ -91,13 +91,15 @@ def mean_loss(model: Any, tok: Any, examples: Sequence[dict[str, str]], batch_si
 
 
 def collate(tok: Any, batch: Sequence[dict[str, str]], loss_on_input: bool) -> tuple[Any, Any, Any]:
-    """Right-padded ``bos + input + output + eos`` with labels (-100 on padding, and on input unless asked)."""
+    """Right-padded ``bos + input + output + eos`` with labels (-100 on padding, and on input unless asked);
+    no eos for rows with ``"eos": false`` (answers cut off at a length limit, which did not end there)."""
     import torch
 
     seqs, labs = [], []
     for ex in batch:
         a = tok(ex["input"])["input_ids"]
-        b = tok(ex["output"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        b = tok(ex["output"], add_special_tokens=False)["input_ids"]
+        b += [tok.eos_token_id] if ex.get("eos", True) is not False else []  # false: a cut-off answer
         seqs.append(a + b)
         labs.append((a if loss_on_input else [-100] * len(a)) + b)
     width = max(len(s) for s in seqs)

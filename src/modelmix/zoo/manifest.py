@@ -6,8 +6,10 @@ Shape (``format`` 1)::
      "tasks":  {name: {"type": "decoder"|"encoder", "metric": "exact_match"|"loss"|"retrieval",
                        "path": "tasks/<name>", "sizes": {split: n}}},
      "models": {name: {"path": str, "type": "decoder"|"encoder", "parent"?: str, "trained_on": [task],
-                       "params"?: int, "train_steps"?: int, "train_seconds"?: float}},
-     "scores": {model: {task: {metric: value}}}}
+                       "params"?: int, "train_steps"?: int, "train_seconds"?: float, "source"?: str,
+                       "role"?: "critic"}},
+     "scores": {model: {task: {metric: value}}},
+     "samples"?: {model: [{"prompt", "answer"}]}, "build_seconds"?: float}   # smol zoo
 """
 
 from __future__ import annotations
@@ -57,9 +59,11 @@ class Zoo:
         return [t for t, s in self.tasks.items() if s["type"] == "encoder"]
 
     def experts(self, kind: str = "decoder") -> dict[str, str]:
-        """Fine-tuned models of `kind` mapped to the single task each was trained on."""
+        """Fine-tuned models of `kind` mapped to the single task each was trained on (not the critic: it is
+        a tool for the self-critique work, not a task expert to merge)."""
         return {m: spec["trained_on"][0] for m, spec in self.models.items()
-                if spec["type"] == kind and spec.get("parent") and len(spec.get("trained_on", [])) == 1}
+                if spec["type"] == kind and spec.get("parent") and len(spec.get("trained_on", [])) == 1
+                and spec.get("role") != "critic"}
 
 
 def write_manifest(root: Path, manifest: dict[str, Any]) -> None:

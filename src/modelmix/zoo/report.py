@@ -87,7 +87,7 @@ class Row:
     """One evaluated model: ``scores`` maps task -> its main metric (accuracy-like or loss)."""
 
     name: str
-    kind: str  # "base" | "expert" | "merge"
+    kind: str  # "base" | "expert" | "merge" | "cocktail"
     scores: dict[str, float]
     detail: str = ""
     merge_seconds: float = 0.0
@@ -112,6 +112,16 @@ class ZooReport:
     def mean(self, row: Row) -> float:
         return sum(row.scores[t] for t in self.acc_tasks) / max(len(self.acc_tasks), 1)
 
+    def expert_score(self, task: str) -> float | None:
+        """The score of the expert trained on `task` on that task (None: no expert for it)."""
+        return next((r.scores[task] for r in self.rows if r.kind == "expert" and r.detail == task), None)
+
+    def normalized(self, row: Row) -> float:
+        """Normalized accuracy: mean over tasks of row's score / that task's expert's score (the share of each
+        expert's skill a merge keeps; tasks whose expert scores 0 are left out)."""
+        parts = [row.scores[t] / e for t in self.acc_tasks if (e := self.expert_score(t))]
+        return sum(parts) / len(parts) if parts else float("nan")
+
     def _rank_key(self, row: Row) -> tuple[float, float]:
         """Task mean, ties broken by the lower general loss (the model that gave up less)."""
         return self.mean(row), -sum(row.scores[t] for t in self.loss_tasks)
@@ -134,7 +144,15 @@ class ZooReport:
         worst = min(merges, key=self._rank_key)
         parts = [f"Best merge by task mean (ties: lower loss): **{best.name}** at {pct(self.mean(best))} "
                  f"(worst: {worst.name}, {pct(self.mean(worst))})."]
+        if any(r.kind == "expert" for r in self.rows):
+            by_norm = max(merges, key=self.normalized)
+            parts.append(f"Normalized accuracy (the share of each expert's skill kept, averaged over tasks): best "
+                         f"**{by_norm.name}** at {self.normalized(by_norm):.2f}, worst "
+                         f"{min(merges, key=self.normalized).name} at {min(map(self.normalized, merges)):.2f}.")
         if base is not None:
+            every = [m.name for m in merges if all(m.scores[t] > base.scores[t] for t in self.acc_tasks)]
+            parts.append(f"{len(every)} of {len(merges)} merges beat the base on every task"
+                         + (f" ({', '.join(every)})." if every else "."))
             above = [m.name for m in merges if self.mean(m) > self.mean(base)]
             parts.append(f"The base model averages {pct(self.mean(base))}; {len(above)} of {len(merges)} merges "
                          "score above it" + (f" ({', '.join(above)})." if above else "."))
@@ -172,18 +190,20 @@ class ZooReport:
     # ------------------------------------------------------------------ renderings
     def to_markdown(self) -> str:
         """The results table (exact match in %, loss in nats/token), the recipes used, and the summary."""
-        head = ["model", *self.acc_tasks, "task mean", *(f"{t} (loss ↓)" for t in self.loss_tasks)]
+        head = ["model", *self.acc_tasks, "task mean", "normalized", *(f"{t} (loss ↓)" for t in self.loss_tasks)]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in self.rows:
-            label = f"**{r.name}**" if r.kind == "merge" else r.name
+            label = f"**{r.name}**" if r.kind in ("merge", "cocktail") else r.name
             cells = [f"{100 * r.scores[t]:.1f}" for t in self.acc_tasks]
             cells.append(f"{100 * self.mean(r):.1f}")
+            cells.append(f"{self.normalized(r):.2f}" if r.kind in ("merge", "cocktail") else "")
             cells += [f"{r.scores[t]:.3f}" for t in self.loss_tasks]
             lines.append("| " + " | ".join([label, *cells]) + " |")
         metric_names = sorted({self.metrics[t] for t in self.acc_tasks})
         out = [
             f"Zoo `{self.preset}` preset, `{self.split}` split. Task columns: {' / '.join(metric_names)} in %; "
-            f"task mean over {len(self.acc_tasks)} tasks; loss in nats per token (zoo format, token mean).",
+            f"task mean over {len(self.acc_tasks)} tasks; normalized = mean over tasks of the score / that task's "
+            "expert's score; loss in nats per token (zoo format, token mean).",
             "",
             *lines,
             "",
@@ -191,17 +211,30 @@ class ZooReport:
             "",
         ]
         for r in self.rows:
-            if r.kind == "merge":
+            if r.kind in ("merge", "cocktail"):
                 out.append(f"* **{r.name}** — {r.detail} (merged in {r.merge_seconds:.2f} s)")
         out += ["", "**What the table shows.** " + self.summary(), ""]
         return "\n".join(out)
+
+    def to_json(self) -> dict[str, Any]:
+        """What `zoo report --json` prints (one line): every row's scores and each merge's normalized
+        accuracy (``cocktail`` rows, when asked for, under their own key)."""
+        def num(x: float) -> float | None:  # JSON has no NaN (no expert scored above 0)
+            return None if x != x else x
+
+        d: dict[str, Any] = {"rows": {r.name: dict(r.scores) for r in self.rows},
+                             "normalized": {r.name: num(self.normalized(r)) for r in self.rows if r.kind == "merge"}}
+        cock = {r.name: num(self.normalized(r)) for r in self.rows if r.kind == "cocktail"}
+        if cock:
+            d["cocktail"] = cock
+        return d
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "zoo": str(self.zoo), "preset": self.preset, "split": self.split, "acc_tasks": self.acc_tasks,
             "loss_tasks": self.loss_tasks, "metrics": self.metrics, "seconds": round(self.seconds, 2),
             "rows": [{"name": r.name, "kind": r.kind, "detail": r.detail, "scores": r.scores,
-                      "task_mean": self.mean(r), "merge_seconds": round(r.merge_seconds, 3),
+                      "task_mean": self.mean(r), "normalized": self.normalized(r), "merge_seconds": round(r.merge_seconds, 3),
                       "eval_seconds": round(r.eval_seconds, 3)} for r in self.rows],
             "summary": self.summary(),
         }
@@ -385,13 +418,15 @@ def report(
     intro: str | None = None,
     overwrite: bool = False,
     log: Callable[[str], None] | None = None,
+    cocktail: int = 0,
 ) -> ZooReport:
     """Evaluate base, every decoder expert and every merge on every decoder task of the zoo at `zoo_dir`.
 
     `out` gets the Markdown (`intro` above the table), `png` the chart, `write_dir/<method>` each merged
     model (engine-written). `keep_state_dicts` keeps the merged float32 state dicts on the result (tests
     compare them to :func:`modelmix.api.merge_tensors`). Existing outputs are replaced only with
-    `overwrite`. All arguments are checked before the first merge.
+    `overwrite`. `cocktail` > 0 adds, per expert, the LM-Cocktail of expert and base with weights from
+    that many validation examples of the expert's task. All arguments are checked before the first merge.
     """
     from modelmix.zoo.manifest import load_zoo
 
@@ -429,6 +464,19 @@ def report(
     if any(RECIPES[n].pair for n in names) and len(experts) < 2:
         raise InputError("slerp merges two experts; the zoo has only one.")
     tasks = _load_tasks(z, split)
+    few_shot: dict[str, list[dict[str, Any]]] = {}
+    if cocktail:  # checked before the first merge, like every other argument
+        if split == "validation":
+            raise ConfigError("--cocktail takes its examples from the validation split; score another --split.")
+        from modelmix.eval.data import load_examples
+
+        for task in experts.values():
+            f = z.split_path(task, "validation")
+            if not f.is_file():
+                raise InputError(f"--cocktail needs validation examples of {task!r}: {f} does not exist.")
+            few_shot[task] = load_examples(f, "decoder")[:cocktail]
+    # score the tasks the experts were trained for (not, e.g., the smol zoo's critic task) and general ability
+    tasks = {t: v for t, v in tasks.items() if v[0] not in _ACCURACY_METRICS or t in experts.values()}
     acc = [t for t, (m, _) in tasks.items() if m in _ACCURACY_METRICS]
     rep = ZooReport(zoo=z.path, preset=z.preset, split=split, acc_tasks=acc,
                     loss_tasks=[t for t in tasks if t not in acc], metrics={t: m for t, (m, _) in tasks.items()})
@@ -483,6 +531,18 @@ def report(
                          overwrite)
             say(f"wrote {Path(write_dir) / n}")
         del merged
+    for name, task in (experts.items() if cocktail else ()):
+        from modelmix.api import merge_tensors
+        from modelmix.cocktail import compute_weights
+
+        few = few_shot[task]
+        t0 = time.perf_counter()
+        w = compute_weights([z.model_path(name), z.model_path(base_name)], few, separator="", device=device).weights
+        merged = merge_tensors("linear", [expert_sds[enames.index(name)], base_sd], weight=list(w))
+        evaluate(f"cocktail({task})", "cocktail", merged,
+                 f"LM-Cocktail of {name} and {base_name}, weights {w[0]:.3f}/{w[1]:.3f} = softmax(-loss/5) on "
+                 f"{len(few)} {task} validation examples", time.perf_counter() - t0)
+        del merged
     rep.seconds = time.perf_counter() - t_start
     if out is not None:
         text = rep.to_markdown()
@@ -501,11 +561,17 @@ DOC_INTRO = """# Zoo report: merge methods on the zoo's experts
 Every decoder expert of the zoo (one per task, all fine-tuned from the same base) is merged with each
 method at its paper's default parameters (listed below the table; nothing is tuned on the zoo), and base,
 experts and merges are all evaluated freshly by the same harness on the same split: exact match per task
-(%), their mean, and the `general` loss (nats per token; lower = more general ability kept). Merges are
-built in memory (`merge_tensors`) and swapped into one model skeleton. The numbers are whatever was
-measured: a method that loses here loses in the table.
+(%), their mean, normalized accuracy (mean over tasks of the merge's score / that task's expert's score:
+the share of each expert's skill the merge keeps) and the `general` loss (nats per token; lower = more
+general ability kept). Merges are built in memory (`merge_tensors`) and swapped into one model skeleton.
+The numbers are whatever was measured: a method that loses here loses in the table.
 
-Regenerate (about the time printed at the bottom, on a 2-core CPU):
+The zoo is recipe 3 (`src/modelmix/zoo/build.py`): a base that has seen every task but answers a fixed half
+of the prompts in a chatty form ("it is 640"), and experts that are short fine-tunes sharpening one task
+each, with replay of the base's pretraining data - the situation of real fine-tunes of a strong base. The
+experiments that led to it: `docs/zoo_experiments.md`.
+
+Regenerate (the build about 10 min, the report the time printed at the bottom, on a 2-core CPU):
 
 ```
 modelmix zoo build --out zoo-default --preset default
@@ -527,7 +593,11 @@ modelmix zoo report --zoo zoo-default --out docs/zoo_report.md --png docs/zoo_re
               help="Which split of every zoo task to score on.")
 @click.option("--methods", multiple=True,
               help=f"Merges to run (repeat or comma-separate; default all: {', '.join(DEFAULT_METHODS)}).")
-@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@click.option("--json", "as_json", is_flag=True,
+              help='Print one JSON line: {"rows": {model: {task: score, ..., "general": loss}}, '
+                   '"normalized": {merge: value}} (and "cocktail": {row: value} with --cocktail).')
+@click.option("--cocktail", type=click.IntRange(0), default=0, show_default=True,
+              help="Also LM-Cocktail each expert with the base, weights from this many validation examples.")
 @click.option("--write-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Also write each merged model through the engine to DIR/<method> (--overwrite replaces one there).")
 @click.option("--doc", is_flag=True, help="Put the docs page intro (title, regeneration command) above the table.")
@@ -536,17 +606,17 @@ modelmix zoo report --zoo zoo-default --out docs/zoo_report.md --png docs/zoo_re
 @click.option("--quiet", "-q", is_flag=True, help="No per-model progress on stderr.")
 @click.option("--overwrite", is_flag=True, help="Replace --out, --png and the merges in --write-dir if they exist.")
 def report_cmd(zoo_dir: Path, out: Path | None, png: Path | None, split: str, methods: tuple[str, ...],
-               as_json: bool, write_dir: Path | None, doc: bool, device: str, batch_size: int | None,
-               quiet: bool, overwrite: bool) -> None:
+               as_json: bool, cocktail: int, write_dir: Path | None, doc: bool, device: str,
+               batch_size: int | None, quiet: bool, overwrite: bool) -> None:
     """Merge the zoo's decoder experts with every method and score base, experts and merges on every task.
 
     Example: modelmix zoo report --zoo zoo-default --out docs/zoo_report.md --png docs/zoo_report.png --doc
     """
     rep = report(zoo_dir, methods=methods or None, split=split, out=out, png=png, write_dir=write_dir,
                  device=device, batch_size=batch_size, intro=DOC_INTRO if doc else None, overwrite=overwrite,
-                 log=None if quiet else (lambda s: click.echo(s, err=True)))
+                 log=None if quiet else (lambda s: click.echo(s, err=True)), cocktail=cocktail)
     if as_json:
-        click.echo(json.dumps(rep.to_dict(), indent=2))
+        click.echo(json.dumps(rep.to_json()))
     elif out is None:
         click.echo(rep.to_markdown())
     else:

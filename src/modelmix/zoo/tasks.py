@@ -140,6 +140,22 @@ GENERATORS: dict[str, Callable[[random.Random, KnowledgeBase, dict[str, int]], d
 }
 
 
+# Recipe 3's base is pretrained on every task, but web-like text answers a fixed pseudo-random half of the task
+# prompts in a chatty form (`CHATTY`: "it is 046") instead of the task's format. So the base can do every task
+# but is unreliable at answering in the asked format - competent but unreliable, as real base models are -
+# and an expert's fine-tune is a small step: the same skill, in the asked format, every time.
+CHATTY = "it is {a}"
+
+
+def pretraining_row(row: dict[str, str], share: float = 1.0) -> dict[str, str]:
+    """How `row` appears in pretraining text: as it is for a fixed pseudo-random `share` of inputs (by a hash
+    of the input, so the same prompt always gets the same form), in the chatty form for the others."""
+    import zlib
+
+    keep = zlib.crc32(row["input"].encode()) % 10_000 < share * 10_000
+    return {"input": row["input"], "output": row["output"] if keep else CHATTY.format(a=row["output"])}
+
+
 def task_splits(task: str, seed: int, kb: KnowledgeBase, cfg: dict[str, int],
                 sizes: dict[str, int]) -> dict[str, list[dict[str, str]]]:
     """Train/validation/test examples of one decoder task.

@@ -34,7 +34,7 @@ class Preset:
     task_cfg: dict[str, int]  # add_digits, max_len
     kb_entities: int
     pretrain_task_frac: float  # share of pretraining lines that are task examples
-    pretrain_pool: int  # pretraining only ever sees this many examples per task (weak skills)
+    pretrain_pool: int  # pretraining only ever sees this many examples per task
     retrieval_sizes: dict[str, int]
     embed_steps: int
     embed_batch: int
@@ -43,9 +43,14 @@ class Preset:
     expert_step_scale: dict[str, float] | None = None  # per-task multiplier on expert_steps (harder tasks)
     pretrain_pools: dict[str, int] | None = None  # per-task override of pretrain_pool
     # --- what keeps experts close to the base (mergeable): see `finetune_expert`
-    expert_replay: float = 0.0  # general-text rows per fine-tuning step, as a fraction of `batch`
+    expert_replay: float = 0.0  # replayed pretraining rows per fine-tuning step, as a fraction of `batch`
     expert_anchor: float = 0.0  # decoupled weight decay toward the base weights (instead of toward 0)
     expert_freeze: tuple[str, ...] = ()  # parameter-name substrings kept frozen while fine-tuning
+    expert_replay_tasks: float = 0.0  # share of replay rows drawn from the base's pretraining task pools
+    pretrain_format_share: float = 1.0  # share of pretraining task rows in the task's format (others: chatty)
+    base_sft_steps: int = 0  # mid-training of the base: steps on its task pools, loss on answers (+ replay)
+    base_sft_lr: float = 1e-3
+    pretrain_task_weights: dict[str, float] | None = None  # relative sampling weight of each task in pretraining
 
     def steps_for(self, task: str) -> int:
         return int(self.expert_steps * (self.expert_step_scale or {}).get(task, 1.0))
@@ -64,23 +69,24 @@ PRESETS: dict[str, Preset] = {
         embed_lr=5e-5, expert_replay=0.25,
     ),
     "default": Preset(
-        name="default", d_model=128, layers=2, heads=4, batch=32, base_steps=1500, expert_steps=400,
-        lr=2e-3, expert_lr=2e-3,
+        name="default", d_model=128, layers=2, heads=4, batch=32, base_steps=1200, expert_steps=150,
+        lr=2e-3, expert_lr=1e-3,
         sizes={"train": 2000, "validation": 100, "test": 100}, general_sizes={"validation": 100, "test": 100},
-        task_cfg={"add_digits": 3, "max_len": 7}, kb_entities=30, pretrain_task_frac=0.15, pretrain_pool=2000,
-        pretrain_pools={"facts": 24},
+        task_cfg={"add_digits": 2, "max_len": 6}, kb_entities=30, pretrain_task_frac=0.5, pretrain_pool=2000,
         retrieval_sizes={"train": 320, "validation": 50, "test": 100}, embed_steps=16, embed_batch=16,
-        embed_lr=5e-5, expert_step_scale={"addition": 2.0, "reverse": 1.5}, expert_replay=0.25,
+        embed_lr=5e-5, expert_step_scale={"addition": 2.0, "reverse": 1.5}, expert_replay=0.5, expert_replay_tasks=0.5,
+        pretrain_format_share=0.5, pretrain_task_weights={"addition": 4.0}, base_sft_steps=1200, base_sft_lr=1e-3,
     ),
 }
 
 
-def setup_torch() -> None:
-    """One thread + deterministic kernels: bit-reproducible weights, and tiny matmuls gain little from more
-    threads while OpenMP spin-waiting makes 2+ threads catastrophically slow on a shared, busy CPU."""
+def setup_torch(threads: int = 1) -> None:
+    """A fixed thread count + deterministic kernels: bit-reproducible weights. The tiny zoo uses one thread:
+    its matmuls gain little from more, while OpenMP spin-waiting makes 2+ threads catastrophically slow on
+    a shared, busy CPU; the 135M-parameter smol zoo uses two (its matmuls are large enough to share)."""
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
@@ -112,7 +118,8 @@ def _lr_at(step: int, total: int, peak: float) -> float:
 def train_decoder(model: Any, tok: Any, batches: Callable[[int], tuple[Sequence[dict[str, str]], bool]],
                   steps: int, lr: float, seed: int, tick: Callable[[], None] | None = None, *,
                   anchor_decay: float = 0.0, freeze: Sequence[str] = (),
-                  replay: Callable[[int], Sequence[dict[str, str]]] | None = None) -> None:
+                  replay: Callable[[int], Sequence[dict[str, str]]] | None = None,
+                  replay_on_input: bool = True) -> None:
     """AdamW with warmup + cosine decay; `batches(step)` returns (examples, loss_on_input).
 
     Pretraining (the defaults) decays weights toward 0 (AdamW, 0.01). Fine-tuning with `anchor_decay` > 0
@@ -121,6 +128,7 @@ def train_decoder(model: Any, tok: Any, batches: Callable[[int], tuple[Sequence[
     further than ``1 / anchor_decay`` from the base. Parameters whose name contains a `freeze` substring
     are not trained. `replay(step)` gives extra rows (general text, loss on the whole line) whose mean loss
     is added with weight 1 to the batch's: a separate mean, so long text lines cannot drown a short answer.
+    `replay_on_input` False puts the replay loss on the rows' outputs only (self-distillation on chat answers).
     """
     import torch
 
@@ -128,6 +136,9 @@ def train_decoder(model: Any, tok: Any, batches: Callable[[int], tuple[Sequence[
     model.train()
     named = [(n, p) for n, p in model.named_parameters() if not any(f in n for f in freeze)]
     params = [p for _, p in named]
+    frozen = [p for n, p in model.named_parameters() if any(f in n for f in freeze)]
+    for p in frozen:  # no gradient at all (not just no update): saves the time and memory of computing it
+        p.requires_grad_(False)
     start = [p.detach().clone() for p in params] if anchor_decay > 0 else []
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.98), weight_decay=0.0 if anchor_decay > 0 else 0.01)
     for step in range(steps):
@@ -138,7 +149,7 @@ def train_decoder(model: Any, tok: Any, batches: Callable[[int], tuple[Sequence[
         ids, labels, mask = collate(tok, examples, loss_on_input=on_input)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         if replay is not None:
-            rids, rlabels, rmask = collate(tok, replay(step), loss_on_input=True)
+            rids, rlabels, rmask = collate(tok, replay(step), loss_on_input=replay_on_input)
             loss = loss + model(input_ids=rids, attention_mask=rmask, labels=rlabels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -150,20 +161,25 @@ def train_decoder(model: Any, tok: Any, batches: Callable[[int], tuple[Sequence[
                     p.sub_(step_lr * anchor_decay * (p - p0))
         if tick is not None:
             tick()
+    for p in frozen:
+        p.requires_grad_(True)
     model.eval()
 
 
 def pretrain_batches(preset: Preset, seed: int, general: Callable[[random.Random], str],
                      pools: dict[str, list[dict[str, str]]]) -> Callable[[int], tuple[list[dict[str, str]], bool]]:
-    """Mostly general text, plus `pretrain_task_frac` examples drawn from tiny per-task pools."""
+    """General text, plus a `pretrain_task_frac` share of examples drawn from the per-task pools (task chosen
+    by `pretrain_task_weights`, uniformly without them)."""
     rng = random.Random(f"pretrain-{seed}")
     names = sorted(pools)
+    w = [(preset.pretrain_task_weights or {}).get(n, 1.0) for n in names]
 
     def batch(step: int) -> tuple[list[dict[str, str]], bool]:
         rows = []
         for _ in range(preset.batch):
             if rng.random() < preset.pretrain_task_frac:
-                rows.append(rng.choice(pools[rng.choice(names)]))
+                name = rng.choices(names, w)[0] if preset.pretrain_task_weights else rng.choice(names)
+                rows.append(rng.choice(pools[name]))
             else:
                 rows.append({"input": general(rng), "output": ""})
         return rows, True
@@ -182,17 +198,41 @@ def task_batches(preset: Preset, seed: int, train: list[dict[str, str]]
     return batch
 
 
-def replay_batches(preset: Preset, seed: int, general: Callable[[random.Random], str]
+def mixed_task_batches(preset: Preset, seed: int, pools: dict[str, list[dict[str, str]]]
+                       ) -> Callable[[int], tuple[list[dict[str, str]], bool]]:
+    """Rows from every task pool (weighted by `pretrain_task_weights`), loss on the answer only: the base's
+    mid-training, which teaches the skills in the same mixed forms pretraining used."""
+    rng = random.Random(f"mixed-{seed}")
+    names = sorted(pools)
+    w = [(preset.pretrain_task_weights or {}).get(n, 1.0) for n in names]
+
+    def batch(step: int) -> tuple[list[dict[str, str]], bool]:
+        return [rng.choice(pools[rng.choices(names, w)[0]]) for _ in range(preset.batch)], False
+
+    return batch
+
+
+def replay_batches(preset: Preset, seed: int, general: Callable[[random.Random], str],
+                   pools: dict[str, list[dict[str, str]]] | None = None
                    ) -> Callable[[int], list[dict[str, str]]] | None:
-    """`expert_replay * batch` fresh lines of general pretraining text per step (never another task's
-    examples), or None when `expert_replay` is 0."""
+    """`expert_replay * batch` replayed pretraining rows per step, or None when `expert_replay` is 0: general
+    text, and with `expert_replay_tasks` > 0 that share of rows from the base's own pretraining task pools
+    (what the base saw, as real fine-tunes replay pretraining data), loss on the whole line."""
     n = round(preset.expert_replay * preset.batch)
     if n <= 0:
         return None
     rng = random.Random(f"replay-{seed}")
+    names = sorted(pools or {})
 
     def batch(step: int) -> list[dict[str, str]]:
-        return [{"input": general(rng), "output": ""} for _ in range(n)]
+        rows = []
+        for _ in range(n):
+            if names and preset.expert_replay_tasks > 0 and rng.random() < preset.expert_replay_tasks:
+                ex = rng.choice(pools[rng.choice(names)])  # type: ignore[index]
+                rows.append({"input": ex["input"], "output": ex["output"]})
+            else:
+                rows.append({"input": general(rng), "output": ""})
+        return rows
 
     return batch
 
