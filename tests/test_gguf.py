@@ -31,6 +31,16 @@ CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['cont
                  "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
+
+def _shape_header(w: gguf.GGUFWriter) -> None:
+    """The model-shape keys every tiny test GGUF carries."""
+    w.add_block_count(LAYERS)
+    w.add_context_length(128)
+    w.add_embedding_length(HIDDEN)
+    w.add_feed_forward_length(INTER)
+    w.add_head_count(HEADS)
+    w.add_head_count_kv(KV_HEADS)
+
 def _bytes_to_unicode() -> list[str]:
     """GPT-2's byte -> printable character table (the alphabet of a byte-level BPE vocabulary)."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
@@ -91,12 +101,7 @@ def write_tiny_gguf(path: Path, *, tied: bool, seed: int = 0) -> dict[str, torch
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_name("tiny-llama-test")
     w.add_type("model")
-    w.add_block_count(LAYERS)
-    w.add_context_length(128)
-    w.add_embedding_length(HIDDEN)
-    w.add_feed_forward_length(INTER)
-    w.add_head_count(HEADS)
-    w.add_head_count_kv(KV_HEADS)
+    _shape_header(w)
     w.add_rope_dimension_count(HIDDEN // HEADS)
     w.add_rope_freq_base(10000.0)
     w.add_layer_norm_rms_eps(1e-5)
@@ -229,12 +234,7 @@ def test_import_qwen2(tmp_path):
                 v.copy_(0.1 * torch.randn_like(v) + (1.0 if k.endswith("norm.weight") else 0.0))
     src = tmp_path / "qwen2.gguf"
     w = gguf.GGUFWriter(str(src), "qwen2")
-    w.add_block_count(LAYERS)
-    w.add_context_length(128)
-    w.add_embedding_length(HIDDEN)
-    w.add_feed_forward_length(INTER)
-    w.add_head_count(HEADS)
-    w.add_head_count_kv(KV_HEADS)
+    _shape_header(w)
     w.add_rope_freq_base(cfg.rope_parameters["rope_theta"] if hasattr(cfg, "rope_parameters") else cfg.rope_theta)
     w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
     w.add_tokenizer_model("gpt2")
