@@ -31,7 +31,6 @@ CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['cont
                  "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
-
 def _shape_header(w: gguf.GGUFWriter) -> None:
     """The model-shape keys every tiny test GGUF carries."""
     w.add_block_count(LAYERS)
