@@ -69,8 +69,8 @@ def run(zoo: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     finally:
         mp.undo()
     assert res.exit_code == 0, (res.output, res.exception)
-    assert res.output.count("\n") == 1  # --json: one line
-    return {"json": json.loads(res.output), "md": (out / "r.md").read_text(), "png": out / "r.png",
+    assert res.stdout.count("\n") == 1  # --json: one line on stdout (stderr may carry library bars: the subcommand alone does not quiet them)
+    return {"json": json.loads(res.stdout), "md": (out / "r.md").read_text(), "png": out / "r.png",
             "merged": dict(merged)}
 
 

@@ -229,16 +229,6 @@ class ZooReport:
             d["cocktail"] = cock
         return d
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "zoo": str(self.zoo), "preset": self.preset, "split": self.split, "acc_tasks": self.acc_tasks,
-            "loss_tasks": self.loss_tasks, "metrics": self.metrics, "seconds": round(self.seconds, 2),
-            "rows": [{"name": r.name, "kind": r.kind, "detail": r.detail, "scores": r.scores,
-                      "task_mean": self.mean(r), "normalized": self.normalized(r), "merge_seconds": round(r.merge_seconds, 3),
-                      "eval_seconds": round(r.eval_seconds, 3)} for r in self.rows],
-            "summary": self.summary(),
-        }
-
     def plot(self, path: str | Path) -> Path:
         """Grouped bars of per-task exact match per model, with the general loss as markers (right axis)."""
         import matplotlib
@@ -346,7 +336,7 @@ def _load_tasks(z: Zoo, split: str) -> dict[str, tuple[str, list[dict[str, Any]]
     return out
 
 
-def _score(em: EvalModel, tasks: Mapping[str, tuple[str, list[dict[str, Any]]]],
+def score_tasks(em: EvalModel, tasks: Mapping[str, tuple[str, list[dict[str, Any]]]],
            batch_size: int | None) -> dict[str, float]:
     from modelmix.eval import metrics as M
 
@@ -504,7 +494,7 @@ def report(
                  merge_s: float = 0.0) -> None:
         t0 = time.perf_counter()
         em.load_state_dict(sd)
-        scores = _score(em, tasks, batch_size)
+        scores = score_tasks(em, tasks, batch_size)
         row = Row(name, kind, scores, detail, merge_s, time.perf_counter() - t0)
         rep.rows.append(row)
         cells = " ".join(f"{t}={v:.3f}" for t, v in scores.items())

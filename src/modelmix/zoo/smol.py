@@ -228,19 +228,14 @@ def finetune_chat(model: Any, tok: Any, train: list[dict[str, Any]], replay_rows
 def score_chat(model: Any, tok: Any, data: dict[str, dict[str, list]], batch: int = 32,
                split: str = "test") -> dict[str, dict[str, float]]:
     """Exact match on every chat task (critique included) and the general NLL, with the shared harness."""
-    from modelmix.eval import metrics as M
     from modelmix.eval.models import EvalModel
+    from modelmix.zoo.report import score_tasks
 
     em = EvalModel(model, tok, "decoder", separator="")
     em.num_threads = None
-    res: dict[str, dict[str, float]] = {}
-    for task, splits in data.items():
-        rows = splits[split]
-        if task == "general":
-            res[task] = {"loss": round(M.loss(em, rows, batch_size=batch, reduction="token")["loss"], 4)}
-        else:
-            res[task] = {"exact_match": round(M.exact_match(em, rows, batch_size=batch)["exact_match"], 4)}
-    return res
+    metric = {t: "loss" if t == "general" else "exact_match" for t in data}
+    scores = score_tasks(em, {t: (metric[t], s[split]) for t, s in data.items()}, batch)
+    return {t: {metric[t]: round(v, 4)} for t, v in scores.items()}
 
 
 def _set_config(model_dir: Path, values: dict[str, Any]) -> None:
