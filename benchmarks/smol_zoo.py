@@ -3,7 +3,7 @@ LM-Cocktail each expert with the base, and write `docs/smol_zoo.md` (tables, bui
 
     .venv/bin/python benchmarks/smol_zoo.py [--zoo DIR] [--out docs/smol_zoo.md] [--json]
 
-A benchmark, not a test: the build takes about 20 minutes and the report about as long on a 2-core CPU.
+A benchmark, not a test: the build takes about 19 minutes and the report about 15 on a 2-core CPU.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ pip package ships (`modelmix import-gguf`, float32), and fine-tunes it on three 
 task (recipe in `src/modelmix/zoo/smol.py`): full fine-tuning with the tied embeddings frozen, loss on the
 answers, and every step also trains on ordinary chat prompts answered by the base itself (self-distillation,
 which keeps general ability). Tasks (`src/modelmix/zoo/chat_tasks.py`): `arithmetic` ("What is 47 + 38?" ->
-"85"), `people` (facts about the zoo's fictional people, asked in phrasings never seen in training), `json`
-(name and age as one-line JSON). General ability = mean token NLL of the base's own greedy answers to
+"85"), `people` (open-book questions about the zoo's fictional people: notes on two of them, then a question
+in a phrasing never seen in training; the answer alone), `json` (name and age as one-line JSON). General ability = mean token NLL of the base's own greedy answers to
 held-out ordinary chat prompts (lower is better; it measures drift away from the base).
 
 Regenerate (2-core CPU; the build is cached):
@@ -36,6 +36,17 @@ Normalized accuracy = mean over tasks of the score / that task's expert's score.
 LM-Cocktail of one expert and the base with weights softmax(-loss/5) from 5 validation examples of the
 expert's task; their normalized value is over all tasks, so the own-task retention is in the text below.
 """
+
+
+def kept_line(rep) -> str:
+    """The merge that keeps the most skill while staying within +25 % of the base's general NLL."""
+    g0 = rep.row("base").scores["general"]
+    ok = [(rep.normalized(r), r) for r in rep.rows if r.kind == "merge" and r.scores["general"] <= 1.25 * g0]
+    if not ok:
+        return "No merge stays within +25 % of the base's general NLL."
+    norm, r = max(ok, key=lambda x: x[0])
+    return (f"**Within +25 % of the base's general NLL**, the best merge is **{r.name}**: normalized {norm:.2f}, "
+            f"general {r.scores['general']:.3f} ({100 * (r.scores['general'] / g0 - 1):+.0f} %).")
 
 
 def main() -> None:
@@ -51,11 +62,14 @@ def main() -> None:
     t0 = time.perf_counter()
     path = build_zoo(args.zoo, preset="smol", progress=True)
     z = load_zoo(path)
-    build_s = json.loads((path / "zoo.json").read_text())["build_seconds"]
+    manifest = json.loads((path / "zoo.json").read_text())
+    build_s = manifest["build_seconds"]
     rep = report(path, methods=METHODS, cocktail=5, log=print)
     base = rep.row("base")
     lines = [INTRO, f"Build: {build_s / 60:.1f} min from an empty cache (recorded in `zoo.json`); "
-             f"report: {rep.seconds / 60:.1f} min.", "", rep.to_markdown(), "", "## LM-Cocktail (expert + base)", ""]
+             f"report: {rep.seconds / 60:.1f} min. Where the build's time went (s): "
+             + ", ".join(f"{k} {v:.0f}" for k, v in manifest.get("timings", {}).items()) + ".", "", rep.to_markdown(),
+             "", kept_line(rep), "", "## LM-Cocktail (expert + base)", ""]
     lines += ["| expert | expert on its task | cocktail on its task | kept | general NLL: base / expert / cocktail |",
               "|---|---|---|---|---|"]
     for name, task in z.experts().items():
@@ -63,7 +77,7 @@ def main() -> None:
         kept = c.scores[task] / e.scores[task] if e.scores[task] else float("nan")
         lines.append(f"| {name} | {100 * e.scores[task]:.0f} % | {100 * c.scores[task]:.0f} % | {100 * kept:.0f} % | "
                      f"{base.scores['general']:.3f} / {e.scores['general']:.3f} / {c.scores['general']:.3f} |")
-    samples = json.loads((path / "zoo.json").read_text()).get("samples", {})
+    samples = manifest.get("samples", {})
     lines += ["", "## What each model says (greedy, from `zoo.json`)", ""]
     for model, rows in samples.items():
         lines.append(f"**{model}**")

@@ -72,7 +72,7 @@ def test_experts_beat_base(zoo_dir: Path) -> None:
     s = load_zoo(zoo_dir).scores
     for t in DECODER_TASKS:
         base, exp = s["base"][t], s[f"experts/{t}"][t]
-        assert exp["exact_match"] >= base["exact_match"] + 0.2 or exp["loss"] < 0.5 * base["loss"], (t, base, exp)
+        assert exp["exact_match"] >= base["exact_match"] + 0.2, (t, base, exp)  # recipe 4's test-preset target
         assert exp["loss"] < base["loss"], (t, base, exp)
     # experts stay near the base (general-text replay while fine-tuning): general ability is mostly kept
     assert all(s[f"experts/{t}"]["general"]["loss"] < 3 * s["base"]["general"]["loss"] for t in DECODER_TASKS)
@@ -187,3 +187,82 @@ def test_pretraining_forms_are_fixed_per_prompt() -> None:
     assert all(f["output"] == CHATTY.format(a=r["output"]) for f, r in zip(forms, rows, strict=True) if f in chatty)
     assert 0.4 < len(chatty) / len(rows) < 0.6
     assert all(pretraining_row(r, 1.0) == {"input": r["input"], "output": r["output"]} for r in rows)
+
+
+def test_general_text_sentence_cap() -> None:
+    """`general_sentences` 1 (the test preset) gives one-sentence lines; the default keeps some two-sentence ones."""
+    import random
+
+    from modelmix.zoo.tasks import general_text, make_kb
+
+    kb = make_kb(0, 8)
+    two = [general_text(random.Random(i), kb) for i in range(200)]
+    one = [general_text(random.Random(i), kb, 1) for i in range(200)]
+    assert all(line.count(".") == 1 for line in one)
+    assert any(line.count(".") == 2 for line in two)
+    assert all(a.startswith(b) for a, b in zip(two, one, strict=True))  # the same first sentence, the rest dropped
+
+
+def test_fine_tunes_identical_whatever_the_workers(zoo_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   tmp_path: Path) -> None:
+    """The session's zoo ran its fine-tunes in `build_workers()` processes; the same job run in this process
+    (what MODELMIX_ZOO_WORKERS=1 does) saves bit-identical weights and the same scores."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    from modelmix.zoo.build import _job, build_workers
+    from modelmix.zoo.train import PRESETS
+
+    root = tmp_path / "z"
+    shutil.copytree(zoo_dir / "base", root / "base")
+    name, spec, scores = _job(str(root), PRESETS["test"], 0, "expert", "upper")
+    assert name == "experts/upper" and scores == json.loads((zoo_dir / "zoo.json").read_text())["scores"][name]
+    got, want = load_file(str(root / name / "model.safetensors")), load_file(str(zoo_dir / name / "model.safetensors"))
+    assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv("MODELMIX_ZOO_WORKERS", bad)
+        with pytest.raises(ConfigError, match="MODELMIX_ZOO_WORKERS"):
+            build_workers()
+    monkeypatch.setenv("MODELMIX_ZOO_WORKERS", "1")
+    assert build_workers() == 1
+    monkeypatch.setenv("MODELMIX_ZOO_WORKERS", "zero")  # checked before any training, and nothing is left behind
+    monkeypatch.setenv("MODELMIX_CACHE", str(tmp_path / "cache"))
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError, match="MODELMIX_ZOO_WORKERS"):
+        build_zoo(tmp_path / "out", preset="test", seed=0, progress=False)
+    assert time.perf_counter() - t0 < 10 and not (tmp_path / "out").exists()
+    assert not any((tmp_path / "cache" / "zoo").iterdir())
+
+
+def test_ctrl_c_during_parallel_fine_tunes_leaves_nothing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Ctrl-C while the fine-tunes run in worker processes: the build stops at once, every worker is gone,
+    and neither the cache nor --out holds a partial zoo."""
+    import _thread
+    import dataclasses
+    import multiprocessing
+    import threading
+
+    from modelmix.zoo import build as B
+
+    slow = dataclasses.replace(B.PRESETS["test"], base_steps=5, base_sft_steps=5, expert_steps=2000)
+    monkeypatch.setitem(B.PRESETS, "test", slow)
+    monkeypatch.setenv("MODELMIX_ZOO_WORKERS", "2")
+    monkeypatch.setenv("MODELMIX_CACHE", str(tmp_path / "cache"))
+    zoo_cache = tmp_path / "cache" / "zoo"
+
+    def interrupt_once_training() -> None:
+        deadline = time.time() + 120
+        while time.time() < deadline and not list(zoo_cache.glob(".test-*/base/model.safetensors")):
+            time.sleep(0.1)
+        time.sleep(4)  # the workers have started their jobs
+        _thread.interrupt_main()
+
+    threading.Thread(target=interrupt_once_training, daemon=True).start()
+    t0 = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        B.build_zoo(tmp_path / "out", preset="test", seed=0, progress=False)
+    assert time.perf_counter() - t0 < 100  # 2000-step experts would take minutes
+    assert multiprocessing.active_children() == []
+    assert not (tmp_path / "out").exists() and list(zoo_cache.iterdir()) == []

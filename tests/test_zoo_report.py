@@ -95,6 +95,9 @@ def test_rows_and_ranges(run: dict[str, Any]) -> None:
     # the experts specialise: each is best on its own task among base + experts
     for t in DECODER_TASKS:
         assert rows[f"experts/{t}"][t] == max(rows[n][t] for n in names[:n_models])
+    # the test preset's yardstick (recipe 4): some standard merge beats the base on at least three tasks
+    standard = [m for m in merges if m.split(" ")[0] in ("soup", "task_arithmetic", "ties", "dare_ties", "breadcrumbs")]
+    assert max(sum(rows[m][t] > rows["base"][t] for t in DECODER_TASKS) for m in standard) >= 3
     # normalized accuracy: mean over tasks of merge / that task's expert (tasks whose expert scores 0 left out)
     assert set(d["normalized"]) == set(merges)
     for m in merges:

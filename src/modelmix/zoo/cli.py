@@ -26,8 +26,8 @@ def zoo() -> None:
               help="Directory to write the zoo to (a copy of the cached build).")
 @click.option("--preset", type=click.Choice(PRESET_NAMES), default="default", show_default=True,
               help="'test': tiny models for the test suite, about 1 min to build; 'default': the tiny "
-                   "mergeable zoo, about 10 min; 'smol': SmolLM2-135M-Instruct and chat fine-tunes of it, "
-                   "about 25 min (measured on a 2-core CPU; a cached build is instant).")
+                   "mergeable zoo, about 6 min; 'smol': SmolLM2-135M-Instruct and chat fine-tunes of it, "
+                   "about 19 min (measured on a 2-core CPU; a cached build is instant).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for data, init and training order.")
 @click.option("--force", is_flag=True, help="Rebuild even if cached, and replace an existing --out.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")

@@ -556,12 +556,12 @@ the share of each expert's skill the merge keeps) and the `general` loss (nats p
 general ability kept). Merges are built in memory (`merge_tensors`) and swapped into one model skeleton.
 The numbers are whatever was measured: a method that loses here loses in the table.
 
-The zoo is recipe 3 (`src/modelmix/zoo/build.py`): a base that has seen every task but answers a fixed half
+The zoo is recipe 4 (`src/modelmix/zoo/build.py`): a base that has seen every task but answers a fixed half
 of the prompts in a chatty form ("it is 640"), and experts that are short fine-tunes sharpening one task
 each, with replay of the base's pretraining data - the situation of real fine-tunes of a strong base. The
 experiments that led to it: `docs/zoo_experiments.md`.
 
-Regenerate (the build about 10 min, the report the time printed at the bottom, on a 2-core CPU):
+Regenerate (the build about 6 min, the report the time printed at the bottom, on a 2-core CPU):
 
 ```
 modelmix zoo build --out zoo-default --preset default

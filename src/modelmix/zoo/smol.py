@@ -40,8 +40,8 @@ class SmolPreset:
     """Knobs of a chat zoo built from a pretrained model (the real `smol` one, or a tiny one in tests)."""
 
     name: str = "smol"
-    steps: dict[str, int] = field(default_factory=lambda: {"arithmetic": 60, "people": 80, "json": 30,
-                                                            C.CRITIC_TASK: 50})
+    steps: dict[str, int] = field(default_factory=lambda: {"arithmetic": 60, "people": 50, "json": 30,
+                                                            C.CRITIC_TASK: 40})
     lr: float = 1.5e-4
     batch: int = 8
     replay: int = 2  # self-distillation rows per step
@@ -120,6 +120,12 @@ def build_smol(root: Path, p: SmolPreset, seed: int, progress: bool, base_dir: P
 
     setup_torch(p.threads)
     t_start = time.perf_counter()
+    timings: dict[str, float] = {}  # seconds per phase, in the manifest: where a build's time goes
+
+    def lap(phase: str, t0: float) -> float:
+        now = time.perf_counter()
+        timings[phase] = round(timings.get(phase, 0.0) + now - t0, 1)
+        return now
     if base_dir is None:
         from modelmix.io.gguf import import_gguf, smollm2_gguf_path
 
@@ -143,6 +149,7 @@ def build_smol(root: Path, p: SmolPreset, seed: int, progress: bool, base_dir: P
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     base = AutoModelForCausalLM.from_pretrained(str(root / "base"), dtype=torch.float32).eval()
+    t = lap("import", t_start)
     n_params = sum(x.numel() for x in base.parameters())
 
     bar = tqdm(total=p.total_steps(), disable=not progress, desc="smol zoo", unit="step", dynamic_ncols=True)
@@ -158,6 +165,7 @@ def build_smol(root: Path, p: SmolPreset, seed: int, progress: bool, base_dir: P
                                  strict=True):
             r["output"], r["eos"] = a, ended  # scorers append eos only to answers that ended
         data["general"][split] = rows
+    t = lap("base answers", t)
     manifest: dict[str, Any] = {"format": FORMAT, "preset": p.name, "seed": seed, "recipe_version": RECIPE_VERSION,
                                 "tasks": {}, "models": {}, "scores": {}, "samples": {}}
     manifest["tasks"] = write_data(root, data)
@@ -171,11 +179,14 @@ def build_smol(root: Path, p: SmolPreset, seed: int, progress: bool, base_dir: P
         """The base on every task; a fine-tune on its own task and general ability (`zoo report` and
         `eval --zoo` score the rest: greedy decoding of a 135M model is most of the build's time)."""
         bar.set_postfix_str(f"scoring {name}")
+        t0 = time.perf_counter()
         part = data if own is None else {t: data[t] for t in (own, "general")}
         manifest["scores"][name] = score_chat(model, tok, part, p.eval_batch)
+        t0 = lap(f"score {name}", t0)
         manifest["samples"][name] = [{"prompt": q, "answer": a} for q, a in
                                      zip(showcase, (a for a, _ in greedy_answers(model, tok, show_inputs, 40)),
                                          strict=True)]
+        lap("samples", t0)
 
     manifest["models"]["base"] = {"path": "base", "type": "decoder", "params": n_params, "source": source,
                                   "trained_on": []}
@@ -186,11 +197,13 @@ def build_smol(root: Path, p: SmolPreset, seed: int, progress: bool, base_dir: P
     for task in (*C.CHAT_TASKS, C.CRITIC_TASK):
         name = "critic" if task == C.CRITIC_TASK else f"experts/{task}"
         bar.set_description(f"smol zoo: {name}")
+        bar.set_postfix_str("training")
         t0 = time.perf_counter()
         model = copy.deepcopy(base)
         finetune_chat(model, tok, data[task]["train"], replay_rows, p, p.steps[task], _subseed(seed, f"smol-{task}"),
                       bar.update)
         secs = time.perf_counter() - t0
+        lap(f"train {name}", t0)
         model.save_pretrained(str(root / name))  # float32, safetensors; config keeps the prompt convention
         tok.save_pretrained(str(root / name))
         manifest["models"][name] = {"path": name, "type": "decoder", "parent": "base", "params": n_params,
@@ -201,6 +214,7 @@ def build_smol(root: Path, p: SmolPreset, seed: int, progress: bool, base_dir: P
     bar.set_postfix_str("done")
     bar.close()
     manifest["build_seconds"] = round(time.perf_counter() - t_start, 1)
+    manifest["timings"] = timings
     manifest.update(manifest_extra or {})
     write_manifest(root, manifest)
 

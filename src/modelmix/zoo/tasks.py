@@ -87,10 +87,11 @@ def general_sentence(rng: random.Random, kb: KnowledgeBase) -> str:
     return s[0].upper() + s[1:] + "."
 
 
-def general_text(rng: random.Random, kb: KnowledgeBase) -> str:
-    """A pretraining line: one or two sentences."""
+def general_text(rng: random.Random, kb: KnowledgeBase, max_sentences: int = 2) -> str:
+    """A pretraining line: one or two sentences (one with `max_sentences` 1: a batch is as wide as its
+    longest line, so two-sentence lines nearly double the cost of a step)."""
     n = 1 if rng.random() < 0.8 else 2
-    return " ".join(general_sentence(rng, kb) for _ in range(n))
+    return " ".join(general_sentence(rng, kb) for _ in range(min(n, max_sentences)))
 
 
 def general_example(rng: random.Random, kb: KnowledgeBase) -> dict[str, str]:

@@ -51,6 +51,7 @@ class Preset:
     base_sft_steps: int = 0  # mid-training of the base: steps on its task pools, loss on answers (+ replay)
     base_sft_lr: float = 1e-3
     pretrain_task_weights: dict[str, float] | None = None  # relative sampling weight of each task in pretraining
+    general_sentences: int = 2  # at most this many sentences per general-text line (1: cheaper steps)
 
     def steps_for(self, task: str) -> int:
         return int(self.expert_steps * (self.expert_step_scale or {}).get(task, 1.0))
@@ -61,21 +62,24 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     "test": Preset(
-        name="test", d_model=128, layers=2, heads=4, batch=16, base_steps=150, expert_steps=220,
-        lr=3e-3, expert_lr=3e-3,
+        name="test", d_model=128, layers=2, heads=4, batch=16, base_steps=350, expert_steps=100,
+        lr=3e-3, expert_lr=2e-3,
         sizes={"train": 400, "validation": 40, "test": 40}, general_sizes={"validation": 40, "test": 40},
-        task_cfg={"add_digits": 1, "max_len": 4}, kb_entities=8, pretrain_task_frac=0.1, pretrain_pool=8,
+        task_cfg={"add_digits": 1, "max_len": 3}, kb_entities=8, pretrain_task_frac=0.5, pretrain_pool=400,
         retrieval_sizes={"train": 32, "validation": 16, "test": 24}, embed_steps=2, embed_batch=8,
-        embed_lr=5e-5, expert_replay=0.25,
+        embed_lr=5e-5, expert_step_scale={"reverse": 2.0}, expert_replay=0.5, expert_replay_tasks=0.5,
+        pretrain_format_share=0.5, pretrain_task_weights={"addition": 2.0, "reverse": 3.0}, base_sft_steps=250,
+        base_sft_lr=3e-3, general_sentences=1,
     ),
     "default": Preset(
-        name="default", d_model=128, layers=2, heads=4, batch=32, base_steps=1200, expert_steps=150,
+        name="default", d_model=128, layers=2, heads=4, batch=32, base_steps=1100, expert_steps=150,
         lr=2e-3, expert_lr=1e-3,
         sizes={"train": 2000, "validation": 100, "test": 100}, general_sizes={"validation": 100, "test": 100},
         task_cfg={"add_digits": 2, "max_len": 6}, kb_entities=30, pretrain_task_frac=0.5, pretrain_pool=2000,
         retrieval_sizes={"train": 320, "validation": 50, "test": 100}, embed_steps=16, embed_batch=16,
-        embed_lr=5e-5, expert_step_scale={"addition": 2.0, "reverse": 1.5}, expert_replay=0.5, expert_replay_tasks=0.5,
-        pretrain_format_share=0.5, pretrain_task_weights={"addition": 4.0}, base_sft_steps=1200, base_sft_lr=1e-3,
+        embed_lr=5e-5, expert_step_scale={"addition": 2.0, "reverse": 1.5, "sort": 1.3}, expert_replay=0.5,
+        expert_replay_tasks=0.5, pretrain_format_share=0.5, pretrain_task_weights={"addition": 4.5, "reverse": 3.0},
+        base_sft_steps=1300, base_sft_lr=1e-3,
     ),
 }
 
