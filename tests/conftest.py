@@ -152,6 +152,7 @@ def zoo_dir(zoo_cache: Path, tmp_path_factory: pytest.TempPathFactory):
 
     mp = pytest.MonkeyPatch()
     mp.setenv("MODELMIX_CACHE", str(zoo_cache))
+    mp.setenv("MODELMIX_ZOO_WORKERS", "2")  # the fine-tunes in worker processes (test_zoo compares in-process)
     out = tmp_path_factory.mktemp("zoo") / "z"
     build_zoo(out, preset="test", seed=0, progress=False)
     yield out

@@ -217,14 +217,21 @@ def test_fine_tunes_identical_whatever_the_workers(zoo_dir: Path, monkeypatch: p
 
     root = tmp_path / "z"
     shutil.copytree(zoo_dir / "base", root / "base")
-    name, spec, scores = _job(str(root), PRESETS["test"], 0, "expert", "upper")
-    assert name == "experts/upper" and scores == json.loads((zoo_dir / "zoo.json").read_text())["scores"][name]
-    got, want = load_file(str(root / name / "model.safetensors")), load_file(str(zoo_dir / name / "model.safetensors"))
-    assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
+    shutil.copytree(zoo_dir / "embedders" / "base", root / "embedders" / "base")
+    manifest = json.loads((zoo_dir / "zoo.json").read_text())
+    for kind, task, name in [("expert", "upper", "experts/upper"), ("embedder", "retrieval-facts",
+                                                                     "embedders/retrieval-facts")]:
+        got_name, spec, scores = _job(str(root), PRESETS["test"], 0, kind, task)
+        assert got_name == name and scores == manifest["scores"][name]
+        got, want = load_file(str(root / name / "model.safetensors")), load_file(str(zoo_dir / name / "model.safetensors"))
+        assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want), name
     for bad in ("0", "two", "-1"):
         monkeypatch.setenv("MODELMIX_ZOO_WORKERS", bad)
         with pytest.raises(ConfigError, match="MODELMIX_ZOO_WORKERS"):
             build_workers()
+    monkeypatch.setenv("MODELMIX_ZOO_WORKERS", "²")  # a digit to str.isdigit, not a number
+    with pytest.raises(ConfigError, match="MODELMIX_ZOO_WORKERS"):
+        build_workers()
     monkeypatch.setenv("MODELMIX_ZOO_WORKERS", "1")
     assert build_workers() == 1
     monkeypatch.setenv("MODELMIX_ZOO_WORKERS", "zero")  # checked before any training, and nothing is left behind
@@ -254,9 +261,9 @@ def test_ctrl_c_during_parallel_fine_tunes_leaves_nothing(monkeypatch: pytest.Mo
 
     def interrupt_once_training() -> None:
         deadline = time.time() + 120
-        while time.time() < deadline and not list(zoo_cache.glob(".test-*/base/model.safetensors")):
+        while time.time() < deadline and len(multiprocessing.active_children()) < 2:
             time.sleep(0.1)
-        time.sleep(4)  # the workers have started their jobs
+        time.sleep(4)  # both workers are inside their (2000-step) jobs
         _thread.interrupt_main()
 
     threading.Thread(target=interrupt_once_training, daemon=True).start()

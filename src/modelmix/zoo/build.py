@@ -171,11 +171,16 @@ def _build(root: Path, p: Preset, seed: int, progress: bool) -> None:
     its parent from disk, so the weights are bit-identical whatever the number of workers."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    import multiprocessing
+
     from tqdm.auto import tqdm
 
     from modelmix.zoo.tokenizer import build_tokenizer
     from modelmix.zoo.train import setup_torch
 
+    if getattr(multiprocessing.current_process(), "_inheriting", False):  # multiprocessing's own bootstrap check
+        raise ConfigError("build_zoo was called while a worker process re-imported your main script: put the "
+                          "call under `if __name__ == \"__main__\":` (zoo builds start worker processes).")
     workers = build_workers()  # a bad MODELMIX_ZOO_WORKERS fails now, not after the base has trained
     setup_torch()
     t_build = time.perf_counter()
@@ -219,7 +224,7 @@ def build_workers() -> int:
     """Processes for the fine-tuning jobs: ``$MODELMIX_ZOO_WORKERS``, else 2 where there are 2+ cores."""
     env = os.environ.get("MODELMIX_ZOO_WORKERS", "").strip()
     if env:
-        if not env.isdigit() or int(env) < 1:
+        if not env.isdecimal() or not env.isascii() or int(env) < 1:
             raise ConfigError(f"MODELMIX_ZOO_WORKERS must be a positive integer, got {env!r}.")
         return int(env)
     return min(2, os.cpu_count() or 1)
@@ -244,34 +249,62 @@ def _tick() -> None:
 
 def _run_jobs(root: Path, p: Preset, seed: int, jobs: list[tuple[str, str]], bar: Any, workers: int
               ) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
-    """Run `_job` for every job, `workers` at a time, and return the results in job order (the manifest's)."""
+    """Run `_job` for every job, `workers` at a time, and return the results in job order (the manifest's).
+
+    The first failure (a job's error, a worker that died, Ctrl-C) stops every other job at once."""
     workers = min(workers, len(jobs))
     if workers <= 1:
         return [_job(str(root), p, seed, kind, task, bar.update) for kind, task in jobs]
     import multiprocessing as mp
+    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
 
     ctx = mp.get_context("spawn")  # no fork of a process that holds torch threads
     ticks = ctx.Value("i", 0)
-    pool = ctx.Pool(workers, initializer=_init_worker, initargs=(ticks,))
+    ex = None
+    seen = 0
+
+    def show() -> None:
+        nonlocal seen
+        v = ticks.value
+        bar.update(v - seen)
+        seen = v
+
     try:
-        # longest first (most steps), so the last job to start is a short one; results in job order
+        ex = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(ticks,))
+        # longest first (most steps), so the last job to start is a short one
         order = sorted(range(len(jobs)), key=lambda i: -p.steps_for(jobs[i][1]) if jobs[i][0] == "expert" else 0)
-        submitted = {i: pool.apply_async(_job, (str(root), p, seed, *jobs[i])) for i in order}
-        pending = [submitted[i] for i in range(len(jobs))]
-        seen = 0
-        while not all(r.ready() for r in pending):
-            pending[next(i for i, r in enumerate(pending) if not r.ready())].wait(0.25)
-            bar.update(ticks.value - seen)
-            seen = ticks.value
-        bar.update(ticks.value - seen)
-        results = [r.get() for r in pending]  # re-raises a job's error here
+        futures = {i: ex.submit(_job, str(root), p, seed, *jobs[i]) for i in order}
+        while True:
+            done, pending = wait(futures.values(), timeout=0.25, return_when=FIRST_EXCEPTION)
+            show()
+            for f in done:
+                f.result()  # re-raises the first job error now, not after the other jobs
+            if not pending:
+                break
+        results = [futures[i].result() for i in range(len(jobs))]
+    except BrokenProcessPool:
+        _stop(ex)
+        raise InputError("A zoo fine-tuning worker process died (out of memory, or killed). If a script of yours "
+                         "calls build_zoo, put the call under `if __name__ == \"__main__\":` - worker processes "
+                         "re-import the main script. MODELMIX_ZOO_WORKERS=1 builds in one process.") from None
     except BaseException:  # a job failed, or Ctrl-C: stop the others now
-        pool.terminate()
-        pool.join()
+        _stop(ex)
         raise
-    pool.close()  # workers exit normally (their libraries clean up after themselves)
-    pool.join()
+    ex.shutdown(wait=True)  # workers exit normally (their libraries clean up after themselves)
     return results
+
+
+def _stop(ex: Any) -> None:
+    """Kill a process pool's workers now (`shutdown` would wait for the running jobs to finish)."""
+    if ex is None:
+        return
+    procs = list((getattr(ex, "_processes", None) or {}).values())  # no public API before Python 3.14
+    for proc in procs:
+        proc.terminate()
+    ex.shutdown(wait=False, cancel_futures=True)
+    for proc in procs:
+        proc.join(5)
 
 
 def _job(root_s: str, p: Preset, seed: int, kind: str, task: str, tick: Any = None
