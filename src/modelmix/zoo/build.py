@@ -181,7 +181,8 @@ def _build(root: Path, p: Preset, seed: int, progress: bool) -> None:
     if getattr(multiprocessing.current_process(), "_inheriting", False):  # multiprocessing's own bootstrap check
         raise ConfigError("build_zoo was called while a worker process re-imported your main script: put the "
                           "call under `if __name__ == \"__main__\":` (zoo builds start worker processes).")
-    workers = build_workers()  # a bad MODELMIX_ZOO_WORKERS fails now, not after the base has trained
+    workers = build_workers()  # a bad MODELMIX_ZOO_WORKERS or a missing MiniLM fails now, not after the base
+    minilm = minilm_path()
     setup_torch()
     t_build = time.perf_counter()
     total = p.base_steps + p.base_sft_steps + sum(p.steps_for(t) for t in T.DECODER_TASKS) + len(T.RETRIEVAL_TASKS) * p.embed_steps
@@ -204,7 +205,7 @@ def _build(root: Path, p: Preset, seed: int, progress: bool) -> None:
     bar.set_postfix_str("scoring")
     manifest["scores"]["base"] = _score_decoder(base, tok, data, p)
     del base
-    shutil.copytree(minilm_path(), root / "embedders" / "base",
+    shutil.copytree(minilm, root / "embedders" / "base",
                     ignore=shutil.ignore_patterns("__pycache__", ".gitattributes"))
 
     jobs = [("expert", t) for t in T.DECODER_TASKS] + [("embedder", "")] + [("embedder", t) for t in T.RETRIEVAL_TASKS]
