@@ -198,3 +198,11 @@ def test_nuslerp_streamer(shape, step, flatten, row_wise, with_base, kernels, mo
     src = _SrcNoBase(colinear, base, step)
     STREAMERS["nuslerp"][0](src, **params)
     torch.testing.assert_close(src.out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_unknown_sparsifier_is_an_error_not_della():
+    """The task-vector streamer table names its sparsifier; a typo must fail, not silently run DELLA."""
+    from modelmix.streaming import _gta_stream
+
+    with pytest.raises(ValueError, match="unknown sparsifier 'magnitdue'"):
+        _gta_stream("magnitdue", True, True, "none")

@@ -119,13 +119,6 @@ def score(em: EvalModel, sd: dict[str, torch.Tensor] | None, examples: list[dict
     return evaluate(em, examples, list(metrics), batch_size=batch_size)
 
 
-def load_eval_examples(path: str | Path) -> list[dict[str, Any]]:
-    """Decoder examples (``{"input", "output"}`` per line), DataError with ``file:line`` on any problem."""
-    from modelmix.eval.data import load_examples
-
-    return load_examples(path, "decoder")
-
-
 def check_out(out_dir: str | Path | None, overwrite: bool, models: Sequence[str | Path] = (),
               files: Sequence[str | Path | None] = ()) -> None:
     """Fail on an unusable output location (or one on, in or around an input) before any evaluation."""

@@ -186,7 +186,13 @@ def _selection_pass(src: ChunkSource, specs: list[list[int]]) -> list[list[Selec
     return [[s.finish_lo() if s is not None else None for s in row] for row in sels]
 
 
+_SPARSIFIERS = (None, "magnitude", "outliers", "random", "della")
+
+
 def _gta_stream(sparsifier: str | None, consensus: bool, default_normalize: bool, default_rescale: str):
+    if sparsifier not in _SPARSIFIERS:  # a typo here must not silently become another method
+        raise ValueError(f"unknown sparsifier {sparsifier!r}; expected one of {_SPARSIFIERS}")
+
     def run(src: ChunkSource, **p: Any) -> None:
         weights: list[float] = p["weight"]
         m = len(weights)
@@ -259,7 +265,7 @@ def _gta_stream(sparsifier: str | None, consensus: bool, default_normalize: bool
                 elif sparsifier == "random":
                     us = UniformStream(model_seed(seed, i), n)
                     out.append(lambda d, _x, us=us, q=density[i]: (d * (us.take(d.numel()).to(d.device).view(d.shape) < q), q))
-                else:  # della
+                elif sparsifier == "della":
                     if density[i] <= 0:
                         out.append(lambda d, _x: (torch.zeros_like(d), 1.0))
                         continue

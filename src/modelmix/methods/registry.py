@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import types
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Literal, Union, get_args, get_origin
 
@@ -134,7 +134,6 @@ class Method:
     max_models: int | None = None
     description: str = ""
     reference: str = ""  # paper / mergekit behaviour it follows
-    extra: dict[str, Any] = field(default_factory=dict)
     # constraints between parameters, checked per tensor at plan time (so `modelmix check` reports them) and
     # by merge_tensors: check({name: value or per-model list}) raises ConfigError
     check: Callable[[dict[str, Any]], None] | None = None

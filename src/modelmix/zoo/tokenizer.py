@@ -8,7 +8,6 @@ at the input/output boundary), which simplifies loss masking and evaluation.
 from __future__ import annotations
 
 import string
-from pathlib import Path
 from typing import Any
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
@@ -41,6 +40,3 @@ def build_tokenizer() -> Any:
         padding_side="left", model_max_length=256, clean_up_tokenization_spaces=False,
     )
 
-
-def save_tokenizer(tok: Any, out: Path) -> None:
-    tok.save_pretrained(str(out))
