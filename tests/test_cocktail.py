@@ -292,3 +292,19 @@ def test_separator_changes_the_scored_text(dec):
     assert plain.losses != pytest.approx(spaced.losses, abs=1e-6)
     ref = [evaluate(str(m), DEC_EXAMPLES, "loss", separator="", batch_size=2)["loss"] for m in models]
     assert plain.losses == pytest.approx(ref, abs=1e-4)
+
+
+def test_layer_search_groups_use_the_planners_layer_names():
+    """One layer-name rule for the planner and the cocktail layer search (they used two regexes)."""
+    from modelmix.cocktail import tensor_groups
+    from modelmix.planner import layer_index, layer_of
+
+    names = ["model.embed_tokens.weight", *(f"model.layers.{i}.mlp.w" for i in range(4)), "model.norm.weight",
+             "lm_head.weight"]
+    members, filters = tensor_groups(names, 2)
+    assert members == {"embeddings": ["model.embed_tokens.weight"], "layers_0-1": names[1:3],
+                       "layers_2-3": names[3:5], "head": ["model.norm.weight", "lm_head.weight"]}
+    assert filters["layers_0-1"] == ["model.layers.0.", "model.layers.1."]
+    for n in names:
+        assert (layer_of(n) or (None, None))[1] == layer_index(n)
+    assert layer_of("encoder.layer.11.output.dense.weight") == ("encoder.layer", 11)

@@ -35,7 +35,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -52,7 +51,6 @@ if TYPE_CHECKING:
 TYPES = ("decoder", "encoder")
 GRANULARITIES = ("model", "layer")
 ENCODER_TEMPERATURE = 0.05  # LM-Cocktail's InfoNCE temperature
-_LAYER_RE = re.compile(r"^(.*?\.(?:layers|layer|h|blocks|block))\.(\d+)\.")
 
 
 @dataclass
@@ -458,11 +456,9 @@ def tensor_groups(names: Sequence[str], blocks: int) -> tuple[dict[str, list[str
     Filters are the layer prefixes (``model.layers.3.``, which is not a substring of ``model.layers.13.``) and
     the full names of non-layer tensors, so the engine resolves exactly the same grouping.
     """
-    layer_of: dict[str, tuple[str, int]] = {}
-    for n in names:
-        m = _LAYER_RE.match(n)
-        if m:
-            layer_of[n] = (m.group(1), int(m.group(2)))
+    from modelmix.planner import layer_of as _layer
+
+    layer_of = {n: li for n in names if (li := _layer(n)) is not None}
     n_layers = max((i for _, i in layer_of.values()), default=-1) + 1
     nb = max(1, min(blocks, n_layers)) if n_layers else 0
     members: dict[str, list[str]] = {"embeddings": []}

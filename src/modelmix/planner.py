@@ -32,6 +32,13 @@ def layer_index(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def layer_of(name: str) -> tuple[str, int] | None:
+    """(the layer stack's prefix, the layer index) of a layer tensor: ``model.layers.3.mlp.w`` ->
+    ``("model.layers", 3)``; None for a tensor outside the layers."""
+    m = LAYER_RE.search(name)
+    return (name[: m.start(1) - 1], int(m.group(1))) if m else None
+
+
 def with_layer(name: str, index: int) -> str:
     m = LAYER_RE.search(name)
     assert m is not None
