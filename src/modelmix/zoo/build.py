@@ -191,6 +191,8 @@ def _build(root: Path, p: Preset, seed: int, progress: bool) -> None:
     manifest: dict[str, Any] = {"format": FORMAT, "preset": p.name, "seed": seed, "recipe_version": RECIPE_VERSION,
                                 "tasks": {}, "models": {}, "scores": {}}
     kb, data = make_data(p, seed)
+    _DATA.clear()
+    _DATA[(repr(p), seed)] = (kb, data)  # in-process jobs (one worker) reuse it instead of regenerating
     manifest["tasks"] = write_data(root, data)
 
     tok = build_tokenizer()
