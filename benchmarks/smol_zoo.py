@@ -57,7 +57,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from modelmix.zoo import build_zoo, load_zoo
-    from modelmix.zoo.report import report
+    from modelmix.report import report
 
     t0 = time.perf_counter()
     path = build_zoo(args.zoo, preset="smol", progress=True)

@@ -14,6 +14,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``@pytest.mark.cuda`` tests run where torch sees a GPU and are skipped, saying why, elsewhere (the one
+    place that decides it); ``slow`` ones run by default, CI included (``-m "not slow"`` leaves them out)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (marker: cuda)")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)
+
+
 def llama_shapes(layers: int = 2, hidden: int = 16, inter: int = 24, vocab: int = 32) -> dict[str, tuple[int, ...]]:
     s: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (vocab, hidden)}
     kv = hidden // 2

@@ -12,8 +12,9 @@ import torch
 from safetensors.torch import load_file
 
 from modelmix.cli import main
-from modelmix.cocktail import compute_weights, merge_with_weights, mix, split_indices, tensor_groups
 from modelmix.errors import ModelmixError
+from modelmix.eval._tiny import save_tiny_llama
+from modelmix.weighting.cocktail import compute_weights, merge_with_weights, mix, split_indices, tensor_groups
 
 CHARS = "0123456789+=? abcdefghijklmnopqrstuvwxyz"
 DEC_EXAMPLES = [
@@ -43,16 +44,8 @@ def char_tokenizer(chars: str = CHARS, kind: str = "decoder"):
 
 
 def save_llama(path: Path, seed: int, init: float, hidden: int = 16, chars: str = CHARS) -> Path:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    tok = char_tokenizer(chars)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=32, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                      initializer_range=init, pad_token_id=0, bos_token_id=1, eos_token_id=2)
-    torch.manual_seed(seed)
-    LlamaForCausalLM(cfg).save_pretrained(str(path))
-    tok.save_pretrained(str(path))
-    return path
+    return save_tiny_llama(path, hidden=hidden, layers=2, heads=4, kv_heads=2, intermediate=32, seed=seed,
+                           init=init, chars=chars, max_positions=128)
 
 
 @pytest.fixture(scope="module")
@@ -296,8 +289,8 @@ def test_separator_changes_the_scored_text(dec):
 
 def test_layer_search_groups_use_the_planners_layer_names():
     """One layer-name rule for the planner and the cocktail layer search (they used two regexes)."""
-    from modelmix.cocktail import tensor_groups
     from modelmix.planner import layer_index, layer_of
+    from modelmix.weighting.cocktail import tensor_groups
 
     names = ["model.embed_tokens.weight", *(f"model.layers.{i}.mlp.w" for i in range(4)), "model.norm.weight",
              "lm_head.weight"]

@@ -228,7 +228,7 @@ def test_scoring_commands_measure_zoo_experts_in_their_own_format(zoo_dir: Path,
 
 
 def test_lmc_merge_best_honours_metric(decoders, tmp_path: Path):
-    from modelmix.lmc import LMCResult
+    from modelmix.weighting.lmc import LMCResult
 
     r = LMCResult([0.0, 0.5, 1.0], [1.0, 0.5, 2.0], [0.2, 0.0, 0.9], 0.0, 0.5, "exact_match")
     assert r.best_t == 0.5 and r.best_t_metric == 1.0 and r.selected_t == 1.0
@@ -416,7 +416,7 @@ def _all_commands():
             yield name, cmd
 
 
-def test_every_option_has_help_and_every_command_takes_debug():
+def test_every_option_has_help_and_every_command_takes_debug(tmp_path):
     seen = []
     for name, cmd in _all_commands():
         seen.append(name)
@@ -425,10 +425,18 @@ def test_every_option_has_help_and_every_command_takes_debug():
                 assert p.help, f"modelmix {name} {p.opts[0]} has no help text"
             if isinstance(p, click.Option) and "--device" in p.opts:
                 assert isinstance(p.type, DeviceType), name
-        assert any("--debug" in p.opts for p in cmd.params if isinstance(p, click.Option)), name
+        # declared once, on the group; main() accepts it anywhere on the line
+        assert not any("--debug" in p.opts for p in cmd.params if isinstance(p, click.Option)), name
         code, out, err = run_cli(*name.split(), "--debug", "--help")
         assert code == 0 and "Usage:" in out, (name, err)
     assert {"merge", "check", "eval", "soup", "lmc", "cocktail", "analyze", "zoo build", "zoo report"} <= set(seen)
+    assert "--debug" in run_cli("--help")[1]
+    from modelmix.errors import ModelmixError
+
+    code, _, err = run_cli("check", str(tmp_path / "missing.yml"))
+    assert code == 2 and "Traceback" not in err
+    with pytest.raises(ModelmixError):  # after the subcommand too: the error propagates (a traceback)
+        run_cli("check", str(tmp_path / "missing.yml"), "--debug")
 
 
 def test_one_flag_vocabulary():

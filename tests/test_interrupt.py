@@ -195,6 +195,7 @@ DRIVER = textwrap.dedent("""
     if phase == "exit":  # registered before the CLI's own atexit hook, so it runs after it
         atexit.register(kill, times)
     import modelmix.api as A
+    import modelmix.io.aux as X
     import modelmix.execute as E
     import modelmix.io.writer as W
 
@@ -211,7 +212,7 @@ DRIVER = textwrap.dedent("""
 
     wrap(A, "plan", before="plan")
     wrap(W.ModelWriter, "__init__", after="writer")
-    wrap(A, "_write_aux", before="aux")
+    wrap(X, "write_aux", before="aux")
     wrap(W.ModelWriter, "commit", before="commit")
     if phase == "renamed":  # right after the rename into place
         import modelmix.interrupt as I

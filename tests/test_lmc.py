@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from conftest import run_cli
 from modelmix.errors import DataError, InputError
 from modelmix.eval.api import evaluate
-from modelmix.lmc import barrier_height, grid, lmc_curve
+from modelmix.weighting.lmc import barrier_height, grid, lmc_curve
 
 EXAMPLES = [{"input": f"{a}*{b}=", "output": str(a * b)} for a in range(2, 5) for b in range(2)]
 

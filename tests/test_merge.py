@@ -386,7 +386,7 @@ def test_merge_tensors_api_on_state_dicts(trio):
     torch.testing.assert_close(one, sds["base"][k] + 0.5 * (sds["ft1"][k] - sds["base"][k]))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.cuda
 def test_cuda_matches_cpu(trio):
     root, _ = trio
     recipe = write_recipe(root / "r.yml", _ties(root))

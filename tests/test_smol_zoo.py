@@ -19,24 +19,14 @@ TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{{ eos_to
 @pytest.fixture(scope="module")
 def tiny_chat_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer Llama with the zoo's char tokenizer and a chat template whose turns end with eos."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
+    from modelmix.eval._tiny import save_tiny_llama
     from modelmix.zoo.tokenizer import build_tokenizer
 
     tok = build_tokenizer()
     tok.chat_template = TEMPLATE
     tok.model_max_length = 1024
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=1024,
-                      tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                      pad_token_id=tok.pad_token_id)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(cfg)
-    out = tmp_path_factory.mktemp("chatbase") / "base"
-    model.save_pretrained(str(out))
-    tok.save_pretrained(str(out))
-    return out
+    return save_tiny_llama(tmp_path_factory.mktemp("chatbase") / "base", tokenizer=tok, hidden=32,
+                           intermediate=64, layers=2, heads=2, tie=True, max_positions=1024)
 
 
 def test_chat_tasks_hold_out_what_they_claim() -> None:

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from conftest import run_cli
 from modelmix.errors import DataError, InputError, OutputError
 from modelmix.eval.api import evaluate
-from modelmix.soup import model_soup
+from modelmix.weighting.soup import model_soup
 
 EXAMPLES = [{"input": f"{a}+{b}=", "output": str(a + b)} for a in range(3) for b in range(2)]
 

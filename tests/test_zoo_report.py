@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from modelmix.errors import ConfigError, InputError, ModelmixError
 from modelmix.zoo import load_zoo
-from modelmix.zoo import report as R
+from modelmix import report as R
 from modelmix.zoo.tasks import DECODER_TASKS
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -42,11 +42,21 @@ def zoo(zoo_dir: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def sds(zoo: Path) -> dict[str, dict[str, torch.Tensor]]:
-    from modelmix.io.checkpoint import Checkpoint
-    from modelmix.soup import read_state_dict
+    from modelmix.candidates import Candidates
 
     z = load_zoo(zoo)
-    return {m: read_state_dict(Checkpoint(str(z.model_path(m)))) for m in ["base", *z.experts()]}
+    names = ["base", *z.experts()]
+    with Candidates([z.model_path(m) for m in names]) as c:
+        return {m: c.state_dict(i) for i, m in enumerate(names)}
+
+
+def reference(recipe: R.Recipe, experts: list[dict[str, torch.Tensor]], base: dict[str, torch.Tensor]) -> dict:
+    """What the report's in-memory merge must equal: ``merge_tensors`` on the state dicts, seed 0."""
+    from modelmix import merge_tensors
+
+    if recipe.pair:
+        return merge_tensors(recipe.method, [experts[1]], base=experts[0], seed=0, **recipe.params)
+    return merge_tensors(recipe.method, experts, base=base, seed=0, **recipe.params)
 
 
 @pytest.fixture(scope="module")
@@ -57,10 +67,10 @@ def run(zoo: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     real = R.merge_recipe
     mp = pytest.MonkeyPatch()
 
-    def spy(recipe: R.Recipe, experts: Any, base: Any) -> dict[str, torch.Tensor]:
-        sd = real(recipe, experts, base)
-        merged.append((recipe.method, sd))
-        return sd
+    def spy(recipe: R.Recipe, cands: Any, em: Any) -> Any:
+        out = real(recipe, cands, em)
+        merged.append((recipe.method, {k: v.detach().clone() for k, v in em.model.state_dict().items()}))
+        return out
 
     mp.setattr(R, "merge_recipe", spy)
     try:
@@ -177,7 +187,7 @@ def test_engine_write_matches_in_memory(zoo: Path, sds: dict[str, dict[str, torc
     for m in ("dare_ties", "slerp", "soup"):  # random masks, pair base, a method without base
         R._write_merge(m, R.RECIPES[m], z.model_path("base"), [z.model_path(n) for n in names], tmp_path)
         got = load_file(str(tmp_path / m / "model.safetensors"))
-        ref = R.merge_recipe(R.RECIPES[m], [sds[n] for n in names], sds["base"])
+        ref = reference(R.RECIPES[m], [sds[n] for n in names], sds["base"])
         assert set(got) == set(ref)
         for k in ref:
             torch.testing.assert_close(got[k], ref[k], rtol=0, atol=1e-6)

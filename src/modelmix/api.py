@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -12,17 +11,6 @@ from typing import Any
 import torch
 
 from modelmix.errors import ConfigError, InputError
-
-# files copied next to the merged weights (tokenizer, generation config, sentence-transformers modules)
-_AUX_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "vocab.json",
-    "vocab.txt", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json",
-    "generation_config.json", "modules.json", "sentence_bert_config.json", "config_sentence_transformers.json",
-)
-_AUX_DIRS_PREFIX = ("1_Pooling", "2_Normalize", "2_Dense", "3_Normalize")
-_CHAT_TEMPLATES = {
-    "chatml": "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}",
-}
 
 
 @dataclass
@@ -104,6 +92,7 @@ def merge(
     from modelmix import interrupt
     from modelmix.devices import check_device
     from modelmix.execute import Executor, Progress
+    from modelmix.io.aux import aux_bytes, write_aux
     from modelmix.io.outputs import check_output_dir
     from modelmix.io.writer import ModelWriter, OutSpec
 
@@ -126,7 +115,7 @@ def merge(
             intr.check()  # a Ctrl-C during imports and planning, recorded by the CLI's handler
             specs = [OutSpec(t.name, t.out_dtype, t.shape) for t in mp.tasks]
             writer = ModelWriter(out, specs, max_shard_bytes=out_shard_size, overwrite=overwrite,
-                                 extra_bytes=_aux_bytes(mp))
+                                 extra_bytes=aux_bytes(mp))
             try:
                 intr.check()
                 progress = Progress(writer.total_bytes, len(mp.tasks), quiet=quiet)
@@ -138,7 +127,7 @@ def merge(
                 finally:
                     progress.close()
                 intr.check()
-                _write_aux(mp, writer.path, writer.target, seed)
+                write_aux(mp, writer.path, writer.target, seed)
                 writer.commit(intr)  # checks for a pending Ctrl-C once more, right before the rename
             except BaseException:
                 writer.abort()
@@ -156,82 +145,6 @@ def show_notes(mp, limit: int = 10) -> None:
         print(f"note: {n}", file=sys.stderr)
     if len(mp.notes) > limit:
         print(f"note: ... and {len(mp.notes) - limit} more", file=sys.stderr)
-
-
-def _aux_sources(mp) -> list[Path]:
-    """Files and directories copied from the tokenizer source next to the merged weights."""
-    src = mp.tokenizer_dir
-    if src is None:
-        return []
-    try:
-        out = [src / name for name in _AUX_FILES if (src / name).is_file()]
-        out += [d for d in sorted(src.iterdir()) if d.is_dir() and d.name.startswith(_AUX_DIRS_PREFIX)]
-    except OSError as e:
-        raise InputError(f"Cannot list the tokenizer source {src}: {e.strerror or e}.") from None
-    return out
-
-
-def _aux_bytes(mp) -> int:
-    """Bytes of the aux files (for the free-space check), plus slack for config.json and the model card."""
-    total = 64 * 1024
-    for p in _aux_sources(mp):
-        try:
-            total += p.stat().st_size if p.is_file() else sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
-        except OSError:
-            pass
-    return total
-
-
-def _write_aux(mp, path, target: Path, seed: int | None = None) -> None:
-    """config.json, tokenizer + generation config from the tokenizer source, and a model card.
-
-    A source that cannot be read is an InputError naming it; a failed write (disk full) is an OutputError
-    naming the file in the output location ``target``, never the input it was copied from. The card's
-    recipe records the seed the merge ran with (``--seed`` overrides the recipe's ``random_seed``), so the
-    model can be rebuilt from it.
-    """
-    from modelmix.io.outputs import os_error
-
-    cfg = mp.config
-
-    def copy(src: Path, rel: str) -> None:
-        try:
-            data = src.read_bytes()
-        except OSError as e:
-            raise InputError(f"Cannot read {src} (copied from the tokenizer source): {e.strerror or e}.") from None
-        put(rel, data)
-
-    def put(rel: str, data: bytes | str) -> None:
-        try:
-            dst = path(rel)
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            dst.write_bytes(data.encode() if isinstance(data, str) else data)
-        except OSError as e:
-            raise os_error(e, target / rel, what="the merged model's file") from None
-
-    if mp.out_config:
-        put("config.json", json.dumps(mp.out_config, indent=2) + "\n")
-    src = mp.tokenizer_dir
-    for f in _aux_sources(mp):
-        if f.is_dir():
-            for g in sorted(f.rglob("*")):
-                if g.is_file():
-                    copy(g, str(g.relative_to(src)))
-        else:
-            copy(f, f.name)
-    if cfg.chat_template:
-        template = _CHAT_TEMPLATES.get(cfg.chat_template, cfg.chat_template)
-        tc = path("tokenizer_config.json")
-        data = json.loads(tc.read_text()) if tc.is_file() else {}
-        data["chat_template"] = template
-        put("tokenizer_config.json", json.dumps(data, indent=2) + "\n")
-    models = "\n".join(f"- {k}" for k in mp.models)
-    if seed is not None and seed != cfg.random_seed:
-        cfg = cfg.model_copy(update={"random_seed": seed})
-    put("README.md",
-        "---\ntags:\n- modelmix\n- merge\n---\n"
-        f"# Merged model\n\nThis model was merged with modelmix using the `{cfg.merge_method}` method.\n\n"
-        f"## Models merged\n\n{models}\n\n## Recipe\n\n```yaml\n{cfg.to_yaml()}```\n")
 
 
 def merge_tensors(
@@ -275,14 +188,25 @@ def merge_tensors(
 
 
 def _merge_one(m, tensors: list[torch.Tensor], base: torch.Tensor | None, seed: int, params: dict, name: str):
-    from modelmix.methods.registry import REQUIRED
-
     if m.needs_base and base is None:
         raise ConfigError(f'Merge method "{m.name}" needs a base tensor (base=...).')
     ts = [t.float() for t in tensors]
     shapes = {tuple(t.shape) for t in ts} | ({tuple(base.shape)} if base is not None else set())
     if len(shapes) != 1:
         raise InputError(f"Shape mismatch for {name}: {sorted(shapes)}.")
+    kwargs = resolve_params(m, len(ts), params)
+    if m.random:
+        kwargs["seed"] = seed
+    return m.fn(ts, base=base.float() if base is not None else None, **kwargs)
+
+
+def resolve_params(m, n_models: int, params: Mapping[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of ``m.fn`` for ``n_models`` inputs: every declared parameter, given or
+    default, validated as a recipe's values are (types, choices, bounds, the method's own check), per-model
+    ones as lists. Raises ConfigError naming the method and parameter. (Resolve once, call ``m.fn`` per
+    tensor: what the in-memory candidate merges do.)"""
+    from modelmix.methods.registry import REQUIRED
+
     known = {p.name for p in m.params}
     unknown = set(params) - known
     if unknown:
@@ -296,9 +220,9 @@ def _merge_one(m, tensors: list[torch.Tensor], base: torch.Tensor | None, seed: 
         if v is REQUIRED:
             raise ConfigError(f'Merge method "{m.name}" needs parameter "{p.name}".')
         if p.scope == "model":
-            v = list(v) if isinstance(v, (list, tuple)) else [v] * len(ts)
-            if len(v) != len(ts):
-                raise ConfigError(f'Parameter "{p.name}" has {len(v)} values for {len(ts)} models.')
+            v = list(v) if isinstance(v, (list, tuple)) else [v] * n_models
+            if len(v) != n_models:
+                raise ConfigError(f'Parameter "{p.name}" has {len(v)} values for {n_models} models.')
             if p.name in params:
                 v = [_valid(m, p, x) for x in v]
         elif p.name in params:
@@ -306,9 +230,7 @@ def _merge_one(m, tensors: list[torch.Tensor], base: torch.Tensor | None, seed: 
         kwargs[p.name] = v
     if m.check is not None:
         m.check(kwargs)
-    if m.random:
-        kwargs["seed"] = seed
-    return m.fn(ts, base=base.float() if base is not None else None, **kwargs)
+    return kwargs
 
 
 def _valid(m, p, value: Any) -> Any:

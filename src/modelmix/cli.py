@@ -14,23 +14,23 @@ import textwrap
 
 import click
 
-from modelmix.cli_common import DEBUG_HELP, Command, add_debug, device_option
+from modelmix.cli_common import DEBUG_HELP, Command, device_option
 from modelmix.errors import ModelmixError
 
 # name -> (module, attribute, the one-line description shown by `modelmix --help` without importing it)
 _LAZY = {
     "zoo": ("modelmix.zoo.cli", "zoo", "Build the offline model zoo (base, task experts, embedders) and report on it."),
     "eval": ("modelmix.eval.cli", "eval_command", "Evaluate a model on JSONL examples or on every task of a zoo."),
-    "cocktail": ("modelmix.cocktail_cli", "cocktail", "LM-Cocktail: merge with weights softmax(-loss/T) from a few examples."),
-    "soup": ("modelmix.soup_cli", "soup", "Uniform or greedy model soup, scored on held-out examples."),
-    "lmc": ("modelmix.lmc_cli", "lmc", "Linear mode connectivity: loss along the straight path between two models."),
+    "cocktail": ("modelmix.weighting.cli", "cocktail", "LM-Cocktail: merge with weights softmax(-loss/T) from a few examples."),
+    "soup": ("modelmix.weighting.cli", "soup", "Uniform or greedy model soup, scored on held-out examples."),
+    "lmc": ("modelmix.weighting.cli", "lmc", "Linear mode connectivity: loss along the straight path between two models."),
     "analyze": ("modelmix.analysis.cli", "analyze", "Task-vector interference analysis (norms, cosines, sign conflicts) with an HTML report."),
     "import-gguf": ("modelmix.gguf_cli", "import_gguf", "Convert a llama-family GGUF file into a Hugging Face model directory."),
 }
 
 
 class LazyGroup(click.Group):
-    """Subcommands from other packages are imported only when invoked; every subcommand gets ``--debug``."""
+    """Subcommands from other packages are imported only when invoked."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(set(super().list_commands(ctx)) | {k for k, v in _LAZY.items() if _available(v[0])})
@@ -38,9 +38,8 @@ class LazyGroup(click.Group):
     def get_command(self, ctx: click.Context, name: str):
         if name in _LAZY and _available(_LAZY[name][0]):
             mod, attr, _ = _LAZY[name]
-            return add_debug(getattr(importlib.import_module(mod), attr))
-        cmd = super().get_command(ctx, name)
-        return add_debug(cmd) if cmd is not None else None
+            return getattr(importlib.import_module(mod), attr)
+        return super().get_command(ctx, name)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = []
@@ -65,7 +64,7 @@ def _available(module: str) -> bool:
 def app(ctx: click.Context, debug: bool) -> None:
     """modelmix: merge, weigh and analyse language models."""
     ctx.ensure_object(dict)
-    ctx.obj["debug"] = debug or ctx.obj.get("debug", False)
+    ctx.obj["debug"] = debug or ctx.obj.get("debug", False)  # main() takes --debug out wherever it is
 
 
 def _parse_size(s: str) -> int:
@@ -157,7 +156,9 @@ def main(argv: list[str] | None = None) -> None:
 
     interrupt.reset()
     args = list(sys.argv[1:] if argv is None else argv)
+    # --debug is a group option, accepted anywhere (``modelmix merge r.yml out --debug``): taken out here
     debug = "--debug" in args or os.environ.get("MODELMIX_DEBUG") == "1"
+    args = [a for a in args if a != "--debug"]
     if not debug:
         _quiet_libraries()
     try:

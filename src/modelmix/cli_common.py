@@ -5,7 +5,8 @@
 * example files are ``--examples`` everywhere (older spellings stay as hidden aliases);
 * ``--device`` is a choice of cpu/cuda, checked once (``modelmix.devices.check_device``);
 * ``--separator`` overrides the model's own prompt convention wherever decoder examples are scored;
-* ``--debug`` is added to every subcommand by the group (``add_debug``), never declared by hand.
+* ``--debug`` is declared once, on the command group; ``modelmix.cli.main`` accepts it anywhere on the
+  command line (it takes it out before click parses) and commands ask :func:`debug_enabled`.
 
 Imports nothing heavy: ``modelmix --help`` stays instant.
 """
@@ -55,23 +56,11 @@ def _is_number(s: str) -> bool:
     return True
 
 
-def _set_debug(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
-    if value:
-        root = ctx.find_root()
-        if isinstance(root.obj, dict):
-            root.obj["debug"] = True
-    return value
-
-
-def add_debug(cmd: click.Command) -> click.Command:
-    """Give ``cmd`` (and, for a group, every subcommand) the shared ``--debug`` flag, once."""
-    if not any(isinstance(p, click.Option) and "--debug" in p.opts for p in cmd.params):
-        cmd.params.append(click.Option(["--debug"], is_flag=True, expose_value=False, is_eager=True,
-                                       callback=_set_debug, help=DEBUG_HELP))
-    if isinstance(cmd, click.Group):
-        for sub in cmd.commands.values():
-            add_debug(sub)
-    return cmd
+def debug_enabled() -> bool:
+    """Whether this run was given ``--debug`` (or ``MODELMIX_DEBUG=1``): full tracebacks, library output."""
+    ctx = click.get_current_context(silent=True)
+    root = ctx.find_root() if ctx is not None else None
+    return bool(isinstance(getattr(root, "obj", None), dict) and root.obj.get("debug"))
 
 
 class DeviceType(click.ParamType):

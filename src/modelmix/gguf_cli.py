@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from modelmix.cli_common import Command
+from modelmix.cli_common import Command, debug_enabled
 
 
 @click.command("import-gguf", cls=Command)
@@ -26,13 +26,7 @@ def import_gguf(gguf_file: str, out_dir: str, dtype: str, overwrite: bool) -> No
     """
     from modelmix.io.gguf import run_import
 
-    res = run_import(gguf_file, out_dir, dtype=dtype, overwrite=overwrite, quiet=not _debug(),
+    res = run_import(gguf_file, out_dir, dtype=dtype, overwrite=overwrite, quiet=not debug_enabled(),
                      log=lambda s: click.echo(s, err=True))
     click.echo(str(res.path))
     click.echo(res.summary())
-
-
-def _debug() -> bool:
-    ctx = click.get_current_context(silent=True)
-    root = ctx.find_root() if ctx is not None else None
-    return bool(isinstance(getattr(root, "obj", None), dict) and root.obj.get("debug"))

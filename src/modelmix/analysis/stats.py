@@ -99,63 +99,12 @@ class StreamResult:
 
 
 def check_compatible(base: Checkpoint, models: Sequence[Checkpoint]) -> list[str]:
-    """Names of the floating-point tensors to analyse; InputError if names, shapes or vocabularies differ."""
-    def weights(ck: Checkpoint) -> list[str]:
-        # integer buffers (position_ids, ...) are not weights: some savers drop them and HF rebuilds them,
-        # so one model having them and another not is no architecture difference (as ``merge`` treats them)
-        return [n for n in ck.names() if ck.entry(n).dtype.is_floating_point]
+    """Names of the non-empty floating-point tensors to analyse (:func:`modelmix.io.compat.check_compatible`:
+    InputError if names, shapes, architectures or vocabularies differ)."""
+    from modelmix.io.compat import check_compatible as check
 
-    names = weights(base)
-    base_set = set(names)
-    for m in models:
-        other = set(weights(m))
-        missing, extra = sorted(base_set - other), sorted(other - base_set)
-        if missing or extra:
-            parts = []
-            if missing:
-                parts.append(f"missing {len(missing)} of the base's tensors (e.g. {missing[:3]})")
-            if extra:
-                parts.append(f"has {len(extra)} tensors the base lacks (e.g. {extra[:3]})")
-            raise InputError(
-                f"Model {m.ref} is not the same architecture as the base {base.ref}: it "
-                + " and ".join(parts) + ". Task vectors need identical tensor names."
-            )
-        for n in names:
-            bs, ms = tuple(base.entry(n).shape), tuple(m.entry(n).shape)
-            if bs != ms:
-                vocab = (any(w in n for w in ("embed", "lm_head", "wte", "word_embeddings")) and len(bs) == len(ms)
-                         and bs[1:] == ms[1:])  # only the row (token) count differs
-                what = "a different vocabulary" if vocab else "a different architecture"
-                raise InputError(
-                    f"Model {m.ref} has {what} than the base {base.ref}: tensor {n!r} has shape {list(ms)} "
-                    f"vs {list(bs)}. Task vectors need identical shapes"
-                    + (" (align the vocabularies first, e.g. merge with tokenizer_source)." if vocab else ".")
-                )
-        _check_vocab(base, m)
+    names = check(base, models, ref_label="the base", purpose="Task vectors")
     return [n for n in names if base.entry(n).numel > 0]
-
-
-def _check_vocab(base: Checkpoint, m: Checkpoint) -> None:
-    """Same-shaped embeddings can still index different tokens: compare tokenizer.json vocabularies."""
-    import json
-
-    def vocab(c: Checkpoint) -> dict | None:
-        f = c.model_dir / "tokenizer.json"
-        if not f.is_file():
-            return None
-        try:
-            v = json.loads(f.read_text(encoding="utf-8")).get("model", {}).get("vocab")
-        except (ValueError, OSError):
-            return None
-        return v if isinstance(v, dict) else None
-
-    vb, vm = vocab(base), vocab(m)
-    if vb is not None and vm is not None and vb != vm:
-        diff = sorted(set(vb.items()) ^ set(vm.items()))[:2]
-        raise InputError(
-            f"Model {m.ref} uses a different tokenizer vocabulary than the base {base.ref} "
-            f"({len(vm)} vs {len(vb)} tokens, e.g. {diff}); embedding rows would not correspond."
-        )
 
 
 class _Worker:

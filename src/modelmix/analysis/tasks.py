@@ -1,8 +1,9 @@
 """Per-task scores (complementarity) and the loss along the linear path between two models.
 
-Only used with ``--examples``; this is the one part of the analysis that imports transformers. Each model is
-loaded once and scored on every task file; the linear path reuses one loaded model and swaps interpolated
-weights in place (``EvalModel.load_state_dict``), so it costs one forward pass per point and task.
+Only used with ``--examples``; this is the one part of the analysis that imports transformers. One model
+skeleton is loaded (:class:`modelmix.candidates.Candidates`) and each model's weights are swapped into it and
+scored on every task file; the linear path is :func:`modelmix.weighting.lmc.lmc_curve`, one forward pass per
+point and task.
 """
 
 from __future__ import annotations
@@ -47,15 +48,20 @@ def score_models(
     paths: dict[str, Path], tasks: dict[str, Path], metrics: Sequence[str], device: str,
     separator: str | None = None,
 ) -> dict[str, dict[str, dict[str, float]]]:
-    """``{model name: {task: {metric: value}}}``; each model is loaded once and scored with its own prompt
-    convention (or ``separator``)."""
-    from modelmix.eval import EvalModel, evaluate
+    """``{model name: {task: {metric: value}}}``; each model's weights are read once into one skeleton and
+    scored with its own prompt convention (or ``separator``)."""
+    from modelmix.candidates import Candidates
+    from modelmix.eval.models import prompt_separator
 
+    names = list(paths)
     scores: dict[str, dict[str, dict[str, float]]] = {}
-    for name, path in paths.items():
-        em = EvalModel.from_pretrained(path, device=device)
-        scores[name] = {t: evaluate(em, str(f), list(metrics), separator=separator) for t, f in tasks.items()}
-        del em
+    with Candidates([paths[n] for n in names], purpose="Scoring task vectors", cache_bytes=0) as cands:
+        em = cands.skeleton(device)
+        for i, name in enumerate(names):
+            if i:
+                cands.load(em, cands.state_dict(i))
+            em.separator = separator if separator is not None else prompt_separator(cands.path(i))
+            scores[name] = {t: cands.score(em, str(f), list(metrics)) for t, f in tasks.items()}
     return scores
 
 
@@ -65,10 +71,10 @@ def lmc_curve(
 ) -> dict[str, Any]:
     """Loss at ``(1 - alpha) * A + alpha * B`` for ``points`` evenly spaced alphas, per task, with the
     barrier (max of loss minus the chord between the endpoint losses) and the best alpha, computed by
-    :func:`modelmix.lmc.lmc_curve` (the ``modelmix lmc`` implementation).
+    :func:`modelmix.weighting.lmc.lmc_curve` (the ``modelmix lmc`` implementation).
     """
-    from modelmix.lmc import barrier_height
-    from modelmix.lmc import lmc_curve as lmc_impl
+    from modelmix.weighting.lmc import barrier_height
+    from modelmix.weighting.lmc import lmc_curve as lmc_impl
 
     loss: dict[str, list[float]] = {}
     barrier: dict[str, float] = {}

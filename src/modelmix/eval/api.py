@@ -31,6 +31,21 @@ from modelmix.errors import InputError, did_you_mean
 from modelmix.eval.data import METRIC_KIND, coerce_examples
 
 METRICS = tuple(METRIC_KIND)
+#: metric -> whether a higher value is better (``loss`` is nats per token; the others are accuracies/recalls)
+HIGHER_IS_BETTER = {"exact_match": True, "loss": False, "choice": True, "retrieval": True}
+
+
+def higher_is_better(metric: str) -> bool:
+    """Direction of a metric, the one place searches (greedy soups, LMC, the agent) look it up."""
+    try:
+        return HIGHER_IS_BETTER[metric]
+    except KeyError:
+        raise InputError(f"Unknown metric {metric!r}; choose from {', '.join(METRICS)}.{did_you_mean(metric, METRICS)}") from None
+
+
+def is_better(a: float, b: float, metric: str) -> bool:
+    """Is score ``a`` strictly better than ``b`` under ``metric``?"""
+    return a > b if higher_is_better(metric) else a < b
 
 
 def check_metrics(metric: str | Sequence[str]) -> list[str]:

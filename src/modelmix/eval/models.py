@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -250,8 +250,8 @@ class EvalModel:
         self._aliases = self._build_aliases()
         n_params = sum(p.numel() for p in model.parameters())
         #: torch intra-op threads while evaluating (None: leave torch's setting). Small models default to 1:
-        #: their matmuls are too small to amortise OpenMP synchronisation; measured on the 2-core dev box
-        #: (shared with other jobs) one thread was ~10x faster for greedy decoding of a 2M-param Llama.
+        #: their matmuls are too small to amortise OpenMP synchronisation (one thread decodes a 2M-parameter
+        #: Llama several times faster than all cores of a small box).
         self.num_threads: int | None = 1 if n_params < SMALL_MODEL_PARAMS else None
 
     # ------------------------------------------------------------------ construction
@@ -373,6 +373,20 @@ class EvalModel:
             for k, v in sd.items():
                 if k in own:
                     own[k].copy_(v)
+
+    def targets(self, names: Sequence[str]) -> dict[str, Tensor | None]:
+        """The skeleton's own tensor for each checkpoint tensor name (None when it has none, e.g. a stale
+        buffer), accepting names prefixed with ``base_model_prefix`` as :meth:`load_state_dict` does: what
+        an in-memory merge writes into, tensor by tensor, without building a state dict."""
+        own = self.model.state_dict(keep_vars=True)
+        prefix = getattr(self.model, "base_model_prefix", "") + "."
+        out: dict[str, Tensor | None] = {}
+        for n in names:
+            t = own.get(n)
+            if t is None and prefix != "." and n.startswith(prefix):
+                t = own.get(n[len(prefix):])
+            out[n] = t
+        return out
 
     @contextlib.contextmanager
     def threads(self) -> Iterator[None]:

@@ -23,8 +23,7 @@ zoo's models, trained on ``input + output`` without a space; ``" "`` gives LM-Co
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,31 +34,11 @@ SPLITS = ("train", "validation", "test")
 
 
 def read_manifest(zoo_dir: str | Path) -> dict[str, dict[str, Any]]:
-    """The validated ``tasks`` mapping of ``ZOO/zoo.json`` (DataError on any problem)."""
-    zoo = Path(zoo_dir)
-    mf = zoo / "zoo.json"
-    if not mf.is_file():
-        raise DataError(f"{zoo} is not a model zoo: {mf} does not exist.")
-    try:
-        manifest = json.loads(mf.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise DataError(f"Cannot read {mf}: {e}.") from None
-    tasks = manifest.get("tasks") if isinstance(manifest, dict) else None
-    if not isinstance(tasks, dict) or not tasks:
-        raise DataError(f'{mf}: expected a non-empty object under "tasks".')
-    for name, spec in tasks.items():
-        if not isinstance(spec, dict):
-            raise DataError(f"{mf}: task {name!r} must be an object.")
-        for key in ("type", "metric", "path"):
-            if not isinstance(spec.get(key), str):
-                raise DataError(f"{mf}: task {name!r} is missing the string field {key!r}.")
-        if spec["type"] not in ("decoder", "encoder"):
-            raise DataError(
-                f"{mf}: task {name!r} has type {spec['type']!r}; expected 'decoder' or 'encoder'."
-            )
-        if spec["metric"] not in METRIC_KIND:
-            raise DataError(f"{mf}: task {name!r} has unknown metric {spec['metric']!r}.")
-    return tasks
+    """The validated ``tasks`` mapping of ``ZOO/zoo.json`` (DataError on any problem;
+    :func:`modelmix.zoo.manifest.read_tasks`: any directory with a tasks block, not only a built zoo)."""
+    from modelmix.zoo.manifest import read_tasks
+
+    return read_tasks(zoo_dir)
 
 
 def evaluate_zoo(
@@ -119,3 +98,22 @@ def evaluate_zoo(
                 scores.update(M.retrieval(em, ex, batch_size=batch_size))
         out[name] = scores
     return out
+
+
+def score_tasks(em: Any, tasks: Mapping[str, tuple[str, list[dict[str, Any]]]],
+                batch_size: int | None) -> dict[str, float]:
+    """One number per decoder task as the zoo defines it: exact match, choice accuracy, or the token-mean
+    loss (``reduction="token"``), all with the zoo's ``""`` separator (the zoo report and the smol build)."""
+    from modelmix.eval import metrics as M
+
+    res: dict[str, float] = {}
+    for t, (metric, ex) in tasks.items():
+        if metric == "exact_match":
+            res[t] = M.exact_match(em, ex, batch_size=batch_size)["exact_match"]
+        elif metric == "choice":
+            res[t] = M.choice(em, ex, batch_size=batch_size, separator="")["accuracy"]
+        elif metric == "loss":
+            res[t] = M.loss(em, ex, batch_size=batch_size, reduction="token", separator="")["loss"]
+        else:
+            raise InputError(f"Zoo task {t!r}: metric {metric!r} does not apply to decoders.")
+    return res

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from modelmix.errors import OutputError
 
@@ -209,6 +210,22 @@ def write_file_atomic(path: str | Path, data: bytes | str, *, what: str = "outpu
             except OSError:
                 pass
     return p
+
+
+def check_png(path: str | Path, inputs: Inputs = (), *, overwrite: bool = True, what: str = "--png") -> Path:
+    """A PNG target: a .png file in an existing directory, not on or inside an input, an existing file only
+    with ``overwrite`` (the check every command runs before its evaluation, and again when writing)."""
+    return check_output_file(path, inputs=inputs, suffix=".png", what=what, overwrite=overwrite)
+
+
+def save_png(fig: Any, path: str | Path, *, dpi: int = 100, what: str = "plot") -> Path:
+    """Render a matplotlib figure and write it atomically to ``path`` (checked by :func:`check_png`)."""
+    import io
+
+    p = check_png(path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return write_file_atomic(p, buf.getvalue(), what=what)
 
 
 def os_error(e: OSError, where: str | Path, *, what: str = "the output") -> OutputError:

@@ -8,10 +8,10 @@ into place only when complete, so a failed or interrupted merge leaves no partia
 
 The 4 KiB-aligned middle of every write goes through a second, ``O_DIRECT`` descriptor where the file
 system supports it; only the unaligned edges (and the header) go through the page cache. Buffered writes
-of a 2.2 GB model cost 0.5-8 s of kernel CPU here (page allocation, dirty accounting, writeback competing
-for the same cores) and varied 15x from run to run; direct writes cost 0.1 s of CPU and run at the disk's
-speed, overlapped with compute. ``staging`` hands out buffers whose address has the right phase for a
-given file offset, so the direct write needs no bounce copy.
+spend kernel CPU on page allocation, dirty accounting and writeback that compete with the merge for the
+same cores, and vary widely from run to run; direct writes cost little CPU and run at the disk's speed,
+overlapped with compute (the write path: docs/engine.md). ``staging`` hands out buffers whose address has
+the right phase for a given file offset, so the direct write needs no bounce copy.
 """
 
 from __future__ import annotations

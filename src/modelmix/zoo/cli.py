@@ -55,7 +55,7 @@ def build_cmd(out: Path, preset: str, seed: int, force: bool, no_progress: bool)
 
 def _attach_report() -> None:
     """`zoo report` lives in its own module (merges + evaluation); attach it to this group."""
-    from modelmix.zoo.report import report_cmd
+    from modelmix.report import report_cmd
 
     zoo.add_command(report_cmd, name="report")
 

@@ -70,27 +70,58 @@ def write_manifest(root: Path, manifest: dict[str, Any]) -> None:
     (root / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")
 
 
-def load_zoo(path: str | Path) -> Zoo:
-    """Read and check ``DIR/zoo.json``; `InputError` if absent, `DataError` if malformed."""
-    root = Path(path)
-    mf = root / MANIFEST
+def _read(mf: Path, missing: type[Exception], hint: str = "") -> Any:
     if not mf.is_file():
-        raise InputError(f"{root} is not a model zoo: {mf} does not exist (build one with `modelmix zoo build`).")
+        raise missing(f"{mf.parent} is not a model zoo: {mf} does not exist{hint}.")
     try:
-        data = json.loads(mf.read_text(encoding="utf-8"))
+        return json.loads(mf.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise DataError(f"Cannot read the zoo manifest {mf}: {e}.") from None
+
+
+def check_tasks(tasks: Any, mf: Path) -> dict[str, dict[str, Any]]:
+    """The validated ``tasks`` block: a non-empty object of ``{"type", "metric", "path"}`` entries with a
+    known type and metric (DataError naming the task otherwise). The one check of it, for ``load_zoo`` and
+    for ``eval --zoo``, which also reads task collections that have only this block."""
+    from modelmix.eval.data import METRIC_KIND
+
+    if not isinstance(tasks, dict) or not tasks:
+        raise DataError(f'{mf}: expected a non-empty object under "tasks".')
+    for name, spec in tasks.items():
+        if not isinstance(spec, dict):
+            raise DataError(f"{mf}: task {name!r} must be an object.")
+        for key in ("type", "metric", "path"):
+            if not isinstance(spec.get(key), str):
+                raise DataError(f"{mf}: task {name!r} is missing the string field {key!r}.")
+        if spec["type"] not in ("decoder", "encoder"):
+            raise DataError(f"{mf}: task {name!r} has type {spec['type']!r}; expected 'decoder' or 'encoder'.")
+        if spec["metric"] not in METRIC_KIND:
+            raise DataError(f"{mf}: task {name!r} has unknown metric {spec['metric']!r}.")
+    return tasks
+
+
+def read_tasks(path: str | Path) -> dict[str, dict[str, Any]]:
+    """Only the validated ``tasks`` of ``DIR/zoo.json`` (any task collection; DataError on any problem)."""
+    mf = Path(path) / MANIFEST
+    data = _read(mf, DataError)
+    return check_tasks(data.get("tasks") if isinstance(data, dict) else None, mf)
+
+
+def load_zoo(path: str | Path) -> Zoo:
+    """Read and check a zoo's ``DIR/zoo.json``; `InputError` if absent, `DataError` if malformed."""
+    root = Path(path)
+    mf = root / MANIFEST
+    data = _read(mf, InputError, " (build one with `modelmix zoo build`)")
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise DataError(f"{mf}: unsupported manifest format {data.get('format') if isinstance(data, dict) else data!r}; "
                         f"this modelmix reads format {FORMAT}.")
-    for key in ("tasks", "models"):
-        if not isinstance(data.get(key), dict):
-            raise DataError(f"{mf}: expected an object under {key!r}.")
-    for kind, required in (("tasks", ("type", "metric", "path")), ("models", ("path", "type"))):
-        for name, spec in data[kind].items():
-            missing = [k for k in required if not isinstance(spec, dict) or k not in spec]
-            if missing:
-                raise DataError(f"{mf}: {kind[:-1]} {name!r} lacks {', '.join(missing)}.")
+    check_tasks(data.get("tasks"), mf)
+    if not isinstance(data.get("models"), dict):
+        raise DataError(f"{mf}: expected an object under 'models'.")
+    for name, spec in data["models"].items():
+        missing = [k for k in ("path", "type") if not isinstance(spec, dict) or k not in spec]
+        if missing:
+            raise DataError(f"{mf}: model {name!r} lacks {', '.join(missing)}.")
     return Zoo(path=root.resolve(), preset=str(data.get("preset", "")), seed=int(data.get("seed", 0)),
                recipe_version=str(data.get("recipe_version", "")), tasks=data["tasks"], models=data["models"],
                scores=data.get("scores") or {})

@@ -243,7 +243,7 @@ def score_chat(model: Any, tok: Any, data: dict[str, dict[str, list]], batch: in
                split: str = "test") -> dict[str, dict[str, float]]:
     """Exact match on every chat task (critique included) and the general NLL, with the shared harness."""
     from modelmix.eval.models import EvalModel
-    from modelmix.zoo.report import score_tasks
+    from modelmix.eval.zoo_eval import score_tasks
 
     em = EvalModel(model, tok, "decoder", separator="")
     em.num_threads = None

@@ -6,9 +6,9 @@ share a base and each master one task, so merging them and scoring the result on
 how much general ability it gives up. Everything is measured, never copied from the manifest: base,
 experts and merges are scored by the same harness on the same split.
 
-Speed: every merge is built in memory with :func:`modelmix.api.merge_tensors` from the experts' float32
-state dicts and copied into one :class:`~modelmix.eval.EvalModel` skeleton, so nothing is written or
-re-read (``--write-dir`` additionally writes each merge through the streaming engine).
+Speed: the experts are read once (:class:`modelmix.candidates.Candidates`) and every merge is built in
+memory, tensor by tensor, straight into one model skeleton, so nothing is written or re-read
+(``--write-dir`` additionally writes each merge through the streaming engine).
 
 Metrics: each decoder task's own metric (``exact_match`` for the zoo's tasks, as a fraction in [0, 1];
 shown as % in the table) and, for the ``general`` task, ``loss`` in nats per token with the zoo's own
@@ -28,10 +28,12 @@ import click
 
 from modelmix.cli_common import Command, device_option
 from modelmix.errors import ConfigError, InputError, OutputError, did_you_mean
+from modelmix.eval.zoo_eval import score_tasks
 
 if TYPE_CHECKING:
     import torch
 
+    from modelmix.candidates import Candidates
     from modelmix.eval.models import EvalModel
     from modelmix.zoo.manifest import Zoo
 
@@ -236,7 +238,9 @@ class ZooReport:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        p = _check_png(path)
+        from modelmix.io.outputs import check_png, save_png
+
+        check_png(path)
         n, k = len(self.rows), len(self.acc_tasks)
         fig, ax = plt.subplots(figsize=(max(8.0, 0.75 * n + 2), 4.8))
         try:
@@ -269,13 +273,7 @@ class ZooReport:
                       bbox_to_anchor=(0.5, 1.2), frameon=False)
             ax.set_title(f"zoo {self.preset}: experts and merges ({self.split} split)", pad=45)
             fig.tight_layout()
-            import io
-
-            from modelmix.io.outputs import write_file_atomic
-
-            buf = io.BytesIO()
-            fig.savefig(buf, format="png", dpi=110)
-            write_file_atomic(p, buf.getvalue(), what="chart")
+            p = save_png(fig, path, dpi=110, what="chart")
         finally:
             plt.close(fig)
         return p
@@ -283,18 +281,6 @@ class ZooReport:
 
 def _rel(x: float, ref: float) -> str:
     return f"{100 * (x - ref) / ref:+.1f} % vs base" if ref else "n/a"
-
-
-def _check_png(path: str | Path, inputs: Any = (), overwrite: bool = True) -> Path:
-    from modelmix.io.outputs import check_output_file
-
-    return check_output_file(path, inputs=inputs, suffix=".png", what="--png", overwrite=overwrite)
-
-
-def _check_out(path: str | Path, inputs: Any = (), overwrite: bool = True) -> Path:
-    from modelmix.io.outputs import check_output_file
-
-    return check_output_file(path, inputs=inputs, what="--out", overwrite=overwrite)
 
 
 def check_methods(methods: Sequence[str] | None) -> list[str]:
@@ -336,33 +322,14 @@ def _load_tasks(z: Zoo, split: str) -> dict[str, tuple[str, list[dict[str, Any]]
     return out
 
 
-def score_tasks(em: EvalModel, tasks: Mapping[str, tuple[str, list[dict[str, Any]]]],
-           batch_size: int | None) -> dict[str, float]:
-    from modelmix.eval import metrics as M
-
-    res: dict[str, float] = {}
-    for t, (metric, ex) in tasks.items():
-        if metric == "exact_match":
-            res[t] = M.exact_match(em, ex, batch_size=batch_size)["exact_match"]
-        elif metric == "choice":
-            res[t] = M.choice(em, ex, batch_size=batch_size, separator="")["accuracy"]
-        elif metric == "loss":
-            res[t] = M.loss(em, ex, batch_size=batch_size, reduction="token", separator="")["loss"]
-        else:
-            raise InputError(f"Zoo task {t!r}: metric {metric!r} does not apply to decoders.")
-    return res
-
-
-def merge_recipe(recipe: Recipe, experts: Sequence[Mapping[str, torch.Tensor]],
-                 base: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The in-memory merge of one recipe (exactly ``merge_tensors`` with the recipe's inputs, seed 0)."""
-    from modelmix.api import merge_tensors
-
+def merge_recipe(recipe: Recipe, cands: Candidates, em: EvalModel) -> EvalModel:
+    """Build one recipe's merge into the skeleton ``em`` (in memory, seed 0: what ``merge_tensors`` and
+    ``--write-dir``'s engine merge compute from the same inputs). ``cands``: the experts, with the base."""
     if recipe.pair:
-        if len(experts) < 2:
-            raise InputError(f"{recipe.method} merges two experts; the zoo has {len(experts)}.")
-        return merge_tensors(recipe.method, [experts[1]], base=experts[0], seed=0, **recipe.params)
-    return merge_tensors(recipe.method, list(experts), base=base, seed=0, **recipe.params)
+        if len(cands) < 2:
+            raise InputError(f"{recipe.method} merges two experts; the zoo has {len(cands)}.")
+        return cands.merge_into(em, recipe.method, models=[1], base=0, seed=0, **recipe.params)
+    return cands.merge_into(em, recipe.method, seed=0, **recipe.params)
 
 
 def _write_merge(name: str, recipe: Recipe, base_path: Path, expert_paths: Sequence[Path], out: Path,
@@ -430,10 +397,12 @@ def report(
 
     device = check_device(device)
     zoo_in = [("zoo", Path(zoo_dir))]
+    from modelmix.io.outputs import check_output_file, check_png
+
     if out is not None:
-        _check_out(out, zoo_in, overwrite)
+        check_output_file(out, inputs=zoo_in, what="--out", overwrite=overwrite)
     if png is not None:
-        _check_png(png, zoo_in, overwrite)
+        check_png(png, zoo_in, overwrite=overwrite)
     if write_dir is not None:
         guard_inputs(write_dir, zoo_in, what="--write-dir", allow_contains=True)  # each merge is checked itself
         if Path(write_dir).exists() and not Path(write_dir).is_dir():
@@ -471,68 +440,56 @@ def report(
     rep = ZooReport(zoo=z.path, preset=z.preset, split=split, acc_tasks=acc,
                     loss_tasks=[t for t in tasks if t not in acc], metrics={t: m for t, (m, _) in tasks.items()})
 
-    from modelmix.eval.models import EvalModel
-    from modelmix.io.checkpoint import Checkpoint
-    from modelmix.soup import read_state_dict
+    from modelmix.candidates import Candidates
 
     say(f"loading {base_name} and {len(experts)} experts from {z.path}")
-    em = EvalModel.from_pretrained(z.model_path(base_name), device=device)
-    if em.kind != "decoder":
-        raise InputError(f"{z.model_path(base_name)} is not a causal LM.")
-
-    def read(name: str) -> dict[str, torch.Tensor]:
-        ck = Checkpoint(str(z.model_path(name)))
-        try:
-            return read_state_dict(ck)
-        finally:
-            ck.close()
-
-    base_sd = read(base_name)
-    expert_sds = [read(m) for m in experts]
-
-    def evaluate(name: str, kind: str, sd: Mapping[str, torch.Tensor], detail: str = "",
-                 merge_s: float = 0.0) -> None:
-        t0 = time.perf_counter()
-        em.load_state_dict(sd)
-        scores = score_tasks(em, tasks, batch_size)
-        row = Row(name, kind, scores, detail, merge_s, time.perf_counter() - t0)
-        rep.rows.append(row)
-        cells = " ".join(f"{t}={v:.3f}" for t, v in scores.items())
-        say(f"{name:<22} {cells}  ({row.eval_seconds:.1f}s)")
-
-    evaluate(base_name, "base", base_sd)
-    for (name, task), sd in zip(experts.items(), expert_sds, strict=True):
-        evaluate(name, "expert", sd, detail=task)
     enames = list(experts)
-    for n in names:
-        r = RECIPES[n]
-        t0 = time.perf_counter()
-        merged = merge_recipe(r, expert_sds, base_sd)
-        secs = time.perf_counter() - t0
-        params = ", ".join(f"{k} {v}" for k, v in r.params.items()) or "no parameters"
-        inputs = (f"{enames[1]} onto {enames[0]} as base" if r.pair
-                  else f"{len(enames)} experts onto `{base_name}`")
-        label = f"{n} ({enames[0].split('/')[-1]}+{enames[1].split('/')[-1]})" if r.pair else n
-        evaluate(label, "merge", merged, f"`{r.method}` ({params}; {inputs}): {r.why}", secs)
-        if keep_state_dicts:
-            rep.state_dicts[label] = merged
-        if write_dir is not None:
-            _write_merge(n, r, z.model_path(base_name), [z.model_path(m) for m in enames], Path(write_dir),
-                         overwrite)
-            say(f"wrote {Path(write_dir) / n}")
-        del merged
-    for name, task in (experts.items() if cocktail else ()):
-        from modelmix.api import merge_tensors
-        from modelmix.cocktail import compute_weights
+    with Candidates([z.model_path(m) for m in enames], base=z.model_path(base_name),
+                    purpose="Merging the zoo's experts") as cands:
+        em = cands.skeleton(device)
+        if em.kind != "decoder":
+            raise InputError(f"{z.model_path(base_name)} is not a causal LM.")
 
-        few = few_shot[task]
-        t0 = time.perf_counter()
-        w = compute_weights([z.model_path(name), z.model_path(base_name)], few, separator="", device=device).weights
-        merged = merge_tensors("linear", [expert_sds[enames.index(name)], base_sd], weight=list(w))
-        evaluate(f"cocktail({task})", "cocktail", merged,
-                 f"LM-Cocktail of {name} and {base_name}, weights {w[0]:.3f}/{w[1]:.3f} = softmax(-loss/5) on "
-                 f"{len(few)} {task} validation examples", time.perf_counter() - t0)
-        del merged
+        def evaluate(name: str, kind: str, detail: str = "", merge_s: float = 0.0) -> None:
+            t0 = time.perf_counter()
+            scores = score_tasks(em, tasks, batch_size)
+            row = Row(name, kind, scores, detail, merge_s, time.perf_counter() - t0)
+            rep.rows.append(row)
+            cells = " ".join(f"{t}={v:.3f}" for t, v in scores.items())
+            say(f"{name:<22} {cells}  ({row.eval_seconds:.1f}s)")
+
+        cands.load(em, cands.state_dict("base"))
+        evaluate(base_name, "base")
+        for i, (name, task) in enumerate(experts.items()):
+            cands.load(em, cands.state_dict(i))
+            evaluate(name, "expert", detail=task)
+        for n in names:
+            r = RECIPES[n]
+            t0 = time.perf_counter()
+            merge_recipe(r, cands, em)
+            secs = time.perf_counter() - t0
+            params = ", ".join(f"{k} {v}" for k, v in r.params.items()) or "no parameters"
+            inputs = (f"{enames[1]} onto {enames[0]} as base" if r.pair
+                      else f"{len(enames)} experts onto `{base_name}`")
+            label = f"{n} ({enames[0].split('/')[-1]}+{enames[1].split('/')[-1]})" if r.pair else n
+            evaluate(label, "merge", f"`{r.method}` ({params}; {inputs}): {r.why}", secs)
+            if keep_state_dicts:
+                rep.state_dicts[label] = {k: v.detach().clone() for k, v in em.model.state_dict().items()}
+            if write_dir is not None:
+                _write_merge(n, r, z.model_path(base_name), [z.model_path(m) for m in enames], Path(write_dir),
+                             overwrite)
+                say(f"wrote {Path(write_dir) / n}")
+        for i, (name, task) in enumerate(experts.items() if cocktail else ()):
+            from modelmix.weighting.cocktail import compute_weights
+
+            few = few_shot[task]
+            t0 = time.perf_counter()
+            w = compute_weights([z.model_path(name), z.model_path(base_name)], few, separator="",
+                                device=device).weights
+            cands.merge_into(em, "linear", models=[i, "base"], weight=list(w))
+            evaluate(f"cocktail({task})", "cocktail",
+                     f"LM-Cocktail of {name} and {base_name}, weights {w[0]:.3f}/{w[1]:.3f} = softmax(-loss/5) on "
+                     f"{len(few)} {task} validation examples", time.perf_counter() - t0)
     rep.seconds = time.perf_counter() - t_start
     if out is not None:
         text = rep.to_markdown()

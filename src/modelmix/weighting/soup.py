@@ -9,11 +9,10 @@ increasing inference time", ICML 2022, https://arxiv.org/abs/2203.05482.
   is therefore never worse (on that set) than the best single model.
 
 Candidate soups are never written to disk: they are running sums of float32 state dicts, copied into one
-loaded model skeleton (:meth:`EvalModel.load_state_dict`) for evaluation, so memory holds the skeleton
-plus three state dicts (sum of kept models, candidate, candidate soup) however many models there are.
-Only the final soup goes through the streaming merge engine (a ``linear`` recipe with equal weights).
-
-The model-loading helpers here are shared with :mod:`modelmix.lmc`.
+loaded model skeleton of :class:`modelmix.candidates.Candidates` for evaluation, so memory holds the
+skeleton plus three state dicts (sum of kept models, candidate, candidate soup) besides the candidates'
+tensor cache. Only the final soup goes through the streaming merge engine (a ``linear`` recipe with equal
+weights).
 """
 
 from __future__ import annotations
@@ -28,21 +27,11 @@ from modelmix.errors import InputError
 if TYPE_CHECKING:
     import torch
 
+    from modelmix.candidates import Candidates
     from modelmix.eval.models import EvalModel
-    from modelmix.io.checkpoint import Checkpoint
 
 METRICS = ("loss", "exact_match")
 Log = Callable[[str], None]
-
-
-# ------------------------------------------------------------------------------------------ shared helpers
-def higher_is_better(metric: str) -> bool:
-    return metric != "loss"
-
-
-def is_better(a: float, b: float, metric: str) -> bool:
-    """Is score ``a`` strictly better than ``b`` under ``metric``?"""
-    return a > b if higher_is_better(metric) else a < b
 
 
 def check_metric(metric: str, allowed: Sequence[str] = METRICS) -> str:
@@ -53,78 +42,12 @@ def check_metric(metric: str, allowed: Sequence[str] = METRICS) -> str:
     return metric
 
 
-def open_models(models: Sequence[str | Path], *, what: str = "models") -> list[Checkpoint]:
-    """Open every model (headers only) and check that they share one architecture: same config
-    architecture/model type and the same tensor names and shapes. Raises InputError naming the first
-    difference, before any weight is read."""
-    from modelmix.io.checkpoint import Checkpoint
-
-    cks = [Checkpoint(str(m)) for m in models]
-    ref = cks[0]
-    ref_cfg = ref.config()
-    for ck in cks[1:]:
-        cfg = ck.config()
-        for key in ("architectures", "model_type"):
-            if key in ref_cfg and key in cfg and ref_cfg[key] != cfg[key]:
-                raise InputError(
-                    f"The {what} have different architectures: {ref.ref} has {key}={ref_cfg[key]!r} but {ck.ref} "
-                    f"has {key}={cfg[key]!r}. Soups and interpolations need models fine-tuned from one architecture."
-                )
-        a, b = set(ref.entries), set(ck.entries)
-        if a != b:
-            only_a, only_b = sorted(a - b)[:3], sorted(b - a)[:3]
-            raise InputError(
-                f"The {what} {ref.ref} and {ck.ref} have different tensors (only in the first: {only_a or 'none'}; "
-                f"only in the second: {only_b or 'none'}). They must share one architecture."
-            )
-        for name in ref.entries:
-            sa, sb = tuple(ref.entries[name].shape), tuple(ck.entries[name].shape)
-            if sa != sb:
-                raise InputError(
-                    f"Tensor {name!r} has shape {list(sa)} in {ref.ref} but {list(sb)} in {ck.ref}; the {what} do "
-                    "not share one architecture (different sizes or vocabularies)."
-                )
-    return cks
-
-
-def read_state_dict(ck: Checkpoint) -> dict[str, torch.Tensor]:
-    """All tensors of a checkpoint; floating ones as float32 (the precision soups are summed in)."""
-    out = {}
-    for name in ck.names():
-        t = ck.read(name)
-        out[name] = t.float() if t.is_floating_point() else t
-    return out
-
-
-def load_skeleton(path: str | Path, device: str = "cpu", separator: str | None = None) -> EvalModel:
-    """One float32 model + tokenizer that every candidate's weights are copied into; it scores with the
-    model's own prompt convention unless ``separator`` overrides it."""
-    from modelmix.eval.models import EvalModel
-
-    em = EvalModel.from_pretrained(path, device=device)
+def decoder_skeleton(cands: Candidates, device: str, separator: str | None, what: str) -> EvalModel:
+    """The candidates' skeleton, which must be a causal LM (soups and LMC score decoder loss/exact match)."""
+    em = cands.skeleton(device, separator=separator)
     if em.kind != "decoder":
-        raise InputError(f"{path} is not a causal LM; soups and LMC evaluate loss/exact_match of decoders.")
-    if separator is not None:
-        em.separator = separator
+        raise InputError(f"{cands.path(0)} is not a causal LM; {what} evaluate loss/exact_match of decoders.")
     return em
-
-
-def score(em: EvalModel, sd: dict[str, torch.Tensor] | None, examples: list[dict[str, Any]], metrics: Sequence[str],
-          batch_size: int | None = None) -> dict[str, float]:
-    """Copy ``sd`` into the skeleton (None: keep its weights) and evaluate ``metrics`` on ``examples``."""
-    from modelmix.eval.api import evaluate
-
-    if sd is not None:
-        em.load_state_dict(sd)
-    return evaluate(em, examples, list(metrics), batch_size=batch_size)
-
-
-def check_out(out_dir: str | Path | None, overwrite: bool, models: Sequence[str | Path] = (),
-              files: Sequence[str | Path | None] = ()) -> None:
-    """Fail on an unusable output location (or one on, in or around an input) before any evaluation."""
-    from modelmix.io.outputs import check_model_output
-
-    check_model_output(out_dir, overwrite=overwrite, models=models, files=files)
 
 
 # ------------------------------------------------------------------------------------------ soups
@@ -182,6 +105,7 @@ def model_soup(
     itself); the CLI asks for two or more. ``log`` receives one line per step (the trajectory).
     ``separator``: text between input and output when scoring (None: the models' own convention).
     """
+    from modelmix.candidates import Candidates
     from modelmix.devices import check_device
 
     say = log or (lambda _s: None)
@@ -192,36 +116,54 @@ def model_soup(
     if len({str(Path(m)) for m in models}) != len(models):
         raise InputError("The same model is listed twice; each model may appear once in a soup.")
     ex_file = examples if isinstance(examples, (str, Path)) else None
-    check_out(out_dir, overwrite, models, [ex_file])
     from modelmix.eval.data import coerce_examples
     from modelmix.eval.models import require_kind
-    from modelmix.io.outputs import input_list
+    from modelmix.io.outputs import check_model_output, input_list
 
+    check_model_output(out_dir, overwrite=overwrite, models=models, files=[ex_file])
     for m in models:
         if Path(m).is_dir():
             require_kind(m, "decoder", "A soup (scored by loss or exact match)")
     exs = coerce_examples(examples, "decoder")
-    cks = open_models(models)
     names = [str(m) for m in models]
-    em = load_skeleton(cks[0].model_dir, device, separator)
+    with Candidates(models, what="soup's models", purpose="A soup", cache_bytes=0) as cands:  # 3 state dicts
+        em = decoder_skeleton(cands, device, separator, "soups")
 
-    individual: dict[str, float] = {}
-    for name, ck in zip(names, cks, strict=True):
-        individual[name] = score(em, read_state_dict(ck), exs, [metric], batch_size)[metric]
-        say(f"model {name}: {metric} {individual[name]:.6g}")
+        def score(sd: dict[str, torch.Tensor]) -> float:
+            return cands.score(cands.load(em, sd), exs, [metric], batch_size=batch_size)[metric]
+
+        individual: dict[str, float] = {}
+        for i, name in enumerate(names):
+            individual[name] = score(cands.state_dict(i))
+            say(f"model {name}: {metric} {individual[name]:.6g}")
+        trajectory, kept, final_score, acc = _soup(cands, names, individual, score, greedy, metric, say)
+    state = _mean(acc, len(kept)) if keep_state_dict else None
+    del acc
+    result = SoupResult(metric, greedy, individual, kept, final_score, trajectory, None, state)
+    if out_dir is not None:
+        result.out_dir = write_linear(kept, [1.0] * len(kept), out_dir, overwrite=overwrite,
+                                      protect=input_list(files=[ex_file]))
+        say(f"wrote the soup of {len(kept)} model(s) to {result.out_dir}")
+    return result
+
+
+def _soup(cands: Candidates, names: list[str], individual: dict[str, float], score: Callable[[Any], float],
+          greedy: bool, metric: str, say: Log) -> tuple[list[SoupStep], list[str], float, dict]:
+    """(trajectory, kept models, final score, running sum of the kept models' state dicts)."""
+    from modelmix.eval.api import higher_is_better, is_better
 
     trajectory: list[SoupStep] = []
     if greedy:
         order = sorted(range(len(names)), key=lambda i: individual[names[i]], reverse=higher_is_better(metric))
-        acc = read_state_dict(cks[order[0]])
+        acc = cands.state_dict(order[0])
         kept = [names[order[0]]]
         best = individual[kept[0]]
         trajectory.append(SoupStep(1, kept[0], best, True, 1))
         say(_step_line(trajectory[-1], metric))
         for step, i in enumerate(order[1:], start=2):
-            cand = read_state_dict(cks[i])
+            cand = cands.state_dict(i)
             trial = _mean({k: (v + cand[k] if v.is_floating_point() else v) for k, v in acc.items()}, len(kept) + 1)
-            s = score(em, trial, exs, [metric], batch_size)[metric]
+            s = score(trial)
             del trial
             keep = is_better(s, best, metric)
             if keep:
@@ -231,24 +173,14 @@ def model_soup(
             trajectory.append(SoupStep(step, names[i], s, keep, len(kept)))
             say(_step_line(trajectory[-1], metric))
             del cand
-        final_score = best
-    else:
-        acc = read_state_dict(cks[0])
-        for ck in cks[1:]:
-            _add_(acc, read_state_dict(ck))
-        kept = list(names)
-        final_score = score(em, _mean(acc, len(kept)), exs, [metric], batch_size)[metric]
-        say(f"uniform soup of {len(kept)} models: {metric} {final_score:.6g}")
-    for ck in cks:
-        ck.close()
-    state = _mean(acc, len(kept)) if keep_state_dict else None
-    del acc
-    result = SoupResult(metric, greedy, individual, kept, final_score, trajectory, None, state)
-    if out_dir is not None:
-        result.out_dir = write_linear(kept, [1.0] * len(kept), out_dir, overwrite=overwrite,
-                                      protect=input_list(files=[ex_file]))
-        say(f"wrote the soup of {len(kept)} model(s) to {result.out_dir}")
-    return result
+        return trajectory, kept, best, acc
+    acc = cands.state_dict(0)
+    for i in range(1, len(names)):
+        _add_(acc, cands.state_dict(i))
+    kept = list(names)
+    final_score = score(_mean(acc, len(kept)))
+    say(f"uniform soup of {len(kept)} models: {metric} {final_score:.6g}")
+    return trajectory, kept, final_score, acc
 
 
 def _step_line(s: SoupStep, metric: str) -> str:

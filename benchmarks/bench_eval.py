@@ -1,6 +1,6 @@
 """Throughput benchmark of the evaluation harness on a tiny char-level Llama (no downloads).
 
-``python -m modelmix.eval.bench [--n 600] [--hidden 256] [--layers 3] [--threads N] [--hf-generate]``
+``.venv/bin/python benchmarks/bench_eval.py [--n 600] [--hidden 256] [--layers 3] [--threads N] [--hf-generate]``
 
 Reports load time, exact_match time (greedy generation; an untrained model never emits eos, so this is
 the worst case: every row runs to its token budget) and loss time. ``--hf-generate`` also times

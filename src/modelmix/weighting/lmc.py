@@ -13,8 +13,8 @@ A barrier near 0 says merging A and B is safe; a large one says they sit in diff
 fine-tuned from different bases, or permuted). ``best_t`` is the grid point with the lowest loss (ties:
 the smallest t), the natural weight for a two-model linear merge.
 
-Interpolated models are never written to disk: both endpoints are held as float32 state dicts and each
-``theta(t)`` is ``torch.lerp`` into one reusable buffer, copied into a single loaded model skeleton.
+Interpolated models are never written to disk: both endpoints are read once (:class:`modelmix.candidates.
+Candidates`) and each ``theta(t)`` is ``torch.lerp`` straight into the parameters of one loaded skeleton.
 ``torch.lerp`` is exact at the endpoints, so ``L(0)``/``L(1)`` equal the endpoints' own losses.
 """
 
@@ -27,16 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from modelmix.errors import InputError
-from modelmix.soup import (
-    Log,
-    check_metric,
-    check_out,
-    load_skeleton,
-    open_models,
-    read_state_dict,
-    score,
-    write_linear,
-)
+from modelmix.weighting.soup import Log, check_metric, decoder_skeleton, write_linear
 
 
 @dataclass
@@ -137,36 +128,31 @@ def lmc_curve(
         if Path(m).is_dir():
             require_kind(m, "decoder", "Linear mode connectivity (scored by decoder loss)")
     exs = coerce_examples(examples, "decoder")
-    cks = open_models([a, b], what="endpoint models")
-    sa, sb = read_state_dict(cks[0]), read_state_dict(cks[1])
-    for ck in cks:
-        ck.close()
-    em = load_skeleton(cks[0].model_dir, device, separator)
-    buf = {k: torch.empty_like(v) for k, v in sa.items() if v.is_floating_point()}
-    theta = {k: buf.get(k, v) for k, v in sa.items()}
+    from modelmix.candidates import Candidates
+
     names = ["loss"] + ([metric] if metric else [])
     losses: list[float] = []
     values: list[float] = []
-    for t in ts:
-        for k, out in buf.items():
-            torch.lerp(sa[k], sb[k], t, out=out)
-        res = score(em, theta, exs, names, batch_size)
-        losses.append(res["loss"])
-        if metric:
-            values.append(res[metric])
-        if log is not None:
-            log(f"t={t:.3f}  loss {res['loss']:.5f}" + (f"  {metric} {res[metric]:.4f}" if metric else ""))
+    with Candidates([a, b], what="endpoint models", purpose="Linear mode connectivity") as cands:
+        em = decoder_skeleton(cands, device, separator, "LMC curves")
+        targets = em.targets(cands.names)
+        pairs = [(cands.tensor(0, n), cands.tensor(1, n), dst) for n, dst in targets.items() if dst is not None]
+        for t in ts:
+            with torch.no_grad():
+                for x, y, dst in pairs:
+                    if dst.dtype == torch.float32 and dst.device == x.device:
+                        torch.lerp(x, y, t, out=dst)
+                    else:
+                        dst.copy_(torch.lerp(x, y, t))
+            res = cands.score(em, exs, names, batch_size=batch_size)
+            losses.append(res["loss"])
+            if metric:
+                values.append(res[metric])
+            if log is not None:
+                log(f"t={t:.3f}  loss {res['loss']:.5f}" + (f"  {metric} {res[metric]:.4f}" if metric else ""))
     best = min(range(len(ts)), key=lambda i: (losses[i], i))
     return LMCResult(ts, losses, values if metric else None, barrier_height(ts, losses), ts[best], metric,
                      str(a), str(b))
-
-
-def check_png(path: str | Path, inputs: Sequence[tuple[str, str | Path]] = (), *, overwrite: bool = True) -> Path:
-    """The PNG target: a .png file in an existing directory, not on or inside an input, an existing file only
-    with ``overwrite`` (checked before any evaluation)."""
-    from modelmix.io.outputs import check_output_file
-
-    return check_output_file(path, inputs=inputs, suffix=".png", what="--png", overwrite=overwrite)
 
 
 def plot_curve(result: LMCResult, path: str | Path) -> Path:
@@ -176,7 +162,9 @@ def plot_curve(result: LMCResult, path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    p = check_png(path)
+    from modelmix.io.outputs import check_png, save_png
+
+    check_png(path)
     fig, ax = plt.subplots(figsize=(6, 4))
     try:
         ax.plot(result.ts, result.losses, "o-", color="C0", label="loss")
@@ -194,13 +182,7 @@ def plot_curve(result: LMCResult, path: str | Path) -> Path:
             handles, labels = handles + h2, labels + l2
         ax.legend(handles, labels, loc="best")
         fig.tight_layout()
-        import io
-
-        from modelmix.io.outputs import write_file_atomic
-
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=100)
-        write_file_atomic(p, buf.getvalue(), what="plot")
+        p = save_png(fig, path, dpi=100, what="plot")
     finally:
         plt.close(fig)
     return p
@@ -211,5 +193,7 @@ def merge_at(a: str | Path, b: str | Path, t: float, out_dir: str | Path, *, ove
     """Write ``(1 - t) a + t b`` through the streaming engine (a ``linear`` recipe with weights 1-t, t)."""
     if not 0.0 <= t <= 1.0:
         raise InputError(f"Interpolation weight t must be within [0, 1], got {t}.")
-    check_out(out_dir, overwrite, [a, b], [p for _, p in protect])
+    from modelmix.io.outputs import check_model_output
+
+    check_model_output(out_dir, overwrite=overwrite, models=[a, b], files=[p for _, p in protect])
     return write_linear([str(a), str(b)], [1.0 - t, t], out_dir, overwrite=overwrite, protect=protect)
