@@ -78,16 +78,25 @@ def test_state_dict_is_a_fresh_copy(trio):
         assert torch.equal(c.state_dict(0)[k], sds["ft1"][k])  # the cache was not modified
 
 
-def test_errors_before_any_weight_is_read(trio, tmp_path):
+def test_errors_before_any_weight_is_read(trio, tmp_path, monkeypatch):
     base, fts = _paths(trio)
     make_model(tmp_path / "wide", hidden=32, seed=3)
     make_model(tmp_path / "deep", layers=3, seed=3)
+    make_model(tmp_path / "vocab", vocab=40, seed=3)
+
+    def no_reads(*_a, **_k):
+        raise AssertionError("a weight was read")
+
+    monkeypatch.setattr(Checkpoint, "read", no_reads)
+    with pytest.raises(InputError, match="different vocabulary"):
+        Candidates([fts[0], tmp_path / "vocab"])
     with pytest.raises(InputError, match="different architecture.*shape"):
         Candidates([fts[0], tmp_path / "wide"])
     with pytest.raises(InputError, match="not the same architecture.*different tensors"):
         Candidates([*fts, tmp_path / "deep"], base=base)
     with pytest.raises(InputError, match="No models"):
         Candidates([])
+    monkeypatch.undo()
     with Candidates(fts) as c:  # no base
         with pytest.raises(InputError, match="needs a base model"):
             c.merge("ties", weight=1.0)

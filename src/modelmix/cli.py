@@ -29,6 +29,10 @@ _LAZY = {
 }
 
 
+# subcommands that live in an application module but belong under another package's group (imported with it)
+_MOUNTS = {"zoo": [("report", "modelmix.report", "report_cmd")]}
+
+
 class LazyGroup(click.Group):
     """Subcommands from other packages are imported only when invoked."""
 
@@ -38,7 +42,11 @@ class LazyGroup(click.Group):
     def get_command(self, ctx: click.Context, name: str):
         if name in _LAZY and _available(_LAZY[name][0]):
             mod, attr, _ = _LAZY[name]
-            return getattr(importlib.import_module(mod), attr)
+            cmd = getattr(importlib.import_module(mod), attr)
+            for sub, smod, sattr in _MOUNTS.get(name, ()):
+                if sub not in cmd.commands:
+                    cmd.add_command(getattr(importlib.import_module(smod), sattr), name=sub)
+            return cmd
         return super().get_command(ctx, name)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:

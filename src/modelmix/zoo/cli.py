@@ -1,7 +1,7 @@
 """`modelmix zoo ...` commands.
 
-`zoo` is a plain `click.Group`; other modules add subcommands with ``@zoo.command()`` (e.g. ``zoo report``)
-and the main CLI attaches it with ``main.add_command(zoo)``. Heavy imports (torch, transformers) happen
+`zoo` is a plain `click.Group` holding what the zoo package owns (``build``); the main CLI mounts
+``zoo report`` on it from its own application module (:mod:`modelmix.report`), so the zoo never imports it. Heavy imports (torch, transformers) happen
 inside the command bodies so ``modelmix --help`` stays fast.
 """
 
@@ -51,13 +51,3 @@ def build_cmd(out: Path, preset: str, seed: int, force: bool, no_progress: bool)
         sc = z.scores.get(name, {})
         cells = " ".join(f"{t}={sc[t]['exact_match']:.2f}" for t in dec if "exact_match" in sc.get(t, {}))
         click.echo(f"  {name:<20} {cells} general_loss={sc.get('general', {}).get('loss', float('nan')):.3f}")
-
-
-def _attach_report() -> None:
-    """`zoo report` lives in its own module (merges + evaluation); attach it to this group."""
-    from modelmix.report import report_cmd
-
-    zoo.add_command(report_cmd, name="report")
-
-
-_attach_report()
