@@ -18,8 +18,6 @@ import torch
 from modelmix.errors import InputError
 from modelmix.io.safetensors_file import FileReader, TensorEntry, read_header
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf")
-
 
 def resolve_model_path(ref: str, *, base_dir: Path | None = None) -> Path:
     """A local directory/file for ``ref``: a path (absolute, CWD- or recipe-relative) or a cached hub repo id.

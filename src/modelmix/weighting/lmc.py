@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from modelmix.errors import InputError
-from modelmix.weighting.soup import Log, check_metric, decoder_skeleton, write_linear
+from modelmix.weighting.common import Log, check_metric, decoder_skeleton, write_linear
 
 
 @dataclass

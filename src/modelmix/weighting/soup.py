@@ -23,32 +23,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from modelmix.errors import InputError
+from modelmix.weighting.common import Log, check_metric, decoder_skeleton, write_linear
 
 if TYPE_CHECKING:
     import torch
 
     from modelmix.candidates import Candidates
-    from modelmix.eval.models import EvalModel
-
-METRICS = ("loss", "exact_match")
-Log = Callable[[str], None]
-
-
-def check_metric(metric: str, allowed: Sequence[str] = METRICS) -> str:
-    if metric not in allowed:
-        from modelmix.errors import did_you_mean
-
-        raise InputError(f"Unknown metric {metric!r}; choose from {', '.join(allowed)}.{did_you_mean(metric, allowed)}")
-    return metric
-
-
-def decoder_skeleton(cands: Candidates, device: str, separator: str | None, what: str) -> EvalModel:
-    """The candidates' skeleton, which must be a causal LM (soups and LMC score decoder loss/exact match)."""
-    em = cands.skeleton(device, separator=separator)
-    if em.kind != "decoder":
-        raise InputError(f"{cands.path(0)} is not a causal LM; {what} evaluate loss/exact_match of decoders.")
-    return em
-
 
 # ------------------------------------------------------------------------------------------ soups
 @dataclass
@@ -185,18 +165,3 @@ def _soup(cands: Candidates, names: list[str], individual: dict[str, float], sco
 
 def _step_line(s: SoupStep, metric: str) -> str:
     return f"step {s.step}: candidate {s.candidate}  soup {metric} {s.score:.6g}  {'kept' if s.kept else 'rejected'}  (size {s.size})"
-
-
-def write_linear(models: Sequence[str], weights: Sequence[float], out_dir: str | Path, *, overwrite: bool,
-                 protect: Sequence[tuple[str, str | Path]] = ()) -> Path:
-    """Write ``sum_i w_i model_i / sum_i w_i`` through the streaming engine (a ``linear`` recipe); every
-    model (even one with weight 0) and ``protect`` stay clear of the output."""
-    from modelmix.api import merge
-
-    recipe = {
-        "merge_method": "linear",
-        "models": [{"model": str(Path(m).absolute()), "parameters": {"weight": float(w)}}
-                   for m, w in zip(models, weights, strict=True) if w != 0 or len(models) == 1],
-    }
-    guard = [*[("input model", Path(m)) for m in models], *protect]
-    return merge(recipe, out_dir, overwrite=overwrite, protect=guard).out_dir
