@@ -57,6 +57,8 @@ def test_inputs_read_once_then_cached(trio, monkeypatch):
         c.merge("ties", weight=1.0, density=0.2)
         c.merge("task_arithmetic", weight=0.5)
         assert len(reads) == first  # later candidates re-read nothing
+        assert c.entry(c.names[0]).dtype == torch.float32 and tuple(c.entry(c.names[0], 1).shape) == tuple(
+            c.tensor(1, c.names[0]).shape)
         d = c.task_vector(0, c.names[0])
         assert d is c.task_vector(0, c.names[0])  # cached too
         torch.testing.assert_close(d, c.tensor(0, c.names[0]) - c.tensor("base", c.names[0]), rtol=0, atol=0)

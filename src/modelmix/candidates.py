@@ -96,6 +96,7 @@ class Candidates:
         except BaseException:
             self.close()
             raise
+        self._ref = ref_ck
 
     def _open(self, cls: Any, ref: str, allow_pickle: bool) -> Checkpoint:
         """One Checkpoint per file on disk, whatever path spelled it (the base may be listed as a model)."""
@@ -150,6 +151,12 @@ class Candidates:
     def path(self, model: Model) -> Path:
         """The model's directory (where its config and tokenizer live)."""
         return self.checkpoint(model).model_dir
+
+    def entry(self, name: str, model: Model | None = None) -> Any:
+        """A tensor's header (``dtype``, ``shape``, ``numel``) in ``model`` (default: the reference model,
+        the base if there is one); nothing is read."""
+        ck = self._ref if model is None else self.checkpoint(model)
+        return ck.entry(name)
 
     def tensor(self, model: Model, name: str) -> torch.Tensor:
         """One tensor as float32 (floating point) or as stored (integers); cached within the budget.
