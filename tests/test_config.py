@@ -1,7 +1,9 @@
 """Recipe schema, validation messages and parameter resolution (modelmix.config).
 
-Most tests run against a fake method registry that mirrors mergekit 0.1.5's parameter declarations, so they
-do not depend on the real method implementations; `test_real_registry_*` check the real ones when present.
+The tests run against the real method registry (`modelmix.methods`), so a declaration the config relies on
+(a bound, a scope, a model count) is checked as the product ships it. One toy method, registered only for
+the tests that ask for the `toy` fixture, holds the odd parameter kinds those tests need side by side (a
+global int and a global string with choices), so they do not hang on which real method happens to have one.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from modelmix.config import ModelRef, layer_t, load_config, parse_dtype
-from modelmix.errors import ConfigError
+from modelmix.errors import ConfigError, InputError
+from modelmix.io.checkpoint import resolve_model_path
 from modelmix.methods import registry
 from modelmix.methods.registry import Method, Param
 
@@ -23,62 +26,30 @@ def _noop(*_a, **_k):  # pragma: no cover - never called
     raise AssertionError
 
 
-def _gta(name: str, normalize: bool, rescale: bool, **extra) -> Method:
-    return Method(
-        name,
-        _noop,
-        (
-            Param("weight", "model"),
-            Param("density", "model", default=1.0, low=0.0, high=1.0),
-            Param("normalize", "global", bool, default=normalize),
-            Param("int8_mask", "global", bool, default=False),
-            Param("rescale", "global", bool, default=rescale),
-            Param("lambda", "global", default=1.0),
-        ),
-        needs_base=True,
-        **extra,
-    )
+TOY = Method(
+    "toy",
+    _noop,
+    (
+        Param("k", "global", int, default=1),
+        Param("mode", "global", str, default="a", choices=("a", "b")),
+    ),
+)
 
 
-FAKE = {
-    m.name: m
-    for m in (
-        Method(
-            "linear",
-            _noop,
-            (Param("weight", "model"), Param("normalize", "global", bool, default=True)),
-            uses_base=False,
-        ),
-        Method(
-            "slerp",
-            _noop,
-            (Param("t", "global", low=0.0, high=1.0),),
-            needs_base=True,
-            min_models=1,
-            max_models=1,
-        ),
-        Method("passthrough", _noop, (Param("scale", "model", default=None),), uses_base=False, max_models=1),
-        _gta("task_arithmetic", False, False),
-        _gta("ties", True, False),
-        _gta("dare_ties", False, True, random=True),
-        Method(
-            "toy",
-            _noop,
-            (
-                Param("k", "global", int, default=1),
-                Param("mode", "global", str, default="a", choices=("a", "b")),
-            ),
-        ),
-    )
-}
+@pytest.fixture
+def toy():
+    """The real registry plus the toy method, registered for this test only."""
+    assert TOY.name not in _real_methods()
+    registry.register(TOY)
+    try:
+        yield TOY
+    finally:
+        del registry._REGISTRY[TOY.name]
+    assert TOY.name not in _real_methods()
 
 
-@pytest.fixture(autouse=True)
-def fake_registry(request, monkeypatch):
-    if request.node.name.startswith("test_real_registry"):
-        return
-    monkeypatch.setattr(registry, "_REGISTRY", dict(FAKE))
-    monkeypatch.setattr(registry, "_load_builtin", lambda: None)
+def _real_methods() -> dict[str, Method]:
+    return registry.all_methods()  # no try/except: a broken registry fails the tests instead of skipping them
 
 
 def err(recipe, match: str | list[str] = ()) -> str:
@@ -131,22 +102,30 @@ def test_relative_paths_cwd_first_then_recipe_dir(tmp_path, monkeypatch):
     (cwd / "zoo" / "b").mkdir(parents=True)
     monkeypatch.chdir(cwd)
     a, b = ModelRef("./zoo/a", base_dir=recipe_dir), ModelRef("./zoo/b", base_dir=recipe_dir)
-    assert a.local_path() == (recipe_dir / "zoo" / "a").resolve()
-    assert b.local_path() == cwd / "zoo" / "b"
+
+    def where(ref: ModelRef) -> Path:  # how the planner and Checkpoint resolve a reference
+        return resolve_model_path(ref.path, base_dir=ref.base_dir)
+
+    assert where(a) == (recipe_dir / "zoo" / "a").resolve()
+    assert where(b) == (cwd / "zoo" / "b").resolve()
     (cwd / "zoo" / "a").mkdir()
-    assert a.local_path() == cwd / "zoo" / "a"  # CWD wins, as in mergekit
-    missing = ModelRef("./nope", base_dir=recipe_dir)
-    assert missing.local_path() == cwd / "nope" and len(missing.candidates()) == 2
-    assert ModelRef(str(tmp_path)).local_path() == tmp_path
+    assert where(a) == (cwd / "zoo" / "a").resolve()  # CWD wins, as in mergekit
+    with pytest.raises(InputError) as info:  # neither place has it: the error names both
+        where(ModelRef("./nope", base_dir=recipe_dir))
+    assert "nope or " in str(info.value) and str(recipe_dir / "nope") in str(info.value)
+    assert where(ModelRef(str(tmp_path))) == tmp_path.resolve()
 
 
-def test_load_from_file_sets_base_dir(tmp_path):
+def test_load_from_file_sets_base_dir(tmp_path, monkeypatch):
     (tmp_path / "zoo" / "a").mkdir(parents=True)
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")  # found through the recipe's folder only
     f = tmp_path / "r.yml"
     f.write_text("merge_method: linear\nmodels:\n  - model: ./zoo/a\n    parameters: {weight: 1}\n")
     cfg = load_config(f)
-    assert cfg.models[0].model.local_path() == (tmp_path / "zoo" / "a").resolve()
-    assert cfg.source_label == str(f)
+    ref = cfg.models[0].model
+    assert ref.base_dir == tmp_path.resolve()
+    assert resolve_model_path(ref.path, base_dir=ref.base_dir) == (tmp_path / "zoo" / "a").resolve()
 
 
 def test_models_mode_full(tmp_path):
@@ -321,7 +300,7 @@ def test_gradient_interpolation_by_hand():
     assert cfg.get_param("normalize", tensor_name="x", t=0.5) is True  # ties default
 
 
-def test_discrete_gradient_for_bool_and_str_params_and_int_coercion():
+def test_discrete_gradient_for_bool_and_str_params_and_int_coercion(toy):
     cfg = load_config(
         {
             "merge_method": "toy",
@@ -584,18 +563,22 @@ def test_slice_base_override():
             },
             ["base_model", 'missing required parameter "weight"', 'model "./b"', "list it under `models:`"],
         ),
-        (
-            {"merge_method": "toy", "models": [{"model": "./a"}], "parameters": {"mode": "c"}},
-            ["parameters.mode", "Choices: a, b"],
-        ),
-        (
-            {"merge_method": "toy", "models": [{"model": "./a"}], "parameters": {"k": 1.5}},
-            ["parameters.k", "expected an integer"],
-        ),
     ],
 )
 def test_bad_recipes(recipe, match):
     msg = err(recipe, match)
+    assert msg.startswith("recipe: ")
+
+
+@pytest.mark.parametrize(
+    "parameters, match",
+    [
+        ({"mode": "c"}, ["parameters.mode", "Choices: a, b"]),
+        ({"k": 1.5}, ["parameters.k", "expected an integer"]),
+    ],
+)
+def test_bad_values_of_odd_parameter_kinds(toy, parameters, match):
+    msg = err({"merge_method": "toy", "models": [{"model": "./a"}], "parameters": parameters}, match)
     assert msg.startswith("recipe: ")
 
 
@@ -917,33 +900,33 @@ def test_repo_examples_load(path):
     assert all(not os.path.isabs(r.path) for r in cfg.referenced_models())
 
 
-# --------------------------------------------------------------------------------- real method registry
+# ------------------------------------------------------------- every parameter resolves on the real methods
 
 
-def _real_methods() -> dict[str, Method]:
-    return registry.all_methods()  # a broken registry fails these tests instead of skipping them
+def _resolve_every_param(cfg) -> int:
+    """Resolve each parameter the recipe's real method declares, for every input of every merge group, on a
+    layer tensor and a non-layer one; each value must pass the method's own validator. Returns the count."""
+    m = cfg.method()
+    assert m is _real_methods()[cfg.merge_method]
+    count = 0
+    for g in range(len(cfg.slices)) if cfg.slices else [None]:
+        base = cfg.slice_base(g)
+        n = cfg.slices[g].num_layers if cfg.slices else 4
+        inputs = [r for r in cfg.input_models(g) if not (m.uses_base and r == base)]
+        for tensor, t in (("model.layers.0.mlp.up_proj.weight", layer_t(n - 1, n)), ("model.norm.weight", 0.0)):
+            for p in m.params:
+                for ref in [None] if p.scope == "global" else inputs:
+                    value = cfg.get_param(p.name, tensor_name=tensor, t=t, model=ref, slice_index=g)
+                    assert (value is None and not p.required) or p.validate(value) == value, (p.name, value)
+                    count += 1
+    return count
 
 
 @pytest.mark.parametrize("name", sorted(MERGEKIT_RECIPES))
-def test_real_registry_mergekit_examples(name):
-    methods = _real_methods()
-    needed = (
-        "slerp"
-        if "slerp" in name
-        else "passthrough"
-        if name == "passthrough"
-        else "linear"
-        if name == "linear"
-        else "ties"
-    )
-    assert needed in methods
-    load_config(MERGEKIT_RECIPES[name])
+def test_mergekit_examples_resolve_every_param(name):
+    assert _resolve_every_param(load_config(MERGEKIT_RECIPES[name])) > 0
 
 
 @pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yml")), ids=lambda p: p.name)
-def test_real_registry_repo_examples(path):
-    import yaml
-
-    method = yaml.safe_load(path.read_text())["merge_method"]
-    assert method in _real_methods()
-    load_config(path)
+def test_repo_examples_resolve_every_param(path):
+    assert _resolve_every_param(load_config(path)) > 0

@@ -15,9 +15,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from modelmix import report as R
 from modelmix.errors import ConfigError, InputError, ModelmixError
 from modelmix.zoo import load_zoo
-from modelmix import report as R
 from modelmix.zoo.tasks import DECODER_TASKS
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

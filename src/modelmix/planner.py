@@ -21,6 +21,9 @@ from modelmix.errors import ConfigError, InputError
 from modelmix.io.checkpoint import Checkpoint, resolve_model_path
 from modelmix.methods.registry import Method, get_method
 
+#: layers [start, end) of one input model
+LayerRange = tuple[int, int]
+
 LAYER_RE = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.")
 LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 _PRE_WORDS = ("embed", "wte", "wpe", "word_embeddings", "position_embeddings", "token_type")
@@ -111,6 +114,15 @@ class MergePlan:
             m.close()
 
 
+@dataclass(frozen=True)
+class _Slice:
+    """One output slice to plan: a recipe slice, or in models mode the one implicit slice of whole models."""
+
+    index: int | None  # the slice's index in the recipe; None in models mode
+    base: ModelRef | None  # the group's base model (the slice's own or the global one), as the config says
+    sources: tuple[tuple[ModelRef, LayerRange], ...]  # the inputs, in the config's order
+
+
 def tensor_seed(random_seed: int, name: str) -> int:
     """A per-tensor seed: same recipe seed -> same masks, independent of order, threads or chunking."""
     h = hashlib.sha256(f"{random_seed}:{name}".encode()).digest()
@@ -137,7 +149,7 @@ def build_plan(
     allow_pickle: bool = False,
     seed: int | None = None,
 ) -> MergePlan:
-    method = get_method(config.merge_method)
+    method = config.method()
     models = open_models(config, base_dir=base_dir, allow_pickle=allow_pickle)
     try:
         return _Planner(config, method, models, seed).plan()
@@ -163,35 +175,36 @@ class _Planner:
     # ------------------------------------------------------------------ entry
     def plan(self) -> MergePlan:
         cfg = self.config
-        if cfg.slices:
-            slices = [(i, s.base_model, [(src.model, tuple(src.layer_range)) for src in s.sources]) for i, s in enumerate(cfg.slices)]
-        else:
-            refs = [m.model for m in cfg.models or []]
-            if cfg.base_model is not None and _key(cfg.base_model) not in {_key(r) for r in refs}:
-                refs.append(cfg.base_model)  # as mergekit: the base joins the inputs
-            slices = []
-            full = []
-            for r in refs:
-                n = count_layers(self.models[_key(r)].names())
-                full.append((r, (0, n)))
-            slices.append((None, None, full))
+        slices = self._slices()
         self.vocab = _VocabAligner.maybe(self.config, self.models, self.base_key, self.tokenizer_dir())
         # pre-layer weights from the first slice's models, post-layer from the last's (as mergekit); names are
         # the union over those models, so a tensor missing from one of them is still merged over the others
-        for name in self._union(slices[0][2], None):
+        for name in self._union(slices[0].sources, None):
             if is_pre_weight(name):
                 self._plan_tensor(name, name, slices[0], t=0.0)
         out_layer = 0
         for sl in slices:
             out_layer = self._plan_slice(sl, out_layer)
-        for name in self._union(slices[-1][2], None):
+        for name in self._union(slices[-1].sources, None):
             if not is_pre_weight(name):
                 self._plan_tensor(name, name, slices[-1], t=0.0)
         return MergePlan(cfg, self.models, self.tasks, self._out_config(out_layer), self.tokenizer_dir(), self.method,
                          self.notes)
 
-    def _plan_slice(self, sl: tuple, out_layer: int) -> int:
-        index, _base, sources = sl
+    def _slices(self) -> list[_Slice]:
+        """The slices to plan, with the inputs and base the config gives each (`MergeConfig.input_models`,
+        ``slice_base``): the recipe's slices, or in models mode the whole models with their full layer ranges."""
+        cfg = self.config
+        if cfg.slices:
+            return [
+                _Slice(i, cfg.slice_base(i), tuple((src.model, tuple(src.layer_range)) for src in s.sources))
+                for i, s in enumerate(cfg.slices)
+            ]
+        full = tuple((r, (0, count_layers(self.models[_key(r)].names()))) for r in cfg.input_models())
+        return [_Slice(None, cfg.slice_base(None), full)]
+
+    def _plan_slice(self, sl: _Slice, out_layer: int) -> int:
+        index, sources = sl.index, sl.sources
         lengths = {b - a for _, (a, b) in sources}
         if len(lengths) != 1:
             where = f"slices[{index}]" if index is not None else "models"
@@ -213,7 +226,7 @@ class _Planner:
                 self._plan_tensor(out_name, per_source, sl, t=t)
         return out_layer + n
 
-    def _union(self, sources: list, j: int | None) -> list[str]:
+    def _union(self, sources: tuple[tuple[ModelRef, LayerRange], ...], j: int | None) -> list[str]:
         """Tensor names over all sources, first source's order first: non-layer names (j None), or the
         names of each source's layer ``start + j`` as templates with layer index 0."""
         seen: dict[str, None] = {}
@@ -227,11 +240,10 @@ class _Planner:
         return list(seen)
 
     # ------------------------------------------------------------------ one tensor
-    def _plan_tensor(self, out_name: str, in_names: str | list, sl: tuple, *, t: float) -> None:
-        slice_index, slice_base, sources = sl
+    def _plan_tensor(self, out_name: str, in_names: str | list, sl: _Slice, *, t: float) -> None:
+        slice_index, base_ref = sl.index, sl.base
         if isinstance(in_names, str):
-            in_names = [(ref, in_names) for ref, _ in sources]
-        base_ref = slice_base if slice_base is not None else self.config.base_model
+            in_names = [(ref, in_names) for ref, _ in sl.sources]
         base_key = _key(base_ref) if base_ref is not None else None
         # -- existence and shapes
         present = []
@@ -249,8 +261,7 @@ class _Planner:
             self.notes.append(
                 f"{out_name}: missing from {', '.join(map(str, missing))}; merged over the models that have it"
             )
-            base_ref_here = slice_base if slice_base is not None else self.config.base_model
-            if self.method.needs_base and base_ref_here is not None and base_ref_here in missing:
+            if self.method.needs_base and base_ref is not None and base_ref in missing:
                 present = present[:1]  # no base to take task vectors against: keep the first model's tensor
                 self.notes[-1] = f"{out_name}: missing from the base model; copied from {present[0][0]}"
                 r0, n0 = present[0]
