@@ -56,8 +56,8 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="Print the report's JSON line too.")
     args = ap.parse_args()
 
-    from modelmix.zoo import build_zoo, load_zoo
     from modelmix.report import report
+    from modelmix.zoo import build_zoo, load_zoo
 
     t0 = time.perf_counter()
     path = build_zoo(args.zoo, preset="smol", progress=True)

@@ -229,7 +229,7 @@ def test_statistics_follow_the_fixed_partition_in_every_backend(kernels, monkeyp
     or chunk by chunk (running totals carried): so they are also identical across backends."""
     import numpy as np
 
-    from modelmix.kernels import backend
+    from modelmix.kernels import backend, modes
     from modelmix.kernels import reduce as red
 
     _use_backend(kernels, monkeypatch)
@@ -258,7 +258,7 @@ def test_statistics_follow_the_fixed_partition_in_every_backend(kernels, monkeyp
             nh, nl = np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64)
             for r0 in range(0, a.numel(), 2 * row):
                 r1 = min(a.numel(), r0 + 2 * row)
-                K.l1_sums(an[r0:r1], bn[r0:r1], row, backend.RANDOM, np.float32(-1), nh, np.float32(np.inf), nl,
+                K.l1_sums(an[r0:r1], bn[r0:r1], row, modes.RANDOM, np.float32(-1), nh, np.float32(np.inf), nl,
                           np.uint64(seed), r0, np.float32(0.4), sums)
             kept = (d * keep).double().tolist()
             assert sums.tolist() == [_fixed_partition_sum(d.double().tolist(), row), _fixed_partition_sum(kept, row)]

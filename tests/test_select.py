@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import modelmix.kernels.select as sel
-from modelmix.kernels.select import rank_band_mask, select_kth, topk_mask, topk_threshold
+from modelmix.kernels.select import rank_band_mask, select_kth, topk_mask
 
 
 def ref_order(x: torch.Tensor) -> list[int]:
@@ -35,7 +35,7 @@ def test_threshold_matches_sorted_value(n, chunk):
     x = torch.randn(n, generator=g) * 10.0 ** torch.randint(-30, 30, (n,), generator=g).float()
     vals = sorted(x.abs().tolist(), reverse=True)
     for k in {1, max(1, n // 3), n}:
-        assert topk_threshold(x, k) == pytest.approx(vals[k - 1], rel=0, abs=0)
+        assert select_kth(x, k).threshold == pytest.approx(vals[k - 1], rel=0, abs=0)
 
 
 def test_threshold_many_ties_and_zeros(chunk):
@@ -52,7 +52,7 @@ def test_threshold_special_values(chunk):
     x = torch.tensor([float("inf"), -1e-45, 1e-38, -3.4e38, 0.0, 1.0])
     vals = sorted(x.abs().tolist(), reverse=True)
     for k in range(1, 7):
-        assert topk_threshold(x, k) == vals[k - 1]
+        assert select_kth(x, k).threshold == vals[k - 1]
 
 
 @pytest.mark.parametrize("k", [-1, 0, 1, 5, 37, 63, 64, 100])
@@ -89,7 +89,7 @@ def test_other_dtypes_and_non_contiguous():
     xb = x.to(torch.bfloat16)
     assert torch.equal(topk_mask(xb, 200), ref_mask(xb.float(), 200))
     xd = x.double()
-    assert topk_threshold(xd, 5) == sorted(x.abs().reshape(-1).tolist(), reverse=True)[4]
+    assert select_kth(xd, 5).threshold == sorted(x.abs().reshape(-1).tolist(), reverse=True)[4]
 
 
 @pytest.mark.parametrize(("start", "stop"), [(0, 10), (3, 10), (0, 0), (5, 5), (90, 200), (0, 100)])
@@ -108,7 +108,7 @@ def test_select_kth_rejects_bad_k():
         select_kth(torch.ones(3), 4)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_cuda_matches_cpu():
     x = torch.randn(100_000, generator=torch.Generator().manual_seed(6))
     assert torch.equal(topk_mask(x.cuda(), 777).cpu(), topk_mask(x, 777))

@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from modelmix.methods import get_method
-from modelmix.streaming import STREAMERS
+
+
+def _run(name: str):
+    """The streamer of method ``name`` (its ``run``)."""
+    st = get_method(name).streamer
+    assert st is not None, f"{name} declares no streamer"
+    return st.run
 
 
 class _Src:
@@ -64,15 +70,16 @@ def _use_backend(name: str, monkeypatch) -> None:
 def test_streamer_equals_reference(name, params, shape, step, ties, kernels, monkeypatch):
     _use_backend(kernels, monkeypatch)
     m = get_method(name)
-    fn, applies, _cache = STREAMERS[name]
-    if not applies(shape, params):
-        pytest.skip("streamer does not apply to this shape")
-    xs, base = _inputs(shape, ties=ties)
+    st = m.streamer
+    assert st is not None and st.cache  # several costly passes: the executor may cache the inputs
     full = {p.name: p.default for p in m.params}
     full.update(params)
+    if not st.applies(shape, full):
+        pytest.skip("streamer does not apply to this shape")
+    xs, base = _inputs(shape, ties=ties)
     ref = m.fn(xs, base=base, **full)
     src = _Src(xs, base, step)
-    fn(src, **full)
+    st.run(src, **full)
     torch.testing.assert_close(src.out, ref, rtol=1e-5, atol=1e-6)
     # float64 L1 sums follow the same fixed partition in the streamers (every backend) and the reference
     assert torch.equal(src.out, ref)
@@ -85,12 +92,12 @@ def test_slerp_streamer(t, kernels, monkeypatch):
     xs, base = _inputs((40, 30), n=1)
     ref = get_method("slerp").fn(xs, base=base, t=t)
     src = _Src(xs, base, 7)
-    STREAMERS["slerp"][0](src, t=t)
+    _run("slerp")(src, t=t)
     torch.testing.assert_close(src.out, ref, rtol=1e-5, atol=1e-6)
     assert torch.equal(src.out, ref)  # the same fixed-partition float64 statistics as the reference
     colinear = [base * 2]
     src = _Src(colinear, base, 7)
-    STREAMERS["slerp"][0](src, t=t)
+    _run("slerp")(src, t=t)
     torch.testing.assert_close(src.out, get_method("slerp").fn(colinear, base=base, t=t))
 
 
@@ -157,7 +164,7 @@ def test_many_models_task_vector_streamer(kernels, monkeypatch):
     full.update(params)
     ref = m.fn(xs, base=base, **full)
     src = _Src(xs, base, 7)
-    STREAMERS["ties"][0](src, **full)
+    _run("ties")(src, **full)
     assert torch.equal(src.out, ref)
 
 
@@ -175,7 +182,7 @@ def test_model_stock_streamer(shape, step, filter_wise, kernels, monkeypatch):
     xs, base = _inputs(shape, n=3, seed=5)
     ref = get_method("model_stock").fn(xs, base=base, filter_wise=filter_wise)
     src = _Src(xs, base, step)
-    STREAMERS["model_stock"][0](src, filter_wise=filter_wise)
+    _run("model_stock")(src, filter_wise=filter_wise)
     torch.testing.assert_close(src.out, ref, rtol=1e-5, atol=1e-6)
     assert torch.equal(src.out, ref)
 
@@ -190,19 +197,47 @@ def test_nuslerp_streamer(shape, step, flatten, row_wise, with_base, kernels, mo
     params = {"weight": [0.3, 0.9], "nuslerp_flatten": flatten, "nuslerp_row_wise": row_wise}
     ref = get_method("nuslerp").fn(xs, base=base if with_base else None, **params)
     src = (_Src if with_base else _SrcNoBase)(xs, base, step)
-    STREAMERS["nuslerp"][0](src, **params)
+    _run("nuslerp")(src, **params)
     torch.testing.assert_close(src.out, ref, rtol=1e-5, atol=1e-5)
     assert torch.equal(src.out, ref)
     colinear = [base * 2, base * 3]  # exactly colinear: lerp
     ref = get_method("nuslerp").fn(colinear, **params)
     src = _SrcNoBase(colinear, base, step)
-    STREAMERS["nuslerp"][0](src, **params)
+    _run("nuslerp")(src, **params)
     torch.testing.assert_close(src.out, ref, rtol=1e-5, atol=1e-5)
 
 
 def test_unknown_sparsifier_is_an_error_not_della():
-    """The task-vector streamer table names its sparsifier; a typo must fail, not silently run DELLA."""
-    from modelmix.streaming import _gta_stream
+    """A task-vector variant names its sparsifier as a ``Sparsifier``; a typo must fail, not silently run
+    another method."""
+    from modelmix.methods._gta import TaskVectorVariant
 
     with pytest.raises(ValueError, match="unknown sparsifier 'magnitdue'"):
-        _gta_stream("magnitdue", True, True, "none")
+        TaskVectorVariant("typo", "magnitdue", True, True, "none", "")  # type: ignore[arg-type]
+
+
+def test_streamers_are_declared_by_their_methods():
+    """Which methods stream, and which may cache their inputs, is what each Method declares."""
+    from modelmix.methods import all_methods
+
+    streamed = {n: m.streamer for n, m in all_methods().items() if m.streamer is not None}
+    gta = {"ties", "dare_ties", "dare_linear", "breadcrumbs", "breadcrumbs_ties", "della", "della_linear"}
+    assert gta | {"slerp", "nuslerp", "model_stock"} <= set(streamed)
+    assert {n for n, st in streamed.items() if st.cache} == gta
+    assert not any(m.elementwise for n, m in all_methods().items() if n in streamed)
+    della = streamed["della"]
+    assert della.applies((4, 3), {}) and not della.applies((12,), {})  # ranks within rows: 1-D is one row
+    assert streamed["ties"].applies((12,), {})
+    assert {n for n, m in all_methods().items() if m.fast_bf16 is not None} == {"linear"}
+
+
+def test_streaming_and_methods_import_no_numba():
+    """``modelmix.methods`` (and so the streamers) loads no compiled backend: numba starts only when a
+    kernel is first asked for."""
+    import subprocess
+    import sys
+
+    code = ("import sys, modelmix.methods, modelmix.streaming, modelmix.execute; "
+            "assert 'numba' not in sys.modules, 'numba imported'; "
+            "assert 'modelmix.kernels.fused' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,9 +1,10 @@
 """Streaming executor: runs a MergePlan, reading each input byte once and writing each output byte once.
 
-Work is cut into units: row chunks of cache-friendly size for element-wise methods (linear, task
-arithmetic, ...), a multi-pass row-chunk streamer per tensor for methods that need per-tensor statistics
-(TIES thresholds, DARE L1 norms, SLERP norms; ``modelmix.streaming``; a tensor up to the chunk size runs
-it as one in-memory chunk), whole tensors for the rest.
+Work is cut into units: row chunks of cache-friendly size for element-wise methods, the method's multi-pass
+row-chunk streamer per tensor for methods that need per-tensor statistics (``Method.streamer``; a tensor up
+to the chunk size runs it as one in-memory chunk), whole tensors for the rest. A row chunk whose inputs are
+all bf16 goes through the method's one-pass kernel (``Method.fast_bf16``) where it declares one. The
+executor knows methods only by these declarations, never by name.
 ``threads`` worker threads each take a unit, read its inputs with pread, convert to float32, check for
 NaN/Inf, run the method, cast and pwrite the result into its final place in the output shard. A byte
 budget bounds how many whole-tensor units are in flight.
@@ -19,7 +20,6 @@ seeded merge is bit-identical for any ``threads`` and ``chunk_elems``.
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import queue
@@ -35,10 +35,11 @@ import torch
 
 from modelmix import interrupt
 from modelmix.errors import InputError, ModelmixError, OutputError
+from modelmix.methods.registry import Streamer
 from modelmix.planner import MergePlan, Source, TensorTask
 
-# 1M float32 = 4 MiB per operand: few enough chunks that per-chunk Python costs vanish
-# (1.1B: 512K -> 1M took linear 3.6-4.2 -> 2.9-3.0 s, TIES 6.4 -> 6.0 s)
+# 1M float32 = 4 MiB per operand: few enough chunks that per-chunk Python costs vanish (halving it measurably
+# slowed 1.1B merges), small enough that a few chunks per thread stay in cache-friendly buffers
 CHUNK_ELEMS = 1 << 20
 DEFAULT_BUDGET = 1 << 30  # bytes of whole-tensor working memory in flight at once
 # A streamed tensor whose float32 inputs fit in this many bytes is read and converted once, on its first
@@ -62,43 +63,31 @@ class Unit:
     task: TensorTask
     rows: tuple[int, int] | None  # None: the whole tensor
     cost: int  # estimated working bytes
-    stream: bool = False  # whole tensor, computed by a multi-pass row-chunk streamer (modelmix.streaming)
+    stream: bool = False  # whole tensor, computed by the method's multi-pass row-chunk streamer
 
 
 def _fused():
-    """Kernels for the bf16 conversion: C when built; numba only once a streamer has loaded it anyway
-    (importing numba costs ~0.5 s, more than the fused conversion saves in a linear merge)."""
+    """Kernels for the bf16 conversion and fast paths: C when built; numba only once a streamer has loaded
+    it anyway (importing numba costs ~0.5 s, more than the fused conversion saves in a one-pass merge)."""
     from modelmix.kernels.backend import kernels
 
     return kernels(loaded_only=True)
 
 
-@functools.lru_cache(maxsize=1)
-def _torch_fuses_fma() -> bool:
-    """Whether torch's vectorised CPU kernels run here (AVX2/AVX-512: addcmul_ fuses multiply-add); its
-    DEFAULT capability (e.g. ATEN_CPU_CAPABILITY=default) rounds separately, which the linear kernel does not."""
-    try:
-        return torch.backends.cpu.get_cpu_capability().upper() not in ("DEFAULT", "")
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def _streamer(task: TensorTask):
-    """(streamer, cache) for a task that a multi-pass streamer handles, else None (also for empty and 0-d
-    tensors, which the whole-tensor reference computes)."""
-    from modelmix.streaming import STREAMERS
-
+def _streamer(task: TensorTask) -> Streamer | None:
+    """The method's streamer when it handles this task, else None (also for empty and 0-d tensors and
+    vocabulary-aligned ones, which the whole-tensor reference computes)."""
     if task.method is None or task.vocab_maps is not None or not task.shape or math.prod(task.shape) == 0:
         return None
-    entry = STREAMERS.get(task.method.name)
-    if entry is None or not entry[1](task.shape, {**task.global_params, **task.model_params}):
+    st = task.method.streamer
+    if st is None or not st.applies(task.shape, {**task.global_params, **task.model_params}):
         return None
-    return entry[0], entry[2]
+    return st
 
 
 def _cacheable(task: TensorTask, n_in: int) -> bool:
-    entry = _streamer(task)
-    return entry is not None and entry[1] and n_in * math.prod(task.shape) * 4 <= STREAM_CACHE_BYTES
+    st = _streamer(task)
+    return st is not None and st.cache and n_in * math.prod(task.shape) * 4 <= STREAM_CACHE_BYTES
 
 
 def _units(plan: MergePlan, chunk_elems: int) -> Iterator[Unit]:
@@ -307,6 +296,9 @@ class Executor:
         slots = threading.BoundedSemaphore(4 * self.threads)
 
         def work(done: threading.Event) -> None:
+            # OpenMP's thread count is per OS thread: the caller's set_num_threads(1) does not reach a new
+            # thread, whose LAPACK calls (subspace's QR/SVD) would then split work differently and change bits
+            torch.set_num_threads(1)
             try:
                 while (u := todo.get()) is not None:
                     try:
@@ -365,7 +357,7 @@ class Executor:
             offset = 0
             if u.rows is not None:
                 offset = u.rows[0] * math.prod(u.task.shape[1:]) * u.task.out_dtype.itemsize
-            ob = self._linear_fast(u.task, u.rows, offset)
+            ob = self._fast_bf16(u.task, u.rows, offset)
             if ob is None:
                 out = self.compute(u.task, u.rows)
                 ob = self._cast(u.task, out, offset)
@@ -380,7 +372,7 @@ class Executor:
 
     def _stream(self, task: TensorTask, sink, progress: Progress | None, lock: threading.Lock) -> None:
         """Run a multi-pass streamer over the task's row chunks; each emitted chunk goes straight to the sink."""
-        fn = _streamer(task)[0]  # type: ignore[index]
+        fn = _streamer(task).run  # type: ignore[union-attr]
         row = math.prod(task.shape[1:])
         step = max(1, self.chunk_elems // max(row, 1))
         ex = self
@@ -424,7 +416,7 @@ class Executor:
                 if progress is not None:
                     progress.update(ob.numel() * ob.element_size(), False)
 
-            # raw access for streamers with bf16 kernels (SLERP): inputs as uint16 bits, output buffers
+            # raw access for streamers with bf16 kernels: inputs as uint16 bits, output buffers
             raw_bf16 = (ex.device.type == "cpu" and task.out_dtype in (torch.bfloat16, torch.float32)
                         and ex._all_bf16(inputs))
 
@@ -468,33 +460,30 @@ class Executor:
         if progress is not None:
             progress.update(0, True)
 
-    def _linear_fast(self, task: TensorTask, rows: tuple[int, int] | None, offset: int) -> torch.Tensor | None:
-        """A row chunk of a linear merge of bf16 inputs in one compiled pass, straight into the output buffer.
+    def _fast_bf16(self, task: TensorTask, rows: tuple[int, int] | None, offset: int) -> torch.Tensor | None:
+        """A row chunk of bf16 inputs through the method's one-pass kernel (``Method.fast_bf16``), straight
+        into the output buffer.
 
         The generic path converts every input to float32, runs the torch reference and casts the result;
-        this reads the bf16 bits, weighs, sums, divides and rounds in one sweep with the same float32
-        operations (bit-identical; checked in tests). None when it does not apply: another method, other
-        dtypes, LoRA inputs, no compiled kernels, a CPU without FMA, or a NaN/Inf in the inputs (the generic
-        path then reports it).
+        the fast path reads the bf16 bits and computes and rounds in one sweep with the same float32
+        operations (bit-identical; checked in tests). None when it does not apply: no fast path, other
+        dtypes, LoRA inputs, no compiled kernels, the method's own conditions, or a NaN/Inf in the inputs
+        (the generic path then reports it).
         """
-        if (task.method is None or task.method.name != "linear" or rows is None or task.vocab_maps is not None
-                or self.device.type != "cpu" or task.out_dtype not in (torch.bfloat16, torch.float32)):
+        fast = task.method.fast_bf16 if task.method is not None else None
+        if (fast is None or rows is None or task.vocab_maps is not None or self.device.type != "cpu"
+                or task.out_dtype not in (torch.bfloat16, torch.float32)):
             return None
         K = _fused()
-        if K is None or not getattr(K, "HAS_FMA", False) or not _torch_fuses_fma():
+        if K is None or not self._all_bf16(task.sources):
             return None
-        if not self._all_bf16(task.sources):
+        fill = fast(K, {**task.global_params, **task.model_params})
+        if fill is None:
             return None
-        p = {**task.global_params, **task.model_params}
-        weight = [float(w) for w in p["weight"]]
-        normalize = bool(p.get("normalize", True))
-        total = float(torch.tensor(weight, dtype=torch.float32).sum()) if normalize else 1.0
-        if normalize and total == 0.0:
-            return None  # the generic path reports it (after its NaN check, with the tensor's name)
         shape = (rows[1] - rows[0], *task.shape[1:])
         raws = self._read_bf16_bits(task, task.sources, rows)
         ob, dst = self._out_buffer(task, offset, math.prod(shape))
-        if not K.linear_bf16(tuple(raws), np.asarray(weight, dtype=np.float32), normalize, np.float32(total), dst):
+        if not fill(raws, dst):
             return None
         return ob.view(shape)
 
@@ -595,10 +584,10 @@ class Executor:
         kwargs.update(task.model_params)
         if task.method.random:
             kwargs["seed"] = task.seed
-        entry = _streamer(task) if rows is None else None
+        st = _streamer(task) if rows is None else None
         try:
-            if entry is not None:  # the streamer over one in-memory chunk: what a chunked tensor gets
-                out = _run_streamer_whole(entry[0], task, tensors, base, self.device.type, kwargs)
+            if st is not None:  # the streamer over one in-memory chunk: what a chunked tensor gets
+                out = _run_streamer_whole(st.run, task, tensors, base, self.device.type, kwargs)
             else:
                 out = task.method.fn(tensors, base=base, **kwargs)
         except OutputError:
@@ -629,7 +618,7 @@ class _WholeSource:
 
 def _run_streamer_whole(fn, task: TensorTask, tensors: list[torch.Tensor], base: torch.Tensor | None, device: str,
                         kwargs: dict) -> torch.Tensor:
-    """A streamer (``modelmix.streaming``) over a whole tensor as a single chunk of rows: the result of a
+    """A streamer (``Method.streamer``) over a whole tensor as a single chunk of rows: the result of a
     small tensor is computed by the same implementation as a streamed one, so the chunk size never decides
     which implementation (and which summation order) computes a tensor."""
     src = _WholeSource(task, tensors, base, device)

@@ -287,7 +287,9 @@ def stream_stats(
         torch.set_num_threads(1)
     out: dict[str, TensorStats] = {}
     try:
-        with torch.no_grad(), ThreadPoolExecutor(max_workers=workers) as ex:
+        # each worker sets its own thread count: OpenMP's is per OS thread, the caller's does not reach it
+        with torch.no_grad(), ThreadPoolExecutor(max_workers=workers, initializer=torch.set_num_threads,
+                                                 initargs=(1,)) as ex:
             futures = {n: ex.submit(run, n) for n in order}
             try:
                 for done, n in enumerate(order, 1):

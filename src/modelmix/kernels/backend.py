@@ -11,9 +11,6 @@ from __future__ import annotations
 import os
 from types import ModuleType
 
-# sparsifier modes shared by both backends
-DENSE, TOPK, BAND, ZERO, RANDOM = 0, 1, 2, 3, 4
-
 FORCE: str | None = None
 _cache: dict[str, ModuleType | None] = {}
 

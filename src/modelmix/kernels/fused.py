@@ -26,7 +26,7 @@ except ImportError:  # pragma: no cover
         return wrap if not (len(args) == 1 and callable(args[0])) else args[0]
 
 
-from modelmix.kernels.backend import BAND, DENSE, RANDOM, TOPK, ZERO  # noqa: E402,F401 - compile-time constants
+from modelmix.kernels.modes import BAND, DENSE, RANDOM, TOPK, ZERO  # noqa: E402,F401 - compile-time constants
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)

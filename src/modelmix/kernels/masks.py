@@ -179,16 +179,12 @@ def della_keep_prob(delta: Tensor, density: float, epsilon: float) -> Tensor:
 def della_prune(
     delta: Tensor, density: float, epsilon: float, seed: int, rescale: Rescale = "l1"
 ) -> Tensor:
-    """DELLA: drop entries at random, with small magnitudes dropped more often (MagPrune)."""
+    """DELLA: drop entries at random, with small magnitudes dropped more often (MagPrune). For 0 < density
+    < 1 the caller has checked that density +/- epsilon lies inside (0, 1) (``methods._gta.check_della``)."""
     if density >= 1:
         return delta.clone()
     if density <= 0:
         return torch.zeros_like(delta)
-    if density + epsilon >= 1 or density - epsilon <= 0:
-        raise ConfigError(
-            f"DELLA needs density - epsilon > 0 and density + epsilon < 1, but density={density} and "
-            f"epsilon={epsilon}. Lower epsilon (default 0.15) or move density away from 0 and 1."
-        )
     probs = della_keep_prob(delta, density, epsilon)
     mask = bernoulli_keep_mask(delta.shape, probs, seed, delta.device)
     return _finish(delta, mask, rescale, probs)

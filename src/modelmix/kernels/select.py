@@ -102,11 +102,6 @@ def select_kth(x: Tensor, k: int) -> Selection:
     return Selection(k=k, threshold=threshold, n_greater=above_b + above_lo, n_equal=n_equal)
 
 
-def topk_threshold(x_abs: Tensor, k: int) -> float:
-    """The exact k-th largest value of ``|x_abs|`` (1 <= k <= numel), computed without sorting."""
-    return select_kth(x_abs, k).threshold
-
-
 def _fill_mask(flat: Tensor, sel: Selection, out: Tensor, ties: Ties) -> None:
     """Write the top-``sel.k`` mask of ``flat`` into ``out`` (bool, same numel), chunk by chunk."""
     need_ties = sel.k - sel.n_greater  # how many elements equal to the threshold to keep

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from modelmix.kernels import reduce as red
 from modelmix.methods._common import as_f32
-from modelmix.methods.registry import Method, Param, register
+from modelmix.methods.registry import Method, Param, Streamer, register
+
+if TYPE_CHECKING:
+    from modelmix.streaming import ChunkSource
 
 
 def stock_ratio(n: int, dots: dict[tuple[int, int], float], sq: list[float]) -> Tensor:
@@ -68,6 +73,43 @@ def model_stock(tensors: list[Tensor], *, base: Tensor | None, filter_wise: bool
     return t * average + (1 - t) * w0
 
 
+def _model_stock_stream(src: ChunkSource, *, filter_wise: bool, **_: Any) -> None:
+    """Model Stock in row chunks: filter-wise ratios need only whole rows (each chunk runs the reference);
+    the per-tensor ratio takes a statistics pass (fixed-partition float64 norms and pairwise dots of the task
+    vectors, as the reference computes them)."""
+    if filter_wise and len(src.shape) >= 2:
+        for rows, xs, b in src.chunks():
+            src.emit(rows, model_stock(xs, base=b, filter_wise=True))
+        return
+    row = red.row_len(src.shape)
+    stats: dict[tuple[int, int], np.ndarray] = {}
+    n = 0
+    for _rows, xs, b in src.chunks():
+        n = len(xs)
+        offs = [x - b for x in xs]
+        for i in range(n):
+            for j in range(i + 1, n):
+                red.dot_stats(offs[i], offs[j], row, stats.setdefault((i, j), np.zeros(3, dtype=np.float64)))
+    if not n:
+        return
+    t = stock_ratio(n, {k: float(v[2]) for k, v in stats.items()}, _self_dots(n, stats))
+    for rows, xs, b in src.chunks():
+        average = sum(xs) / len(xs)
+        src.emit(rows, t * average + (1 - t) * b)
+
+
+def _self_dots(n: int, stats: dict[tuple[int, int], np.ndarray]) -> list[float]:
+    """Each task vector's squared norm, from the first pair statistics that hold it (every pair computes it
+    by the same fixed procedure)."""
+    out = []
+    for i in range(n):
+        if i + 1 < n:
+            out.append(float(stats[(i, i + 1)][0]))
+        else:
+            out.append(float(stats[(i - 1, i)][1]) if i > 0 else 0.0)
+    return out
+
+
 register(
     Method(
         name="model_stock",
@@ -84,6 +126,8 @@ register(
         needs_base=True,
         min_models=2,
         description="Model Stock: moves from the base towards the fine-tunes' average by their agreement.",
+        # a statistics pass and an apply pass, both cheap: no input cache (see Streamer.cache)
+        streamer=Streamer(_model_stock_stream),
         reference="Jang et al. 2024, https://arxiv.org/abs/2403.19522; mergekit 0.1.5 `model_stock`.",
     )
 )

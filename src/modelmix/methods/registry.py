@@ -16,18 +16,30 @@ Calling convention of ``Method.fn``::
   and must draw all randomness from ``torch.Generator().manual_seed(seed)`` on the CPU, so the output is
   bit-identical whatever the thread count, chunking or device.
 * the result is a new float32 tensor (inputs may be modified in place only if ``inplace_ok``).
+
+The planner and ``merge_tensors`` pass every declared parameter (given or default); a method called with
+some left out fills them from its declarations with :func:`with_defaults`, so a default is written once,
+in its :class:`Param`.
+
+Besides ``fn`` (the reference: whole tensors in memory) a method may declare how the executor may run it
+faster: a :class:`Streamer` for tensors that need whole-tensor statistics, computed over row chunks in
+several passes (``modelmix.streaming`` has the building blocks), and ``fast_bf16``, a one-pass kernel for
+row chunks of bf16 inputs (:data:`FastBf16`). The executor knows no method by name, only these fields.
 """
 
 from __future__ import annotations
 
 import math
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin
 
 from modelmix.errors import ConfigError, did_you_mean
+
+if TYPE_CHECKING:
+    import numpy as np
 
 REQUIRED: Any = object()
 _SCALAR = (bool, int, float, str)
@@ -121,6 +133,60 @@ def short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def with_defaults(params: tuple[Param, ...], given: Mapping[str, Any], n_models: int) -> Mapping[str, Any]:
+    """``given`` completed with the declared default of every parameter it lacks (a ``scope="model"`` one as
+    a list of ``n_models`` copies); ``given`` itself when nothing is missing, as from the planner and
+    ``merge_tensors``, which resolve every parameter. A missing required one is a TypeError, as a missing
+    keyword argument is."""
+    missing = [p for p in params if p.name not in given]
+    if not missing:
+        return given
+    out = dict(given)
+    for p in missing:
+        if p.required:
+            raise TypeError(f"missing required parameter {p.name!r}")
+        out[p.name] = [p.default] * n_models if p.scope == "model" else p.default
+    return out
+
+
+def _always(shape: tuple[int, ...], params: Mapping[str, Any]) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class Streamer:
+    """How a method runs as a multi-pass row-chunk streamer (building blocks in ``modelmix.streaming``).
+
+    ``run(src, **params)`` walks ``src`` (a :class:`~modelmix.streaming.ChunkSource`) as many times as it
+    needs (statistics passes, then one pass that emits every output chunk) and must equal ``Method.fn`` on
+    the whole tensor bit for bit. ``params`` are the resolved parameters, every declared one present (plus
+    ``seed`` for a random method). The executor runs every tensor of the method through it, whatever its
+    size (a small tensor as one in-memory chunk), unless ``applies(shape, params)`` says no; then the
+    reference ``fn`` computes the whole tensor. Empty and 0-d tensors always go to ``fn``.
+
+    ``cache``: the executor may keep a small tensor's float32 inputs (up to ``STREAM_CACHE_BYTES``) in a
+    per-thread buffer filled on the first pass, so that later passes neither re-read nor re-convert them.
+    That pays when the streamer makes several passes whose arithmetic is cheap next to reading and
+    converting the inputs (the task-vector methods' selection, L1 and apply passes), not for two cheap
+    passes (SLERP), where writing and re-reading the cache costs what re-reading the inputs saves
+    (``benchmarks/bench_merge.py`` measures both).
+    """
+
+    run: Callable[..., None]
+    applies: Callable[[tuple[int, ...], Mapping[str, Any]], bool] = _always
+    cache: bool = False
+
+
+FastBf16 = Callable[[Any, Mapping[str, Any]], "Callable[[list[np.ndarray], np.ndarray], bool] | None"]
+"""``fast_bf16(K, params)`` for a row chunk whose inputs are all bf16: ``K`` is the loaded kernel module
+(``modelmix.kernels.backend``), ``params`` the resolved parameters. Returns None when the fast path does not
+apply (the kernel it needs is missing, or the parameters are an error the generic path reports), else
+``fill(raws, out) -> bool``: the inputs' uint16 bf16 bits in, the output chunk written into ``out`` (uint16
+bf16 bits or float32, the output dtype); False when an input is non-finite, and the generic path then
+computes the chunk (and reports the NaN/Inf). The result must equal ``fn``'s cast to the output dtype bit
+for bit."""
+
+
 @dataclass(frozen=True)
 class Method:
     name: str
@@ -137,6 +203,12 @@ class Method:
     # constraints between parameters, checked per tensor at plan time (so `modelmix check` reports them) and
     # by merge_tensors: check({name: value or per-model list}) raises ConfigError
     check: Callable[[dict[str, Any]], None] | None = None
+    streamer: Streamer | None = None  # multi-pass row-chunk execution for whole-tensor statistics
+    fast_bf16: FastBf16 | None = None  # one-pass kernel for row chunks of bf16 inputs (element-wise methods)
+
+    def with_defaults(self, given: Mapping[str, Any], n_models: int) -> Mapping[str, Any]:
+        """``given`` with this method's defaults filled in (:func:`with_defaults`)."""
+        return with_defaults(self.params, given, n_models)
 
     def param(self, name: str) -> Param:
         for p in self.params:

@@ -4,14 +4,19 @@ base as the origin, optional row/column-wise interpolation)."""
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from modelmix.kernels import reduce as red
+from modelmix.kernels.backend import kernels
 from modelmix.methods._common import WEIGHT, as_f32, check_count
-from modelmix.methods.registry import Method, Param, register
+from modelmix.methods.registry import Method, Param, Streamer, register
+
+if TYPE_CHECKING:
+    from modelmix.streaming import ChunkSource
 
 DOT_THRESHOLD = 0.9995  # |cos| above this: nearly colinear, lerp instead (mergekit's value)
 NORM_EPS = 1e-8  # norms at or below this are treated as 1 (the vector is left unnormalized)
@@ -107,6 +112,94 @@ def nuslerp(
     return out + as_f32(base) if base is not None else out
 
 
+# ------------------------------------------------------------------------------------------ streamers
+def _slerp_stream(src: ChunkSource, *, t: float, **_: Any) -> None:
+    """SLERP in row chunks: a statistics pass (fixed-partition float64 norms and dot), then an apply pass."""
+    K = kernels() if getattr(src, "device", "cpu") == "cpu" else None
+    if K is not None and hasattr(K, "axpby_bf16") and getattr(src, "raw_bf16", False):
+        return _slerp_raw(src, K, t)
+    use_fused = K is not None
+    row = red.row_len(src.shape)
+    acc = np.zeros(3, dtype=np.float64)
+    for _rows, xs, a in src.chunks():
+        red.dot_stats(a, xs[0], row, acc)
+    ca, cb = slerp_coeffs(*(float(v) for v in acc), t, src.numel)
+    out = np.empty(0, dtype=np.float32)
+    for rows, xs, a in src.chunks():
+        if use_fused:
+            if out.shape[0] < a.numel():
+                out = np.empty(a.numel(), dtype=np.float32)
+            o = out[: a.numel()]
+            K.axpby(a.reshape(-1).numpy(), xs[0].reshape(-1).numpy(), np.float32(ca), np.float32(cb), o)
+            src.emit(rows, torch.from_numpy(o).view(a.shape))
+        else:
+            src.emit(rows, ca * a + cb * xs[0])
+
+
+def _slerp_raw(src: Any, K: Any, t: float) -> None:
+    """SLERP straight from bf16 bits into the output buffer (sources offering ``raw_chunks``): the same
+    float operations as the float32 path without its conversion passes."""
+    row = red.row_len(src.shape)
+    acc = np.zeros(3, dtype=np.float64)
+    for rows, xs, a in src.raw_chunks():
+        if not K.dot_stats_bf16(a, xs[0], row, acc):
+            src.invalid(rows)  # raises the usual NaN/Inf error naming model and tensor
+            raise AssertionError("non-finite bf16 input not reported")
+    ca, cb = slerp_coeffs(*(float(v) for v in acc), t, src.numel)
+    for rows, xs, a in src.raw_chunks():
+        K.axpby_bf16(a, xs[0], np.float32(ca), np.float32(cb), src.out_buffer(rows))
+        src.emit_buffer(rows)
+
+
+def _nuslerp_stream(src: ChunkSource, *, weight: list[float], nuslerp_row_wise: bool, nuslerp_flatten: bool,
+                    **_: Any) -> None:
+    """nuslerp in row chunks: per-row slerp needs only whole rows (each chunk runs the reference); whole-tensor
+    and per-column slerp take a statistics pass (float64 squared norms and dot: per tensor by the fixed
+    partition, per column added row by row in order) and then one apply pass."""
+    per_row = not nuslerp_flatten and not nuslerp_row_wise and len(src.shape) >= 2
+    per_col = not nuslerp_flatten and nuslerp_row_wise and len(src.shape) >= 2
+    if per_row:
+        for rows, xs, b in src.chunks():
+            src.emit(rows, nuslerp(xs, base=b, weight=weight, nuslerp_row_wise=False, nuslerp_flatten=False))
+        return
+    total = weight[0] + weight[1]
+    t = 0.5 if abs(total) < 1e-6 else weight[1] / total
+
+    def vecs(xs, b):
+        return (xs[0] - b, xs[1] - b) if b is not None else (xs[0], xs[1])
+
+    row = red.row_len(src.shape)
+    acc = np.zeros(3, dtype=np.float64)
+    cols: list[Tensor | None] = [None, None, None]
+    seen = False
+    for _rows, xs, b in src.chunks():
+        seen = True
+        v0, v1 = vecs(xs, b)
+        if per_col:
+            v0, v1 = (v.reshape(v.shape[0], -1).double() for v in (v0, v1))
+            cols = [red.col_sums(p, c) for p, c in zip((v0 * v0, v1 * v1, v0 * v1), cols, strict=True)]
+        else:
+            red.dot_stats(v0, v1, row, acc)
+    if not seen:
+        return
+    stats = torch.stack(cols) if per_col else torch.tensor(acc, dtype=torch.float64)  # type: ignore[arg-type]
+    c0, c1 = nuslerp_coeffs(stats, t)
+    for rows, xs, b in src.chunks():
+        v0, v1 = vecs(xs, b)
+        if per_col:
+            shape = v0.shape
+            out = (c0.to(v0.device) * v0.reshape(shape[0], -1)
+                   + c1.to(v0.device) * v1.reshape(shape[0], -1)).reshape(shape)
+        else:
+            out = c0.to(v0.device) * v0 + c1.to(v0.device) * v1
+        src.emit(rows, out + b if b is not None else out)
+
+
+# a statistics pass and an apply pass, both cheap: no input cache (see Streamer.cache)
+SLERP_STREAMER = Streamer(_slerp_stream)
+NUSLERP_STREAMER = Streamer(_nuslerp_stream)
+
+
 register(
     Method(
         name="slerp",
@@ -125,6 +218,7 @@ register(
         min_models=1,
         max_models=1,
         description="Spherical linear interpolation between the base and one other model.",
+        streamer=SLERP_STREAMER,
         reference="Shoemake 1985; mergekit 0.1.5 `slerp` (lerp when |cos| > 0.9995, norms <= 1e-8 left as is).",
     )
 )
@@ -153,6 +247,7 @@ register(
         min_models=2,
         max_models=2,
         description="Slerp of two models weighted by `weight`; with a base model, slerps their task vectors.",
+        streamer=NUSLERP_STREAMER,
         reference="mergekit 0.1.5 `nuslerp`.",
     )
 )

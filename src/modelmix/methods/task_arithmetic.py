@@ -1,6 +1,8 @@
 """Task-vector merges: task_arithmetic, ties, dare_linear, dare_ties, breadcrumbs, breadcrumbs_ties,
 della and della_linear. They differ only in the sparsifier, the sign consensus and the defaults, exactly
-as mergekit 0.1.5's table of generalized-task-arithmetic methods (see ``_gta.merge_deltas``)."""
+as mergekit 0.1.5's table of generalized-task-arithmetic methods (see ``_gta.merge_deltas``): one
+:class:`~modelmix.methods._gta.TaskVectorVariant` each, from which its parameters, its reference function
+(below) and its streamer (``_gta_stream``) are built."""
 
 from __future__ import annotations
 
@@ -9,7 +11,6 @@ from typing import Any
 
 from torch import Tensor
 
-from modelmix.errors import ConfigError
 from modelmix.kernels.masks import (
     breadcrumbs_prune,
     dare_prune,
@@ -18,169 +19,99 @@ from modelmix.kernels.masks import (
     model_seed,
     normalize_rescale,
 )
-from modelmix.methods._common import WEIGHT
-from modelmix.methods._gta import merge_deltas
-from modelmix.methods.registry import Method, Param, register
+from modelmix.methods._gta import Sparsifier, TaskVectorVariant, check_della, merge_deltas
+from modelmix.methods._gta_stream import task_vector_streamer
+from modelmix.methods.registry import Method, register, with_defaults
 
-DENSITY = Param(
-    "density", "model", float, 1.0, low=0.0, high=1.0, help="Fraction of this model's task vector to keep."
-)
-GAMMA = Param(
-    "gamma",
-    "model",
-    float,
-    0.01,
-    low=0.0,
-    high=1.0,
-    help="Fraction of the largest-magnitude entries (outliers) to drop before keeping `density`.",
-)
-EPSILON = Param(
-    "epsilon",
-    "model",
-    float,
-    0.15,
-    low=0.0,
-    high=0.5,
-    help="Keep probabilities range over density +/- epsilon by magnitude rank within each row.",
-)
-CONSENSUS = Param(
-    "consensus_method",
-    "global",
-    str,
-    "sum",
-    choices=("sum", "count"),
-    help='Sign election: "sum" of weighted deltas (TIES paper, mergekit) or "count" of signs (modelmix extra).',
+_TA = "Ilharco et al. 2022, https://arxiv.org/abs/2212.04089"
+_TIES = "Yadav et al. 2023, https://arxiv.org/abs/2306.01708"
+_DARE = "Yu et al. 2023, https://arxiv.org/abs/2311.03099"
+_BREADCRUMBS = "Davari & Belilovsky 2023, https://arxiv.org/abs/2312.06795"
+_DELLA = "Deep et al. 2024, https://arxiv.org/abs/2406.11617"
+
+V = TaskVectorVariant
+VARIANTS = (
+    # name, sparsifier, sign consensus, normalize default, rescale default, reference
+    V("task_arithmetic", Sparsifier.NONE, False, False, "none", _TA),
+    V("ties", Sparsifier.MAGNITUDE, True, True, "none", _TIES),
+    V("dare_ties", Sparsifier.RANDOM, True, False, "l1", _DARE),
+    V("dare_linear", Sparsifier.RANDOM, False, False, "l1", _DARE),
+    V("breadcrumbs", Sparsifier.OUTLIERS, False, False, "none", _BREADCRUMBS),
+    V("breadcrumbs_ties", Sparsifier.OUTLIERS, True, False, "none", _BREADCRUMBS),
+    V("della", Sparsifier.DELLA, True, True, "l1", _DELLA),
+    V("della_linear", Sparsifier.DELLA, False, False, "l1", _DELLA),
 )
 
-
-def _rescale_param(default: str) -> Param:
-    return Param(
-        "rescale",
-        "global",
-        bool | str,  # type: ignore[arg-type]  # mergekit writes true/false; modelmix adds named modes
-        default,
-        choices=(True, False, "l1", "inverse_density", "none"),
-        help='After sparsifying: "l1"/true rescales kept entries to the task vector\'s L1 norm '
-        '(mergekit 0.1.5), "inverse_density" divides them by their keep probability (the DARE/DELLA '
-        'papers), "none"/false leaves them.',
-    )
+_DESCRIPTIONS = {
+    Sparsifier.MAGNITUDE: "keeps the largest-magnitude `density` of each task vector",
+    Sparsifier.RANDOM: "keeps each task-vector entry with probability `density` (DARE)",
+    Sparsifier.OUTLIERS: "drops the top `gamma` outliers and the small tail, keeping `density` (breadcrumbs)",
+    Sparsifier.DELLA: "drops entries at random, small magnitudes more often (DELLA MagPrune)",
+}
 
 
-def _make(
-    sparsifier: str | None, consensus: bool, default_normalize: bool, default_rescale: str
-) -> Callable[..., Tensor]:
-    def fn(tensors: list[Tensor], *, base: Tensor | None, **p: Any) -> Tensor:
+def _reference(v: TaskVectorVariant) -> Callable[..., Tensor]:
+    """The variant's whole-tensor reference function (``Method.fn``)."""
+    params, sp = v.params, v.sparsifier
+
+    def fn(tensors: list[Tensor], *, base: Tensor | None, **given: Any) -> Tensor:
         n = len(tensors)
-        density = p.get("density") or [1.0] * n
-        rescale = normalize_rescale(p.get("rescale", default_rescale))
+        p = with_defaults(params, given, n)
+        density = p["density"]
+        rescale = normalize_rescale(p["rescale"])
         seed = int(p.get("seed", 0))
+        if sp is Sparsifier.DELLA:
+            check_della(density, p["epsilon"])
 
         def sparsify(i: int, d: Tensor) -> Tensor:
-            if sparsifier == "magnitude":
+            if sp is Sparsifier.MAGNITUDE:
                 return magnitude_prune(d, density[i], rescale)
-            if sparsifier == "random":
+            if sp is Sparsifier.RANDOM:
                 return dare_prune(d, density[i], model_seed(seed, i), rescale)
-            if sparsifier == "outliers":
-                gamma = p.get("gamma") or [0.01] * n
-                return breadcrumbs_prune(d, density[i], gamma[i], rescale)
-            epsilon = p.get("epsilon") or [0.15] * n
-            return della_prune(d, density[i], epsilon[i], model_seed(seed, i), rescale)
+            if sp is Sparsifier.OUTLIERS:
+                return breadcrumbs_prune(d, density[i], p["gamma"][i], rescale)
+            return della_prune(d, density[i], p["epsilon"][i], model_seed(seed, i), rescale)
 
         return merge_deltas(
             tensors,
             base,  # type: ignore[arg-type]
             weight=p["weight"],
-            sparsify=sparsify if sparsifier else None,
-            consensus=p.get("consensus_method", "sum") if consensus else None,
-            normalize=bool(p.get("normalize", default_normalize)),
-            lam=float(p.get("lambda", 1.0)),
+            sparsify=None if sp is Sparsifier.NONE else sparsify,
+            consensus=p["consensus_method"] if v.consensus else None,
+            normalize=bool(p["normalize"]),
+            lam=float(p["lambda"]),
         )
 
     return fn
 
 
 def _check_della(p: dict[str, Any]) -> None:
-    """DELLA's keep probabilities range over density +/- epsilon; both ends must stay inside (0, 1)."""
-    eps = p.get("epsilon") or [0.15] * len(p["weight"])
-    for d, e in zip(p.get("density") or [1.0] * len(p["weight"]), eps, strict=True):
-        if 0 < d < 1 and (d + e >= 1 or d - e <= 0):
-            raise ConfigError(
-                f"DELLA needs density - epsilon > 0 and density + epsilon < 1, but density={d} and "
-                f"epsilon={e}. Lower epsilon (default 0.15) or move density away from 0 and 1."
-            )
+    check_della(p["density"], p["epsilon"])
 
 
-_VARIANTS = [
-    # name, sparsifier, sign consensus, normalize default, rescale default, reference
-    ("task_arithmetic", None, False, False, "none", "Ilharco et al. 2022, https://arxiv.org/abs/2212.04089"),
-    ("ties", "magnitude", True, True, "none", "Yadav et al. 2023, https://arxiv.org/abs/2306.01708"),
-    ("dare_ties", "random", True, False, "l1", "Yu et al. 2023, https://arxiv.org/abs/2311.03099"),
-    ("dare_linear", "random", False, False, "l1", "Yu et al. 2023, https://arxiv.org/abs/2311.03099"),
-    (
-        "breadcrumbs",
-        "outliers",
-        False,
-        False,
-        "none",
-        "Davari & Belilovsky 2023, https://arxiv.org/abs/2312.06795",
-    ),
-    (
-        "breadcrumbs_ties",
-        "outliers",
-        True,
-        False,
-        "none",
-        "Davari & Belilovsky 2023, https://arxiv.org/abs/2312.06795",
-    ),
-    ("della", "della", True, True, "l1", "Deep et al. 2024, https://arxiv.org/abs/2406.11617"),
-    ("della_linear", "della", False, False, "l1", "Deep et al. 2024, https://arxiv.org/abs/2406.11617"),
-]
-
-_DESCRIPTIONS = {
-    None: "Adds the weighted task vectors (model - base) to the base.",
-    "magnitude": "keeps the largest-magnitude `density` of each task vector",
-    "random": "keeps each task-vector entry with probability `density` (DARE)",
-    "outliers": "drops the top `gamma` outliers and the small tail, keeping `density` (breadcrumbs)",
-    "della": "drops entries at random, small magnitudes more often (DELLA MagPrune)",
-}
-
-for _name, _sp, _cons, _norm, _resc, _ref in _VARIANTS:
-    _params = [
-        WEIGHT,
-        DENSITY,
-        Param("lambda", "global", float, 1.0, help="Scale applied to the merged task vector."),
-        Param(
-            "normalize",
-            "global",
-            bool,
-            _norm,
-            help="Divide the merged task vector by the sum of the weights (of the models agreeing in sign).",
-        ),
-        _rescale_param(_resc),
-        Param(
-            "int8_mask", "global", bool, False, help="Accepted for mergekit compatibility; no effect here."
-        ),
-    ]
-    if _cons:
-        _params.append(CONSENSUS)
-    if _sp == "outliers":
-        _params.append(GAMMA)
-    if _sp == "della":
-        _params.append(EPSILON)
-    _desc = _DESCRIPTIONS[None] if _sp is None else f"Task arithmetic that {_DESCRIPTIONS[_sp]}"
-    if _cons:
-        _desc += ", then drops entries disagreeing with the elected sign (TIES)"
-    register(
-        Method(
-            name=_name,
-            fn=_make(_sp, _cons, _norm, _resc),
-            check=_check_della if _sp == "della" else None,
-            params=tuple(_params),
-            needs_base=True,
-            random=_sp in ("random", "della"),
-            elementwise=_sp is None,
-            min_models=0,
-            description=_desc + ("" if _sp is None else "."),
-            reference=f"{_ref}; mergekit 0.1.5 `{_name}`.",
-        )
+def _method(v: TaskVectorVariant) -> Method:
+    if v.sparsifier is Sparsifier.NONE:
+        desc = "Adds the weighted task vectors (model - base) to the base"
+    else:
+        desc = f"Task arithmetic that {_DESCRIPTIONS[v.sparsifier]}"
+    if v.consensus:
+        desc += ", then drops entries disagreeing with the elected sign (TIES)"
+    elementwise = v.sparsifier is Sparsifier.NONE
+    return Method(
+        name=v.name,
+        fn=_reference(v),
+        check=_check_della if v.sparsifier is Sparsifier.DELLA else None,
+        params=v.params,
+        needs_base=True,
+        random=v.sparsifier.random,
+        elementwise=elementwise,
+        min_models=0,
+        description=desc + ".",
+        reference=f"{v.reference}; mergekit 0.1.5 `{v.name}`.",
+        # element-wise task arithmetic runs as plain row chunks; the others need whole-tensor statistics
+        streamer=None if elementwise else task_vector_streamer(v),
     )
+
+
+for _v in VARIANTS:
+    register(_method(_v))
