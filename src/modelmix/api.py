@@ -91,10 +91,11 @@ def merge(
     """
     from modelmix import interrupt
     from modelmix.devices import check_device
-    from modelmix.execute import Executor, Progress
+    from modelmix.execute import Executor
     from modelmix.io.aux import aux_bytes, write_aux
     from modelmix.io.outputs import check_output_dir
     from modelmix.io.writer import ModelWriter, OutSpec
+    from modelmix.runtime import Progress
 
     t0 = time.perf_counter()
     device = check_device(device)
