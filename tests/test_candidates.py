@@ -150,3 +150,16 @@ def test_metric_direction_is_declared_for_every_metric():
     assert is_better(0.1, 0.2, "loss") and is_better(0.9, 0.2, "exact_match")
     with pytest.raises(InputError, match="Unknown metric"):
         is_better(1, 2, "los")
+
+
+def test_public_names_stay_where_they_were():
+    """The layout moved modules; the documented names still import from their old addresses."""
+    import modelmix
+    import modelmix.cocktail
+    import modelmix.eval
+    from modelmix.weighting import cocktail
+
+    assert modelmix.cocktail.compute_weights is cocktail.compute_weights
+    assert modelmix.cocktail.mix is cocktail.mix
+    assert callable(modelmix.merge) and callable(modelmix.plan) and callable(modelmix.merge_tensors)
+    assert callable(modelmix.eval.evaluate)

@@ -22,7 +22,7 @@ Example::
     with Candidates(["zoo/experts/addition", "zoo/experts/reverse"], base="zoo/base") as c:
         em = c.skeleton()                                  # one loaded model, reused by every candidate
         for density in (0.3, 0.5, 0.7):
-            c.merge_into(em, "ties", density=density)     # the merge, written into em's weights
+            c.merge_into(em, "ties", weight=1.0, density=density)  # the merge, written into em's weights
             print(density, c.score(em, "reverse_val.jsonl", ["exact_match"]))
 
 Results equal ``merge_tensors`` on the same inputs bit for bit (random methods draw per tensor name from

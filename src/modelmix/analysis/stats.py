@@ -103,7 +103,7 @@ def check_compatible(base: Checkpoint, models: Sequence[Checkpoint]) -> list[str
     InputError if names, shapes, architectures or vocabularies differ)."""
     from modelmix.io.compat import check_compatible as check
 
-    names = check(base, models, ref_label="the base", purpose="Task vectors")
+    names = check(base, models, ref_label="the base", purpose="Comparing task vectors")
     return [n for n in names if base.entry(n).numel > 0]
 
 

@@ -55,7 +55,7 @@ def score_models(
 
     names = list(paths)
     scores: dict[str, dict[str, dict[str, float]]] = {}
-    with Candidates([paths[n] for n in names], purpose="Scoring task vectors", cache_bytes=0) as cands:
+    with Candidates([paths[n] for n in names], purpose="Scoring the models on the same skeleton", cache_bytes=0) as cands:
         em = cands.skeleton(device)
         for i, name in enumerate(names):
             if i:
