@@ -68,6 +68,7 @@ OURS_WORKER = textwrap.dedent(
     import json, resource, sys, time
     import torch, transformers  # imported up front, as LM_Cocktail's module import does on the other side
     from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+    import transformers.modeling_utils  # LM_Cocktail's import loads it too (~1.9 s here), outside its timing
     from modelmix.cocktail import compute_weights
     import modelmix.eval.metrics, modelmix.eval.models, modelmix.io.checkpoint
     args = json.loads(sys.argv[1])

@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 TYPES = ("decoder", "encoder")
 GRANULARITIES = ("model", "layer")
 ENCODER_TEMPERATURE = 0.05  # LM-Cocktail's InfoNCE temperature
+PURPOSE = "LM-Cocktail (a weight average)"  # how compatibility errors say why they matter
 
 
 @dataclass
@@ -87,6 +88,18 @@ def check_models(models: Sequence[str | Path]) -> list[Path]:
     from modelmix.io.checkpoint import Checkpoint
     from modelmix.io.compat import check_compatible
 
+    paths = _model_dirs(models)
+    cks = [Checkpoint(str(p)) for p in paths]
+    try:
+        check_compatible(cks[0], cks[1:], purpose=PURPOSE)
+    finally:
+        for ck in cks:
+            ck.close()
+    return paths
+
+
+def _model_dirs(models: Sequence[str | Path]) -> list[Path]:
+    """At least two existing Hugging Face model directories, resolved."""
     if len(models) < 2:
         raise InputError(f"LM-Cocktail needs at least two models to mix, got {len(models)}.")
     paths: list[Path] = []
@@ -97,12 +110,6 @@ def check_models(models: Sequence[str | Path]) -> list[Path]:
         if not (p / "config.json").is_file():
             raise InputError(f"{p} has no config.json; LM-Cocktail needs Hugging Face model directories.")
         paths.append(p.resolve())
-    cks = [Checkpoint(str(p)) for p in paths]
-    try:
-        check_compatible(cks[0], cks[1:], purpose="LM-Cocktail (a weight average)")
-    finally:
-        for ck in cks:
-            ck.close()
     return paths
 
 
@@ -248,7 +255,7 @@ def compute_weights(
         raise ConfigError(f"temperature must be a positive number, got {temperature}.")
     if batch_size < 1 or max_length < 2 or neg_number < 0 or budget < 0 or blocks < 1:
         raise ConfigError("batch_size and blocks must be >= 1, max_length >= 2, neg_number and budget >= 0.")
-    paths = check_models(models)
+    paths = _model_dirs(models)  # compatibility: checked once, by Candidates, before any weight is read
     if type is not None and type not in TYPES:
         raise ConfigError(f"type must be one of {', '.join(TYPES)}, got {type!r}.")
     kind = kind_of_dir(paths[0])
@@ -266,7 +273,7 @@ def compute_weights(
 
     # model-level weights read each model once: no cache (memory stays one skeleton + one state dict); the
     # layer search re-reads every group it changes, so it keeps the inputs in memory within the default budget
-    with Candidates(paths, purpose="LM-Cocktail (a weight average)",
+    with Candidates(paths, purpose=PURPOSE,
                     cache_bytes=0 if granularity == "model" else None) as cands:
         em = cands.skeleton(device, kind=kind, pooling="cls" if kind == "encoder" else None)
         scorer = _Scorer(em, exs, kind, batch_size=batch_size, max_length=max_length, neg_number=neg_number,
