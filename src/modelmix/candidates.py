@@ -89,7 +89,7 @@ class Candidates:
                 self._cks.append(self._open(Checkpoint, ref, allow_pickle))
             self._base_ck = None if base is None else self._open(Checkpoint, str(base), allow_pickle)
             ref_ck = self._base_ck or self._cks[0]
-            others = [c for c in dict.fromkeys([*self._cks]) if c is not ref_ck]
+            others = [c for c in dict.fromkeys(self._cks) if c is not ref_ck]  # each file once
             #: floating-point tensor names shared by every model, in the reference model's order
             self.names: list[str] = check_compatible(ref_ck, others, ref_label="the base" if base else "",
                                                      purpose=purpose)

@@ -458,8 +458,7 @@ def report(
             cells = " ".join(f"{t}={v:.3f}" for t, v in scores.items())
             say(f"{name:<22} {cells}  ({row.eval_seconds:.1f}s)")
 
-        cands.load(em, cands.state_dict("base"))
-        evaluate(base_name, "base")
+        evaluate(base_name, "base")  # the skeleton was loaded from the base: its weights are the base's
         for i, (name, task) in enumerate(experts.items()):
             cands.load(em, cands.state_dict(i))
             evaluate(name, "expert", detail=task)
