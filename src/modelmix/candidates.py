@@ -289,10 +289,32 @@ class Candidates:
             em.separator = separator
         return em
 
-    @staticmethod
-    def load(em: EvalModel, state_dict: Mapping[str, torch.Tensor]) -> EvalModel:
-        """Copy a whole state dict into the skeleton (strict names and shapes)."""
-        em.load_state_dict(state_dict)
+    def load(self, em: EvalModel, src: Model | Mapping[str, torch.Tensor]) -> EvalModel:
+        """Put one candidate's weights into the skeleton (strict names and shapes, checked before any copy).
+
+        ``src`` is a state dict, or a model (index, reference, ``"base"``): then each tensor is read from its
+        file straight into the skeleton's parameter (``preadv``, no intermediate copy) unless it is cached or
+        needs a dtype conversion."""
+        if isinstance(src, Mapping):
+            em.load_state_dict(src)
+            return em
+        import torch
+
+        from modelmix.eval.loading import read_into
+
+        i = self.index(src)
+        ck = self._ck(i)
+        keys = em.fit({n: ck.entry(n).shape for n in ck.names()})
+        own = em.model.state_dict(keep_vars=True)
+        with torch.no_grad():
+            for n, k in keys.items():
+                if k is None:
+                    continue
+                cached = self._cache.get((i, n))
+                if cached is not None:
+                    own[k].copy_(cached)
+                else:
+                    read_into(ck, n, own[k])
         return em
 
     @staticmethod

@@ -460,7 +460,7 @@ def report(
 
         evaluate(base_name, "base")  # the skeleton was loaded from the base: its weights are the base's
         for i, (name, task) in enumerate(experts.items()):
-            cands.load(em, cands.state_dict(i))
+            cands.load(em, i)
             evaluate(name, "expert", detail=task)
         for n in names:
             r = RECIPES[n]

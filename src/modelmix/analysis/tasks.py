@@ -59,7 +59,7 @@ def score_models(
         em = cands.skeleton(device)
         for i, name in enumerate(names):
             if i:
-                cands.load(em, cands.state_dict(i))
+                cands.load(em, i)
             em.separator = separator if separator is not None else prompt_separator(cands.path(i))
             scores[name] = {t: cands.score(em, str(f), list(metrics)) for t, f in tasks.items()}
     return scores

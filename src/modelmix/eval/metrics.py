@@ -66,6 +66,7 @@ LOSS_REDUCTIONS = ("lmcocktail", "token", "example")
 _R = TypeVar("_R")
 _TOKEN_BUDGET = 16384  # tokens per forward batch when batch_size is not given
 _LOGIT_BUDGET = 1 << 26  # float32 logits elements per batch (256 MiB) when batch_size is not given
+_MIN_ROWS = 8  # rows a batch keeps before padding may close it (smaller matmuls lose more than padding costs)
 
 
 def normalize_text(s: str) -> str:
@@ -92,19 +93,30 @@ def _require(em: EvalModel, kind: str, metric: str) -> None:
         raise InputError(f"Metric {metric!r} needs a {kind} model, but {em.name} is a {em.kind}.")
 
 
-def _batches(lengths: Sequence[int], batch_size: int | None, per_token: int) -> list[list[int]]:
-    """Indices sorted by length (longest first), cut into batches of batch_size rows or a token budget."""
+def _batches(
+    lengths: Sequence[int], batch_size: int | None, per_token: int, max_padding: float | None = None
+) -> list[list[int]]:
+    """Indices sorted by length (longest first), cut into batches of batch_size rows or a token budget.
+
+    ``max_padding`` (only without ``batch_size``) also closes a batch of at least ``_MIN_ROWS`` rows
+    before the next row would make more than that share of its tokens padding: every batch is padded to
+    its longest row, and for short texts of a few distinct lengths (retrieval passages) one padded batch
+    did a quarter more forward work than length buckets (all-MiniLM-L6-v2, 48 texts: 81 vs 61 ms)."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     out: list[list[int]] = []
     cur: list[int] = []
+    real = 0
     budget = max(1, min(_TOKEN_BUDGET, _LOGIT_BUDGET // max(1, per_token)))
     for i in order:
         width = lengths[cur[0]] if cur else lengths[i]  # longest row of the batch comes first
         full = len(cur) >= batch_size if batch_size else (len(cur) + 1) * max(width, 1) > budget
+        if not full and not batch_size and max_padding is not None and len(cur) >= _MIN_ROWS:
+            full = (len(cur) + 1) * width - (real + lengths[i]) > max_padding * (len(cur) + 1) * width
         if cur and full:
             out.append(cur)
-            cur = []
+            cur, real = [], 0
         cur.append(i)
+        real += lengths[i]
     if cur:
         out.append(cur)
     return out
@@ -374,7 +386,7 @@ def embed(em: EvalModel, texts: Sequence[str], *, batch_size: int | None = None)
     out = torch.zeros((len(texts), hidden), dtype=torch.float32)
     pad = tok.pad_token_id
     with torch.inference_mode():
-        for idx in _batches(lengths, batch_size, hidden // 8):
+        for idx in _batches(lengths, batch_size, hidden // 8, max_padding=0.1):
             width = max(lengths[i] for i in idx)
             ids = torch.full((len(idx), width), pad, dtype=torch.long)
             attn = torch.zeros((len(idx), width), dtype=torch.long)

@@ -30,12 +30,12 @@ import torch
 from torch import Tensor
 
 from modelmix.errors import InputError
+from modelmix.eval.loading import IGNORABLE_SUFFIXES as _IGNORABLE_SUFFIXES
 
 POOLINGS = ("cls", "mean", "max")
 #: config.json key holding a model's prompt convention: the text between a decoder example's input and output
 SEPARATOR_KEY = "modelmix_prompt_separator"
 LMCOCKTAIL_SEPARATOR = " "
-_IGNORABLE_SUFFIXES = (".position_ids", "rotary_emb.inv_freq")
 #: below this many parameters a model evaluates on one torch thread (see ``EvalModel.num_threads``): the
 #: zoo's 0.5M-parameter Llamas decode several times faster so, while all-MiniLM-L6-v2 (22.7M) embeds a
 #: batch 1.6x faster on two threads than on one (measured for issue 14)
@@ -201,6 +201,20 @@ def _load_tokenizer(path: Path) -> Any:
         raise InputError(f"Cannot load the tokenizer in {path}: {type(e).__name__}: {e}") from None
 
 
+def _own_memory(model: Any) -> None:
+    """Give every CPU parameter and buffer its own memory: ``from_pretrained`` (transformers 5) leaves them as
+    copy-on-write views of the memory-mapped checkpoint, which change if the file is rewritten under a live
+    skeleton and fault page by page on the first weight swap."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.device.type == "cpu":
+                p.data = p.data.clone()
+        for module in model.modules():
+            for k, b in module._buffers.items():
+                if b is not None and b.device.type == "cpu":
+                    module._buffers[k] = b.clone()
+
+
 class EvalModel:
     """A loaded model + tokenizer for evaluation (attributes ``model``, ``tokenizer``, ``kind``).
 
@@ -294,11 +308,22 @@ class EvalModel:
             else _load_tokenizer(tdir if tdir != p and _has_tok(tdir) else p)
         )
         auto = AutoModelForCausalLM if kind == "decoder" else AutoModel
-        try:
-            model = auto.from_pretrained(str(tdir), dtype=dtype)
-        except Exception as e:  # noqa: BLE001
-            raise InputError(f"Cannot load the {kind} model in {tdir}: {type(e).__name__}: {e}") from None
-        model.to(device)
+        from modelmix.eval.loading import build_model
+
+        model = None
+        if torch.device(device).type == "cpu":
+            try:
+                model = build_model(tdir, auto, config, dtype)
+            except Exception:  # noqa: BLE001 - the fast path is an optimisation: from_pretrained decides
+                model = None
+        if model is None:
+            try:
+                model = auto.from_pretrained(str(tdir), dtype=dtype)
+            except Exception as e:  # noqa: BLE001
+                raise InputError(f"Cannot load the {kind} model in {tdir}: {type(e).__name__}: {e}") from None
+            model.to(device)
+            if torch.device(device).type == "cpu":
+                _own_memory(model)
         return cls(
             model, tok, kind, pooling=pooling or st_pooling or "cls", max_seq_length=st_max, name=str(p),
             separator=prompt_separator(tdir),
@@ -340,26 +365,21 @@ class EvalModel:
         return {ks[0]: ks for ks in groups.values()}
 
     # ------------------------------------------------------------------ weight swapping
-    def load_state_dict(self, state_dict: Mapping[str, Tensor]) -> None:
-        """Copy ``state_dict`` into the existing parameters in place (no re-allocation).
-
-        Every parameter/buffer must be provided exactly once up to tied aliases (e.g. ``lm_head.weight`` may
-        be omitted when tied to ``model.embed_tokens.weight``); shapes must match. Keys prefixed with the
-        model's ``base_model_prefix`` (``bert.``, ``model.``) are accepted when the skeleton lacks it, and
-        stale buffers such as ``*.position_ids`` are ignored. Raises InputError listing all mismatches before
-        anything is copied.
-        """
+    def fit(self, shapes: Mapping[str, Sequence[int]]) -> dict[str, str | None]:
+        """Each checkpoint key -> the skeleton's own state-dict key (None: a stale buffer to skip), after the
+        strict check :meth:`load_state_dict` describes; raises InputError listing every mismatch."""
         own = self.model.state_dict(keep_vars=True)
-        sd = dict(state_dict)
+        keys = {k: k for k in shapes}
         prefix = getattr(self.model, "base_model_prefix", "") + "."
-        if prefix != "." and sd and not any(k in own for k in sd) and all(k.startswith(prefix) for k in sd):
-            sd = {k[len(prefix) :]: v for k, v in sd.items()}
-        unexpected = [k for k in sd if k not in own and not k.endswith(_IGNORABLE_SUFFIXES)]
-        missing = [canon for canon, keys in self._aliases.items() if not any(k in sd for k in keys)]
+        if prefix != "." and keys and not any(k in own for k in keys) and all(k.startswith(prefix) for k in keys):
+            keys = {k: k[len(prefix) :] for k in keys}
+        unexpected = [k for k, o in keys.items() if o not in own and not k.endswith(_IGNORABLE_SUFFIXES)]
+        given = set(keys.values())
+        missing = [canon for canon, aliases in self._aliases.items() if not any(a in given for a in aliases)]
         bad_shape = [
-            f"{k}: got {tuple(v.shape)}, expected {tuple(own[k].shape)}"
-            for k, v in sd.items()
-            if k in own and tuple(v.shape) != tuple(own[k].shape)
+            f"{o}: got {tuple(shapes[k])}, expected {tuple(own[o].shape)}"
+            for k, o in keys.items()
+            if o in own and tuple(shapes[k]) != tuple(own[o].shape)
         ]
         if unexpected or missing or bad_shape:
             parts = []
@@ -372,10 +392,23 @@ class EvalModel:
                     more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
                     parts.append(f"{label}: {', '.join(items[:5])}{more}")
             raise InputError(f"State dict does not fit {self.name}: " + "; ".join(parts) + ".")
+        return {k: (o if o in own else None) for k, o in keys.items()}
+
+    def load_state_dict(self, state_dict: Mapping[str, Tensor]) -> None:
+        """Copy ``state_dict`` into the existing parameters in place (no re-allocation).
+
+        Every parameter/buffer must be provided exactly once up to tied aliases (e.g. ``lm_head.weight`` may
+        be omitted when tied to ``model.embed_tokens.weight``); shapes must match. Keys prefixed with the
+        model's ``base_model_prefix`` (``bert.``, ``model.``) are accepted when the skeleton lacks it, and
+        stale buffers such as ``*.position_ids`` are ignored. Raises InputError listing all mismatches before
+        anything is copied.
+        """
+        keys = self.fit({k: v.shape for k, v in state_dict.items()})
+        own = self.model.state_dict(keep_vars=True)
         with torch.no_grad():
-            for k, v in sd.items():
-                if k in own:
-                    own[k].copy_(v)
+            for k, v in state_dict.items():
+                if keys[k] is not None:
+                    own[keys[k]].copy_(v)
 
     def targets(self, names: Sequence[str]) -> dict[str, Tensor | None]:
         """The skeleton's own tensor for each checkpoint tensor name (None when it has none, e.g. a stale

@@ -254,9 +254,13 @@ class Checkpoint:
         """True when ``name`` can be read straight into a caller buffer (plain safetensors, no LoRA)."""
         return self._pickled is None and (self.lora is None or (name not in self.lora.pairs and name not in self.lora.full))
 
-    def read_into(self, name: str, out: torch.Tensor, rows: tuple[int, int]) -> None:
+    def read_into(self, name: str, out: torch.Tensor, rows: tuple[int, int] | None = None) -> None:
+        """Fill ``out`` (contiguous CPU, stored dtype) with the tensor, or with a range of its rows."""
         e = self.entries[name]
-        self._reader.read_into(e, out, rows[0] * e.row_bytes, (rows[1] - rows[0]) * e.row_bytes)
+        if rows is None:
+            self._reader.read_into(e, out)
+        else:
+            self._reader.read_into(e, out, rows[0] * e.row_bytes, (rows[1] - rows[0]) * e.row_bytes)
 
     def _apply_lora(self, name: str, w: torch.Tensor, rows: tuple[int, int] | None) -> torch.Tensor:
         a_e, b_e, scale, transpose = self.lora.pairs[name]  # type: ignore[union-attr]

@@ -95,6 +95,9 @@ def _vocab(ck: Checkpoint) -> Any:
 
 
 def _check_vocab(ref: Checkpoint, m: Checkpoint, label: str) -> None:
+    fr, fm = ref.model_dir / "tokenizer.json", m.model_dir / "tokenizer.json"
+    if fr.is_file() and fm.is_file() and fr.read_bytes() == fm.read_bytes():
+        return  # the usual case (copies of one tokenizer): equal bytes, nothing to parse (30 ms for 30k tokens)
     vr, vm = _vocab(ref), _vocab(m)
     if vr is not None and vm is not None and vr != vm:
         raise InputError(

@@ -281,7 +281,7 @@ def compute_weights(
         losses: list[float] = []
         for i, p in enumerate(paths):
             if i:
-                cands.load(em, cands.state_dict(i))
+                cands.load(em, i)
             losses.append(float(scorer()))
             say(f"{p}: loss {losses[-1]:.4f}")
         _check_finite(losses, paths, max_length)
