@@ -27,9 +27,12 @@ test: venv
 lint: venv
 	$(VENV)/bin/ruff check src tests benchmarks examples
 
+# Every published benchmark, side by side with its peer, REPEAT runs each, one after another (~40 min on 2 cores):
+# one dated results file in benchmarks/results/, and the README/docs tables rewritten from it (benchmarks/publish.py).
+REPEAT ?= 3
 bench: venv
 	bash benchmarks/setup_peers.sh
-	$(PY) benchmarks/bench_merge.py --size 1.1b --repeat-modelmix 3
+	$(PY) benchmarks/run_all.py --repeat $(REPEAT)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info src/modelmix/kernels/_ckernels*.so

@@ -41,6 +41,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--top-k", default="0.2")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--json", default=None, help="also write every run here")
     args = ap.parse_args()
 
     d = Path(args.work) / args.size
@@ -56,8 +57,11 @@ def main() -> None:
     gb = sum(f.stat().st_size for m in models for f in m.glob("*.safetensors")) / 1e9
     print(f"# {args.size}: 3 models, {gb:.2f} GB of weights; {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}")
     runs = []
+    detail = []
+    _child_cpu()  # start counting here (checkpoint generation ran as a child too)
     for r in range(args.repeat):
         warm(models)
+        la = os.getloadavg()[0]
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         out, err = proc.communicate()
@@ -67,12 +71,21 @@ def main() -> None:
         data = json.loads(out)
         runs.append(wall)
         rss, cpu = _child_rss(), _child_cpu()  # max RSS over the analyze children; CPU of this run
+        detail.append({"wall_s": wall, "analysis_s": data["seconds"], "cpu_s": cpu, "peak_rss_mib_so_far": rss,
+                       "loadavg_1m_before": round(la, 2)})
         p = data["pairs"][0]
         print(f"run {r + 1}: wall {wall:.1f} s (analysis {data['seconds']:.1f} s), cpu {cpu:.1f} s, peak RSS "
               f"{rss:.0f} MiB; {data['n_params'] / 1e9:.3f}B params, cosine {p['cosine']:.4f}, "
               f"conflict {p['conflict_rate']:.4f}, jaccard {p['jaccard']:.4f}")
     if args.repeat > 1:
         print(f"median wall {statistics.median(runs):.1f} s")
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "size": args.size, "weights_gb": gb, "n_params": data["n_params"], "runs": detail,
+            "summary": {"wall_s": {"median": statistics.median(runs), "min": min(runs), "max": max(runs)},
+                        "cpu_s": statistics.median([d["cpu_s"] for d in detail]),
+                        "peak_rss_mib": max(d["peak_rss_mib_so_far"] for d in detail)},
+        }, indent=2))
 
 
 _last_cpu = [0.0]

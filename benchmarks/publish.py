@@ -1,0 +1,226 @@
+#!/usr/bin/env python3
+"""Rewrite the benchmark tables in the README and docs from one ``make bench`` results file.
+
+Every published benchmark number lives between ``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->`` in a
+Markdown file; this script renders block NAME from the results file (``benchmarks/results/bench-*.json``,
+the newest by default) and replaces the block's content, so the docs say what the latest run measured and
+nothing else. ``tests/test_bench_docs.py`` renders the blocks again and fails when a file disagrees.
+
+    .venv/bin/python benchmarks/publish.py [RESULTS.json]      # rewrite the blocks, print the files changed
+    .venv/bin/python benchmarks/publish.py --check             # exit 1 when a block is stale
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+#: the files that may hold benchmark blocks
+DOC_FILES = ("README.md", "benchmarks/README.md", "docs/cocktail.md", "docs/analysis.md", "docs/evaluation.md",
+             "docs/engine.md")
+BLOCK = re.compile(r"(<!-- bench:(?P<name>[a-z-]+) -->\n)(?P<body>.*?)(<!-- /bench:(?P=name) -->)", re.S)
+
+
+def latest() -> Path:
+    files = sorted(RESULTS.glob("bench-*.json"))
+    if not files:
+        raise SystemExit(f"no results in {RESULTS}: run `make bench` first")
+    return files[-1]
+
+
+# ------------------------------------------------------------------------------------------ formatting
+def _mid(xs: list[float]) -> float:
+    return float(statistics.median(xs))
+
+
+def span(xs: list[float], nd: int = 1, unit: str = "") -> str:
+    """``median (min–max)``, or the one value for a single run."""
+    m = f"{_mid(xs):.{nd}f}{unit}"
+    if len(xs) < 2 or f"{min(xs):.{nd}f}" == f"{max(xs):.{nd}f}":
+        return m
+    return f"{m} ({min(xs):.{nd}f}–{max(xs):.{nd}f})"
+
+
+def provenance(report: dict[str, Any], name: str) -> str:
+    b = report["benchmarks"][name]
+    loads = [b["loadavg_before"][0], b["loadavg_after"][0], *_run_loads(b.get("data"))]
+    m = report["machine"]
+    others = "; nothing else was using CPU" if not b.get("busy_before") else (
+        f"; also running: {len(b['busy_before'])} other process(es), listed in the results file")
+    return (f"_`make bench` of {report['date'][:10]} (commit {report['commit']}{', uncommitted changes' if report['dirty'] else ''}), "
+            f"{m['cpu']}, {m['cores']} cores, {m['mem_gib']} GiB; 1-minute load average {min(loads):.1f}–"
+            f"{max(loads):.1f} during the runs{others}. Median (min–max) of {report['repeat']} runs; "
+            f"`benchmarks/results/bench-{report['date'][:10]}.json` has every run._")
+
+
+def _run_loads(data: Any) -> Iterable[float]:
+    """Every ``loadavg_1m_before`` in a benchmark's JSON, wherever it nests."""
+    if isinstance(data, dict):
+        for k, v in data.items():
+            if k == "loadavg_1m_before" and isinstance(v, int | float):
+                yield float(v)
+            else:
+                yield from _run_loads(v)
+    elif isinstance(data, list):
+        for v in data:
+            yield from _run_loads(v)
+
+
+# ------------------------------------------------------------------------------------------ blocks
+def merge(report: dict[str, Any]) -> str:
+    data = report["benchmarks"]["merge"]["data"]
+    size = {"1.1b": "1.1B", "0.3b": "0.3B"}.get(data["size"], data["size"])
+    rows = [f"| recipe ({size}, bf16) | mergekit 0.1.5 | modelmix | speedup | peak memory mergekit / modelmix "
+            "| output vs mergekit |", "|---|---|---|---|---|---|"]
+    for rname, e in data["recipes"].items():
+        mk = [r for r in e["mergekit"]["runs"] if r.get("rc") == 0]
+        mm = [r for r in e["modelmix"]["runs"] if r.get("rc") == 0]
+        ratios = [a["wall_s"] / b["wall_s"] for a, b in zip(mk, mm, strict=False)]
+        c = e.get("compare") or {}
+        if rname.startswith("dare"):
+            out = "different random masks, by design"
+        elif c.get("max_abs_diff") == 0:
+            out = "bit-identical"
+        elif c.get("max_rel_l2") is not None:
+            out = f"rel. L2 {c['max_rel_l2']:.1e}"
+        else:
+            out = "not compared"
+        mk_gb, mm_gb = max(r["peak_rss_gb"] for r in mk), max(r["peak_rss_gb"] for r in mm)
+        rows.append(f"| {rname} | {span([r['wall_s'] for r in mk])} s | {span([r['wall_s'] for r in mm])} s | "
+                    f"{span(ratios)}× | {mk_gb:.2f} / {mm_gb:.2f} GB ({mk_gb / mm_gb:.0f}× less) | {out} |")
+    cpu = "; ".join(
+        f"{r} {span([(x['user_s'] or 0) + (x['sys_s'] or 0) for x in e['mergekit']['runs']], 0)} / "
+        f"{span([(x['user_s'] or 0) + (x['sys_s'] or 0) for x in e['modelmix']['runs']], 0)}"
+        for r, e in data["recipes"].items())
+    return "\n".join([provenance(report, "merge"), "", *rows, "",
+                      f"CPU seconds (user + sys), mergekit / modelmix: {cpu}. Speedups are per run (each repetition "
+                      "runs mergekit, then modelmix, from the same warm page cache); peak memory is the child's "
+                      "maximum resident set."])
+
+
+def _setup_label(s: dict[str, Any]) -> str:
+    what = ("char-level Llamas (h256, 4 layers)" if s["kind"] == "decoder" else
+            "all-MiniLM-L6-v2 + perturbed copies")
+    neg = ""
+    if s["kind"] == "encoder":
+        neg = ", every example its own 9 negatives" if s.get("distinct_negatives") else ", negatives from 16 shared passages"
+    return f"{s['kind']}: {s['n_models']} {what}, {s['examples']} examples{neg}"
+
+
+def cocktail(report: dict[str, Any]) -> str:
+    data = report["benchmarks"]["cocktail"]["data"]
+    rows = ["| setup | max \\|w_ours − w_ref\\| | ours | LM_Cocktail `mix_models_with_data` | speedup "
+            "| peak RSS ours / ref |", "|---|---|---|---|---|---|"]
+    for s in data["setups"]:
+        runs = s["runs"]
+        ours = [r["ours"]["seconds"] for r in runs]
+        ref = [r["ref"]["seconds"] for r in runs]
+        rows.append(f"| {_setup_label(s)} | {s['max_abs_diff']:.1e} | {span(ours, 2)} s | {span(ref, 2)} s | "
+                    f"{span([b / a for a, b in zip(ours, ref, strict=True)])}× | {s['ours_peak_rss'] / 2**20:.0f} / "
+                    f"{s['ref_peak_rss'] / 2**20:.0f} MiB |")
+    sc = data.get("rss_scaling", {})
+    flat = "; ".join(f"{k}s {v['peak_rss_2'] / 2**20:.0f} MiB with 2 models and {v['peak_rss_4'] / 2**20:.0f} MiB "
+                     f"with 4" for k, v in sc.items())
+    return "\n".join([provenance(report, "cocktail"), "", *rows, "",
+                      f"Our peak memory does not grow with the number of models: {flat}." if flat else ""]).rstrip()
+
+
+def analysis(report: dict[str, Any]) -> str:
+    d = report["benchmarks"]["analysis"]["data"]
+    runs = d["runs"]
+    return "\n".join([
+        provenance(report, "analysis"), "",
+        "| size | weights read | wall | CPU (user+sys) | peak RSS |", "|---|---|---|---|---|",
+        f"| {d['size']} ({d['n_params'] / 1e9:.2f}B params × 3) | {d['weights_gb']:.1f} GB | "
+        f"{span([r['wall_s'] for r in runs])} s | {span([r['cpu_s'] for r in runs])} s | "
+        f"{max(r['peak_rss_mib_so_far'] for r in runs):.0f} MiB |"])
+
+
+def evaluation(report: dict[str, Any]) -> str:
+    d = report["benchmarks"]["eval"]["data"]
+    runs = d["runs"]
+
+    def cell(k: str) -> str:
+        return f"{span([r[k + '_s'] for r in runs], 2)} s | {span([r[k + '_cpu_s'] for r in runs], 2)} s"
+
+    n = d["n"]
+    return "\n".join([
+        provenance(report, "eval"), "",
+        f"{d['n_params'] / 1e6:.1f}M-parameter char-level Llama (hidden {d['hidden']}, {d['layers']} layers), "
+        f"{d['threads']} torch threads:", "",
+        "| work | wall | CPU |", "|---|---|---|",
+        f"| loss on {n} rows `What is 123+456?` → `579` | {cell('loss')} |",
+        f"| exact_match on the same rows, untrained (never eos: every row decodes its whole budget) | {cell('exact_match')} |",
+        f"| `model.generate` on the same prompts and budget | {cell('hf_generate')} |",
+        f"| loading the model (`EvalModel.from_pretrained`, transformers imported) | "
+        f"{span([r['load_s'] for r in runs], 2)} s | |"])
+
+
+RENDER: dict[str, Callable[[dict[str, Any]], str]] = {
+    "merge": merge, "cocktail": cocktail, "analysis": analysis, "eval": evaluation}
+
+
+def render(name: str, report: dict[str, Any]) -> str:
+    return RENDER[name](report).rstrip("\n") + "\n"
+
+
+def blocks(text: str) -> list[tuple[str, str]]:
+    return [(m["name"], m["body"]) for m in BLOCK.finditer(text)]
+
+
+def rewrite(text: str, report: dict[str, Any]) -> str:
+    return BLOCK.sub(lambda m: m[1] + render(m["name"], report) + m[4], text)
+
+
+def summary(report: dict[str, Any]) -> str:
+    parts = []
+    for name in RENDER:
+        b = report["benchmarks"].get(name)
+        if b and "data" in b and "error" not in b:
+            parts.append(f"## {name}\n\n{render(name, report)}")
+        elif b:
+            parts.append(f"## {name}\n\nFAILED: {b.get('error', '')[:500]}")
+    return "\n".join(parts)
+
+
+def update(results: Path) -> list[Path]:
+    import json
+
+    report = json.loads(results.read_text())
+    changed = []
+    for rel in DOC_FILES:
+        p = ROOT / rel
+        old = p.read_text()
+        new = rewrite(old, report)
+        if new != old:
+            p.write_text(new)
+            changed.append(p)
+    results.with_suffix(".md").write_text(f"# make bench, {report['date']}\n\n{summary(report)}")
+    return changed
+
+
+def main(argv: list[str]) -> int:
+    import json
+
+    check = "--check" in argv
+    args = [a for a in argv if a != "--check"]
+    path = Path(args[0]) if args else latest()
+    if check:
+        report = json.loads(path.read_text())
+        stale = [rel for rel in DOC_FILES if rewrite((ROOT / rel).read_text(), report) != (ROOT / rel).read_text()]
+        for rel in stale:
+            print(f"{rel}: benchmark tables differ from {path.name}", file=sys.stderr)
+        return 1 if stale else 0
+    for p in update(path):
+        print(p.relative_to(ROOT))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
