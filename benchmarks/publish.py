@@ -51,11 +51,12 @@ def provenance(report: dict[str, Any], name: str) -> str:
     b = report["benchmarks"][name]
     loads = [b["loadavg_before"][0], b["loadavg_after"][0], *_run_loads(b.get("data"))]
     m = report["machine"]
-    others = "; nothing else was using CPU" if not b.get("busy_before") else (
+    others = "; no other process was using CPU when it started" if not b.get("busy_before") else (
         f"; also running: {len(b['busy_before'])} other process(es), listed in the results file")
     return (f"_`make bench` of {report['date'][:10]} (commit {report['commit']}{', uncommitted changes' if report['dirty'] else ''}), "
             f"{m['cpu']}, {m['cores']} cores, {m['mem_gib']} GiB; 1-minute load average {min(loads):.1f}–"
-            f"{max(loads):.1f} during the runs{others}. Median (min–max) of {report['repeat']} runs; "
+            f"{max(loads):.1f} during the runs (the benchmark's own processes included){others}. Median "
+            f"(min–max) of {report['repeat']} runs; "
             f"`benchmarks/results/bench-{report['date'][:10]}.json` has every run._")
 
 

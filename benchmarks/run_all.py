@@ -47,7 +47,8 @@ def commands(name: str, repeat: int, quick: bool, out: Path) -> list[str]:
     """The command line of one benchmark, writing its JSON to ``out``."""
     size = "tiny" if quick else "1.1b"
     if name == "merge":
-        return [PY, str(HERE / "bench_merge.py"), "--size", size, "--repeat", str(repeat), "--json", str(out)]
+        return [PY, str(HERE / "bench_merge.py"), "--size", size, "--repeat", str(repeat), "--json", str(out),
+                *([] if quick else ["--save-mergekit-cache"])]
     if name == "cocktail":
         setups = "3x16" if quick else "3x16,8x64,8x64d"
         return [PY, str(HERE / "bench_cocktail.py"), "--setups", setups, "--repeat", str(repeat), "--json", str(out)]

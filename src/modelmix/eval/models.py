@@ -16,6 +16,9 @@ Loading rules (all failures are :class:`~modelmix.errors.InputError`):
 * the tokenizer's vocabulary may not be larger than the model's embedding rows (ids would index past
   the embedding matrix: garbage or a crash mid-evaluation).
 * only local directories are accepted (never a hub download).
+* on the CPU the skeleton is built from the safetensors directly (``modelmix.eval.loading``: the same tensors
+  as ``from_pretrained``, in the skeleton's own memory); anything that path cannot reproduce exactly goes
+  through ``from_pretrained``, whose parameters are then copied out of the memory-mapped file.
 """
 
 from __future__ import annotations

@@ -1,0 +1,69 @@
+"""Every published benchmark table is the newest ``make bench`` results file, rendered (benchmarks/publish.py).
+
+A number in the README or docs that the latest run does not support is a defect: the tables live between
+``<!-- bench:NAME -->`` markers, and this test renders each again from ``benchmarks/results/bench-*.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import publish  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def report() -> dict:
+    return json.loads(publish.latest().read_text())
+
+
+def test_latest_results_are_a_complete_run(report):
+    assert set(report["benchmarks"]) == set(publish.RENDER), "publish only complete runs"
+    assert report["repeat"] >= 3 and not report["quick"]
+    for name, b in report["benchmarks"].items():
+        assert b["rc"] == 0 and "error" not in b, name
+        assert len(b["loadavg_before"]) == 3 and len(b["loadavg_after"]) == 3, name
+        assert "busy_before" in b, name  # what else was running
+        loads = list(publish._run_loads(b["data"]))
+        assert loads, f"{name}: no per-run load average"
+    for r, e in report["benchmarks"]["merge"]["data"]["recipes"].items():
+        for tool in ("mergekit", "modelmix"):
+            assert not e[tool].get("cached"), f"{r}: {tool} numbers must be measured in the run, not cached"
+            assert len(e[tool]["runs"]) >= 3, (r, tool)
+    for s in report["benchmarks"]["cocktail"]["data"]["setups"]:
+        assert len(s["runs"]) >= 3 and s["max_abs_diff"] < 1e-6, s["kind"]
+    kinds = {(s["kind"], s["n_models"], s["examples"], s["distinct_negatives"])
+             for s in report["benchmarks"]["cocktail"]["data"]["setups"]}
+    assert {("decoder", 3, 16, False), ("decoder", 8, 64, False), ("encoder", 3, 16, False),
+            ("encoder", 8, 64, False), ("encoder", 8, 64, True)} <= kinds
+
+
+@pytest.mark.parametrize("rel", publish.DOC_FILES)
+def test_published_tables_match_the_latest_run(rel, report):
+    text = (ROOT / rel).read_text()
+    for name, body in publish.blocks(text):
+        assert body == publish.render(name, report), (
+            f"{rel}: the {name} table differs from {publish.latest().name}; run benchmarks/publish.py "
+            "(or make bench)")
+
+
+def test_every_benchmark_is_published_somewhere():
+    names = {n for rel in publish.DOC_FILES for n, _ in publish.blocks((ROOT / rel).read_text())}
+    assert names == set(publish.RENDER)
+    readme = {n for n, _ in publish.blocks((ROOT / "README.md").read_text())}
+    assert {"merge", "cocktail"} <= readme
+
+
+def test_a_stale_table_is_detected(report):
+    text = "intro\n<!-- bench:merge -->\n| linear | 1.0 s |\n<!-- /bench:merge -->\nafter\n"
+    new = publish.rewrite(text, report)
+    assert new != text and new.startswith("intro\n<!-- bench:merge -->\n") and new.endswith(
+        "<!-- /bench:merge -->\nafter\n")
+    assert publish.rewrite(new, report) == new  # idempotent
+    assert report["date"][:10] in new and report["commit"] in new
