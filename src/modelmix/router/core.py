@@ -1,0 +1,41 @@
+"""`Router`: a validated config, its encoder and the calibrated classifier, ready to decide."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from modelmix.router.classifier import Classification, IntentClassifier
+from modelmix.router.config import RouterConfig, load_router_config
+from modelmix.router.decide import Decision, decide
+
+
+class Router:
+    def __init__(self, cfg: RouterConfig, encoder: Any = None) -> None:
+        from modelmix.eval.models import EvalModel
+
+        self.cfg = cfg
+        self.encoder = encoder if encoder is not None else EvalModel.from_pretrained(cfg.encoder_path(),
+                                                                                     kind="encoder")
+        self.classifier = IntentClassifier(
+            self.encoder, [(r.name, r.utterances) for r in cfg.routes],
+            none_utterances=cfg.none.utterances, background=cfg.none.background,
+            thresholds={r.name: r.threshold for r in cfg.routes})
+
+    @classmethod
+    def from_config(cls, source: str | Path | Mapping[str, Any]) -> Router:
+        return cls(load_router_config(source))
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        return self.classifier.calibration.thresholds
+
+    def classify(self, query: str) -> Classification:
+        return self.classifier.classify(query)
+
+    def route(self, query: str, *, strategy: str | None = None, healthy: Iterable[str] | None = None) -> Decision:
+        return decide(self.cfg, self.classify(query), self.thresholds, strategy=strategy, healthy=healthy)
+
+    def route_many(self, queries: Sequence[str], **kw: Any) -> list[Decision]:
+        return [decide(self.cfg, c, self.thresholds, **kw) for c in self.classifier.classify_many(queries)]
