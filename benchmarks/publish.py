@@ -190,10 +190,29 @@ def summary(report: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def update(results: Path) -> list[Path]:
+def load(results: Path) -> dict[str, Any]:
+    """A complete results file, or SystemExit with one sentence (missing, not JSON, a benchmark missing or
+    failed: tables are published from complete runs only)."""
     import json
 
-    report = json.loads(results.read_text())
+    try:
+        report = json.loads(results.read_text())
+    except OSError as e:
+        raise SystemExit(f"{results}: cannot read the results file ({e.strerror or e}).") from None
+    except ValueError as e:
+        raise SystemExit(f"{results}: not a JSON results file ({e}).") from None
+    b = report.get("benchmarks", {}) if isinstance(report, dict) else {}
+    bad = [n for n in RENDER if n not in b or "error" in b[n] or "data" not in b[n]]
+    if bad:
+        raise SystemExit(f"{results}: benchmark(s) {', '.join(bad)} missing or failed in this run; tables are "
+                         "published from complete runs only (make bench).")
+    if report.get("quick"):
+        raise SystemExit(f"{results}: a --quick smoke test (tiny sizes, one run); publish a full make bench run.")
+    return report
+
+
+def update(results: Path) -> list[Path]:
+    report = load(results)
     changed = []
     for rel in DOC_FILES:
         p = ROOT / rel
@@ -207,13 +226,11 @@ def update(results: Path) -> list[Path]:
 
 
 def main(argv: list[str]) -> int:
-    import json
-
     check = "--check" in argv
     args = [a for a in argv if a != "--check"]
     path = Path(args[0]) if args else latest()
     if check:
-        report = json.loads(path.read_text())
+        report = load(path)
         stale = [rel for rel in DOC_FILES if rewrite((ROOT / rel).read_text(), report) != (ROOT / rel).read_text()]
         for rel in stale:
             print(f"{rel}: benchmark tables differ from {path.name}", file=sys.stderr)

@@ -184,4 +184,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # the benchmark child got the same SIGINT; what finished is in the results file
+        print("\n[bench] interrupted: the results file keeps the benchmarks that finished; tables not published",
+              file=sys.stderr)
+        sys.exit(130)
