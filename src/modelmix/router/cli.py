@@ -71,3 +71,61 @@ def eval_cmd(config: str, data: str, as_json: bool) -> None:
     click.echo(f"calibration: temperature {cal.temperature:.4f}, none bias {cal.none_bias:.3f}, leave-one-out "
                f"accuracy on the utterances {cal.loo_accuracy:.3f} ({cal.n_utterances} utterances, "
                f"{cal.n_background} off-topic sentences)")
+
+
+@route.command("stats")
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def stats(config: str, as_json: bool) -> None:
+    """Per route: traffic, feedback events and mean score, per model of the route (from the feedback store).
+
+    Example: modelmix route stats router.yml --json
+    """
+    from modelmix.router.config import load_router_config
+    from modelmix.router.store import Store
+
+    cfg = load_router_config(config)
+    with Store(cfg.store_url()) as s:
+        per = s.stats()
+        n = s.feedback_events()
+    routes = {r.name: per.get(r.name, {"interactions": 0, "feedback": 0, "mean_score": None, "models": {}})
+              for r in cfg.routes}
+    for k in per:
+        routes.setdefault(k, per[k])  # e.g. "none", or a route since removed from the config
+    if as_json:
+        click.echo(json.dumps({"routes": routes, "feedback_events": n}))
+        return
+    click.echo(f"{'route':<20} {'traffic':>8} {'feedback':>9} {'mean score':>11}  models (feedback, mean score)")
+    for name, r in routes.items():
+        ms = ", ".join(f"{m} ({v['feedback']}, {v['mean_score']:.2f})" for m, v in r["models"].items()) or "-"
+        mean = "-" if r["mean_score"] is None else f"{r['mean_score']:.3f}"
+        click.echo(f"{name:<20} {r['interactions']:>8} {r['feedback']:>9} {mean:>11}  {ms}")
+    click.echo(f"{n} feedback events in {cfg.store_url()}")
+
+
+@route.command("export")
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False),
+              help='JSONL file of {"input","output","score"} examples (for modelmix cocktail or the agent).')
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+def export(config: str, out: str, overwrite: bool) -> None:
+    """Write the feedback as {"input","output","score"} examples, ready to re-weight a merge.
+
+    Example: modelmix route export router.yml --out feedback.jsonl
+    """
+    from pathlib import Path
+
+    from modelmix.io.outputs import check_output_file, input_list, write_file_atomic
+    from modelmix.router.config import load_router_config
+    from modelmix.router.store import Store
+
+    cfg = load_router_config(config)
+    store = cfg.store_url()
+    files = [config, store.removeprefix("sqlite:///") if store.startswith("sqlite:///") else None]
+    models = [p for p in (cfg.model_path(m) for m in cfg.models) if p is not None]
+    check_output_file(Path(out), inputs=input_list(models, files, "router config or store"), overwrite=overwrite,
+                      what="--out")
+    with Store(store) as s:
+        rows = list(s.export())
+    write_file_atomic(Path(out), "".join(json.dumps(r) + "\n" for r in rows), what="--out")
+    click.echo(f"{len(rows)} examples written to {out}")
