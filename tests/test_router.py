@@ -228,3 +228,16 @@ def test_route_classify_loads_only_the_encoder(tmp_path, model_dirs, monkeypatch
     assert len(loaded) == 1 and not any(str(p).startswith(str(next(iter(model_dirs.values())).parent)) for p in loaded)
     code, text, err = run_cli("route", "classify", str(cfgf), "what is 5 + 6")
     assert code == 0 and "strategy: single" in text and "why:" in text
+
+
+def test_learner_picks_the_route_model(cfg):
+    from modelmix.router.learner import Learner
+
+    th = {"arithmetic": 0.6, "reverse": 0.6, "chat": 0.6}
+    learner = Learner({r.name: r.models for r in cfg.routes}, seed=0)
+    for _ in range(100):  # feedback: chatty answers chat queries badly, adder well
+        learner.update({"chat": 1.0}, ["chatty"], 0.0)
+        learner.update({"chat": 1.0}, ["adder"], 1.0)
+    picks = [decide(cfg, _c(chat=0.9, arithmetic=0.05, reverse=0.03, none=0.02), th, learner=learner).models[0]
+             for _ in range(20)]
+    assert picks.count("adder") >= 19

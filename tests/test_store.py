@@ -137,7 +137,7 @@ def test_route_stats_and_export_commands(tmp_path):
         {"name": "arithmetic", "models": ["m"], "utterances": ["add 2 and 3"]},
         {"name": "chat", "models": ["m"], "utterances": ["how are you"]}]}))
     with Store(tmp_path / "r.db") as s:
-        a = _log(s)
+        a = s.log("what is 2 + 2", {"arithmetic": 0.8, "chat": 0.2}, "single", ["m"], [1.0], answer="4")
         s.add_feedback(a, thumbs="up")
         _log(s, "hello", "chat", "hi")
     code, out, err = run_cli("route", "stats", str(cfg), "--json")
@@ -145,6 +145,8 @@ def test_route_stats_and_export_commands(tmp_path):
     st = json.loads(out)
     assert st["feedback_events"] == 1 and st["routes"]["arithmetic"]["mean_score"] == 1.0
     assert st["routes"]["chat"]["interactions"] == 1 and st["routes"]["chat"]["feedback"] == 0
+    assert st["routes"]["arithmetic"]["learner"]["m"]["alpha"] == pytest.approx(2.0 + 0.8)  # prior 2 + weight 0.8
+    assert st["routes"]["chat"]["learner"]["m"]["alpha"] == pytest.approx(2.0 + 0.2)
     code, out, err = run_cli("route", "stats", str(cfg))
     assert code == 0 and "arithmetic" in out and "1 feedback events" in out
     dst = tmp_path / "fb.jsonl"

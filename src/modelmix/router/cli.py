@@ -77,21 +77,26 @@ def eval_cmd(config: str, data: str, as_json: bool) -> None:
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def stats(config: str, as_json: bool) -> None:
-    """Per route: traffic, feedback events and mean score, per model of the route (from the feedback store).
+    """Per route: traffic, feedback and mean score per model (from the feedback store), and what the learner
+    believes (each model's posterior mean: who serves the route next).
 
     Example: modelmix route stats router.yml --json
     """
     from modelmix.router.config import load_router_config
+    from modelmix.router.learner import Learner
     from modelmix.router.store import Store
 
     cfg = load_router_config(config)
     with Store(cfg.store_url()) as s:
         per = s.stats()
         n = s.feedback_events()
+        beliefs = Learner.from_history({r.name: r.models for r in cfg.routes}, s.history()).beliefs()
     routes = {r.name: per.get(r.name, {"interactions": 0, "feedback": 0, "mean_score": None, "models": {}})
               for r in cfg.routes}
     for k in per:
         routes.setdefault(k, per[k])  # e.g. "none", or a route since removed from the config
+    for k, b in beliefs.items():
+        routes[k]["learner"] = b  # posterior mean per model: who serves this route next
     if as_json:
         click.echo(json.dumps({"routes": routes, "feedback_events": n}))
         return
@@ -100,6 +105,8 @@ def stats(config: str, as_json: bool) -> None:
         ms = ", ".join(f"{m} ({v['feedback']}, {v['mean_score']:.2f})" for m, v in r["models"].items()) or "-"
         mean = "-" if r["mean_score"] is None else f"{r['mean_score']:.3f}"
         click.echo(f"{name:<20} {r['interactions']:>8} {r['feedback']:>9} {mean:>11}  {ms}")
+        if "learner" in r:
+            click.echo(" " * 22 + "learner: " + ", ".join(f"{m} {v['mean']:.2f}" for m, v in r["learner"].items()))
     click.echo(f"{n} feedback events in {cfg.store_url()}")
 
 

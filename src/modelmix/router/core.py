@@ -12,10 +12,11 @@ from modelmix.router.decide import Decision, decide
 
 
 class Router:
-    def __init__(self, cfg: RouterConfig, encoder: Any = None) -> None:
+    def __init__(self, cfg: RouterConfig, encoder: Any = None, learner: Any = None) -> None:
         from modelmix.eval.models import EvalModel
 
         self.cfg = cfg
+        self.learner = learner  # router.learner.Learner: feedback picks each route's model (None: config order)
         self.encoder = encoder if encoder is not None else EvalModel.from_pretrained(cfg.encoder_path(),
                                                                                      kind="encoder")
         self.classifier = IntentClassifier(
@@ -35,7 +36,9 @@ class Router:
         return self.classifier.classify(query)
 
     def route(self, query: str, *, strategy: str | None = None, healthy: Iterable[str] | None = None) -> Decision:
-        return decide(self.cfg, self.classify(query), self.thresholds, strategy=strategy, healthy=healthy)
+        return decide(self.cfg, self.classify(query), self.thresholds, strategy=strategy, healthy=healthy,
+                      learner=self.learner)
 
     def route_many(self, queries: Sequence[str], **kw: Any) -> list[Decision]:
-        return [decide(self.cfg, c, self.thresholds, **kw) for c in self.classifier.classify_many(queries)]
+        return [decide(self.cfg, c, self.thresholds, learner=self.learner, **kw)
+                for c in self.classifier.classify_many(queries)]

@@ -1,10 +1,11 @@
 """From a classification to a decision: which strategy, which models, with what weights, and why.
 
-The ``auto`` rule (a config's ``strategy`` other than ``auto`` forces that strategy; feedback will adjust the
-thresholds and the choice of model per route once the learner exists):
+The ``auto`` rule (a config's ``strategy`` other than ``auto`` forces that strategy; with a learner, feedback
+chooses each route's model, ``router.learner``):
 
 1. **single** — the top route's confidence reaches its calibrated threshold (``IntentClassifier``): its
-   first healthy model answers.
+   first healthy model answers (with a learner: the model feedback has shown to serve it best, see
+   ``router.learner``).
 2. **hybrid** — otherwise, when the two most likely routes each hold at least ``MATERIAL`` (25 %) and are
    served by different models: the first route's model drafts, the second's refines.
 3. **mix** — otherwise, when at least two routes hold at least ``PRESENT`` (10 %): their first models
@@ -43,7 +44,9 @@ class Decision:
                 "ms": round(self.classification.seconds * 1000, 3)}
 
 
-def _first(cfg: RouterConfig, route: str, healthy: set[str] | None) -> str | None:
+def _first(cfg: RouterConfig, route: str, healthy: set[str] | None, learner: Any = None) -> str | None:
+    if learner is not None:
+        return learner.choose(route, healthy)
     spec = next(r for r in cfg.routes if r.name == route)
     for m in spec.models:
         if healthy is None or m in healthy:
@@ -52,8 +55,10 @@ def _first(cfg: RouterConfig, route: str, healthy: set[str] | None) -> str | Non
 
 
 def decide(cfg: RouterConfig, c: Classification, thresholds: dict[str, float], *,
-           strategy: str | None = None, healthy: Iterable[str] | None = None) -> Decision:
-    """The decision for one classified query (see the module docstring)."""
+           strategy: str | None = None, healthy: Iterable[str] | None = None, learner: Any = None) -> Decision:
+    """The decision for one classified query (see the module docstring). With a ``learner``
+    (:class:`modelmix.router.learner.Learner`) each route's model is its Thompson draw instead of the
+    config's first healthy model."""
     ok = set(healthy) if healthy is not None else None
     want = strategy or cfg.strategy
     ranked = [(r, p) for r, p in c.distribution.items() if r != NONE]
@@ -63,7 +68,7 @@ def decide(cfg: RouterConfig, c: Classification, thresholds: dict[str, float], *
     def pick(routes: list[str]) -> tuple[list[str], list[str], list[float]]:
         rs, ms, ws = [], [], []
         for r in routes:
-            m = _first(cfg, r, ok)
+            m = _first(cfg, r, ok, learner)
             if m is not None and m not in ms:
                 rs.append(r)
                 ms.append(m)
@@ -94,7 +99,7 @@ def decide(cfg: RouterConfig, c: Classification, thresholds: dict[str, float], *
     if p_top >= tau and p_top > none_p:
         return make("single", [top], f"{top} is confident ({p_top:.0%} ≥ its threshold {tau:.0%})")
     if second[0] is not None and p_top >= MATERIAL and second[1] >= MATERIAL and none_p < p_top:
-        m1, m2 = _first(cfg, top, ok), _first(cfg, second[0], ok)
+        m1, m2 = _first(cfg, top, ok, learner), _first(cfg, second[0], ok, learner)
         if m1 != m2:
             return make("hybrid", [top, second[0]],
                         f"two routes are material: {top} {p_top:.0%} and {second[0]} {second[1]:.0%}")

@@ -175,6 +175,17 @@ class Store:
             out[route]["models"][model] = {"feedback": len(scores), "mean_score": sum(scores) / len(scores)}
         return out
 
+    def history(self) -> Iterator[tuple[dict[str, float], list[str], float]]:
+        """Every feedback event as ``(distribution, models, score)``, oldest first (the learner replays it)."""
+        import sqlalchemy as sa
+
+        i, f = self.interactions, self.feedback_table
+        q = (sa.select(i.c.distribution, i.c.models, f.c.score)
+             .select_from(f.join(i, f.c.interaction_id == i.c.id)).order_by(f.c.id))
+        with self.engine.connect() as c:
+            for dist, models, score in c.execute(q):
+                yield json.loads(dist), json.loads(models), float(score)
+
     def export(self) -> Iterator[dict[str, Any]]:
         """Feedback as ``{"input", "output", "score"}`` examples (interactions with an answer), oldest first."""
         import sqlalchemy as sa

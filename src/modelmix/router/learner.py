@@ -1,0 +1,89 @@
+"""Learning from feedback: which model should serve each route (Thompson sampling over route x model).
+
+Each (route, model) pair keeps a Beta posterior over "an answer from this model to this route's queries is
+good". Feedback is a score in [0, 1] on one interaction; it updates the pairs of that interaction's models,
+each route weighted by the classifier's confidence in it (a query that was 70 % arithmetic and 30 % chat
+teaches the arithmetic pair 0.7 of a lesson): ``alpha += w * score``, ``beta += w * (1 - score)``.
+
+To serve a route, every healthy model of the route draws a sample from its posterior and the highest
+draw wins: models that have done well are chosen more and more often, models with little feedback keep
+being tried now and then (exploration), and a model that degrades loses its lead as bad scores arrive.
+The prior is ``Beta(2, 1)`` for the route's first model (the config's order of preference) and
+``Beta(1, 1)`` for the others, so with no feedback the config's first model is preferred but not forced.
+
+``decay`` (default 1, no decay) shrinks every posterior of a route toward ``Beta(1, 1)`` by that factor
+before each update of it, so old evidence fades and a model that changes behaviour is re-learned within a bounded number of
+events. An update is a handful of float operations (microseconds); the state is rebuilt from the store at
+start-up by replaying its feedback, so what the learner believes is always explainable from the store.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+
+@dataclass
+class Arm:
+    alpha: float
+    beta: float
+    n: float = 0.0  # feedback weight received
+
+    @property
+    def mean(self) -> float:
+        return self.alpha / (self.alpha + self.beta)
+
+
+class Learner:
+    def __init__(self, routes: Mapping[str, Sequence[str]], *, decay: float = 1.0, seed: int | None = None) -> None:
+        if not 0 < decay <= 1:
+            raise ValueError(f"decay must be in (0, 1], got {decay}")
+        self.decay = decay
+        self.rng = random.Random(seed)
+        self.arms: dict[str, dict[str, Arm]] = {
+            r: {m: Arm(2.0 if i == 0 else 1.0, 1.0) for i, m in enumerate(models)} for r, models in routes.items()}
+
+    @classmethod
+    def from_history(cls, routes: Mapping[str, Sequence[str]],
+                     events: Iterable[tuple[Mapping[str, float], Sequence[str], float]], **kw: float) -> Learner:
+        """A learner that has seen ``events`` (``(distribution, models, score)``, oldest first)."""
+        self = cls(routes, **kw)  # type: ignore[arg-type]
+        for dist, models, score in events:
+            self.update(dist, models, score)
+        return self
+
+    def choose(self, route: str, healthy: Iterable[str] | None = None) -> str | None:
+        """The model that serves ``route`` now (a Thompson draw among its healthy models), or None."""
+        arms = self.arms.get(route, {})
+        ok = set(healthy) if healthy is not None else None
+        best, best_draw = None, -1.0
+        for m, a in arms.items():
+            if ok is not None and m not in ok:
+                continue
+            d = self.rng.betavariate(a.alpha, a.beta)
+            if d > best_draw:
+                best, best_draw = m, d
+        return best
+
+    def update(self, distribution: Mapping[str, float], models: Sequence[str], score: float) -> None:
+        """One feedback event: ``score`` for an answer by ``models`` to a query classified as ``distribution``."""
+        for route, w in distribution.items():
+            arms = self.arms.get(route)
+            if not arms or w <= 0:
+                continue
+            if self.decay < 1:
+                for a in arms.values():
+                    a.alpha = 1.0 + (a.alpha - 1.0) * self.decay
+                    a.beta = 1.0 + (a.beta - 1.0) * self.decay
+            for m in models:
+                a = arms.get(m)
+                if a is not None:
+                    a.alpha += w * score
+                    a.beta += w * (1.0 - score)
+                    a.n += w
+
+    def beliefs(self) -> dict[str, dict[str, dict[str, float]]]:
+        """Per route and model: posterior mean, alpha, beta and feedback weight (for ``route stats``)."""
+        return {r: {m: {"mean": a.mean, "alpha": a.alpha, "beta": a.beta, "feedback": a.n} for m, a in arms.items()}
+                for r, arms in self.arms.items()}
