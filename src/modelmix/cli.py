@@ -26,6 +26,7 @@ _LAZY = {
     "lmc": ("modelmix.weighting.cli", "lmc", "Linear mode connectivity: loss along the straight path between two models."),
     "analyze": ("modelmix.analysis.cli", "analyze", "Task-vector interference analysis (norms, cosines, sign conflicts) with an HTML report."),
     "import-gguf": ("modelmix.gguf_cli", "import_gguf", "Convert a llama-family GGUF file into a Hugging Face model directory."),
+    "serve": ("modelmix.router.cli", "serve_cmd", "Serve the router as an OpenAI-compatible endpoint (FastAPI + uvicorn)."),
     "route": ("modelmix.router.cli", "route", "Router: classify queries over routes (a calibrated distribution) and evaluate it."),
 }
 

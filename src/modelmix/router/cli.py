@@ -136,3 +136,18 @@ def export(config: str, out: str, overwrite: bool) -> None:
         rows = list(s.export())
     write_file_atomic(Path(out), "".join(json.dumps(r) + "\n" for r in rows), what="--out")
     click.echo(f"{len(rows)} examples written to {out}")
+
+
+@click.command("serve")
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="TCP port.")
+def serve_cmd(config: str, host: str, port: int) -> None:
+    """Serve the router: POST /v1/chat/completions (model "router" or "router-<strategy>"), /v1/feedback,
+    /v1/models, /healthz, /metrics.
+
+    Example: modelmix serve router.yml --port 8000
+    """
+    from modelmix.router.serve import serve
+
+    serve(config, host, port)

@@ -89,6 +89,18 @@ class NoneSpec(_Strict):
     background: bool = True  # also use the packaged off-topic sentences
 
 
+HYBRID_TEMPLATE = ("{query}\n\nA first answer from another assistant:\n{draft}\n\nWrite the final answer to the "
+                   "question, correcting and clarifying the first answer where needed.")
+
+
+class ServeSpec(_Strict):
+    #: requests generating at once; one more is answered 429 (backpressure, never an unbounded queue)
+    max_concurrent: int = Field(4, ge=1)
+    max_request_bytes: int = Field(1 << 20, ge=1024)
+    #: the refine prompt of the hybrid strategy ({query}: the user's message, {draft}: the first model's answer)
+    hybrid_template: str = HYBRID_TEMPLATE
+
+
 class RouterConfig(_Strict):
     encoder: str = DEFAULT_ENCODER
     models: dict[str, ModelSpec] = Field(min_length=1)
@@ -96,6 +108,7 @@ class RouterConfig(_Strict):
     strategy: Literal["single", "hybrid", "mix", "rank", "auto"] = "auto"
     feedback: FeedbackSpec = Field(default_factory=FeedbackSpec)
     none: NoneSpec = Field(default_factory=NoneSpec)
+    serve: ServeSpec = Field(default_factory=ServeSpec)
     #: where relative paths were resolved from (the config file's directory); set by load_router_config
     base_dir: Path | None = Field(None, exclude=True)
 

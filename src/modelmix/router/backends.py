@@ -1,0 +1,181 @@
+"""The models a router serves: in-process Hugging Face directories and remote OpenAI-compatible servers.
+
+* :class:`LocalBackend` loads a local model directory once, on first use, and answers with greedy decoding
+  over a KV cache. The prompt follows the model directory, not the client: a tokenizer with a chat template
+  gets the whole conversation through it; a model without one (the modelmix zoo's) gets the last user
+  message followed by its own prompt separator and answers one line, as it was trained.
+* :func:`mixed_generate` decodes with several local models that share a vocabulary at once: each step's
+  next-token distribution is the weighted mixture of the models' distributions (token-level ensembling).
+* :class:`RemoteBackend` forwards to any OpenAI-compatible server (vLLM, llama.cpp, Ollama, another modelmix)
+  with the official ``openai`` client (timeout, retries); after ``failures`` consecutive errors it is
+  marked down for ``cooldown_s`` (a circuit breaker), so the router skips it and reports it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class BackendError(RuntimeError):
+    """A model could not answer (remote server down, timeout, broken model directory)."""
+
+
+class LocalBackend:
+    kind = "local"
+
+    def __init__(self, name: str, path: Path, max_new_tokens: int = 256) -> None:
+        self.name, self.path, self.max_new_tokens = name, path, max_new_tokens
+        self._em: Any = None
+        self._load_lock = threading.Lock()
+        self.lock = threading.Lock()  # one generation at a time per model (torch runs it on all cores anyway)
+
+    @property
+    def em(self) -> Any:
+        if self._em is None:
+            with self._load_lock:
+                if self._em is None:
+                    from modelmix.eval.models import EvalModel
+
+                    self._em = EvalModel.from_pretrained(self.path, kind="decoder")
+        return self._em
+
+    def healthy(self) -> bool:
+        return True
+
+    def prompt_ids(self, messages: Sequence[dict[str, str]]) -> tuple[list[int], bool]:
+        """Token ids of the prompt, and whether the answer stops at the first line (models without a chat
+        template, trained on one-line answers)."""
+        tok = self.em.tokenizer
+        if getattr(tok, "chat_template", None):
+            ids = tok.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True)
+            if isinstance(ids, dict) or hasattr(ids, "keys"):
+                ids = ids["input_ids"]
+            return list(ids), False
+        user = [m["content"] for m in messages if m.get("role") == "user"]
+        text = (user[-1] if user else messages[-1]["content"]) + self.em.separator
+        return list(tok(text)["input_ids"]), True
+
+    def stream(self, messages: Sequence[dict[str, str]], max_new_tokens: int | None = None) -> Iterator[str]:
+        ids, one_line = self.prompt_ids(messages)
+        with self.lock:
+            yield from mixed_generate([self], [1.0], ids, max_new_tokens or self.max_new_tokens, one_line)
+
+    def complete(self, messages: Sequence[dict[str, str]], max_new_tokens: int | None = None) -> str:
+        return "".join(self.stream(messages, max_new_tokens))
+
+
+def _step(model: Any, ids: torch.Tensor, cache: Any, cache_kw: str) -> tuple[torch.Tensor, Any]:
+    from modelmix.eval.metrics import _cache_of
+
+    kw = {cache_kw: cache} if cache is not None else {}
+    out = model(input_ids=ids, use_cache=True, logits_to_keep=1, **kw)
+    return out.logits[0, -1].float(), _cache_of(out)
+
+
+def mixed_generate(backends: Sequence[LocalBackend], weights: Sequence[float], prompt: list[int],
+                   max_new_tokens: int, one_line: bool) -> Iterator[str]:
+    """Greedy decoding from the weighted mixture of the models' next-token distributions (one model: plain
+    greedy decoding). Yields text pieces as tokens are decided; stops at eos, the token budget, or (for
+    ``one_line``) the end of the first non-empty line."""
+    from modelmix.eval.metrics import _cache_kwarg
+
+    ems = [b.em for b in backends]
+    tok = ems[0].tokenizer
+    eos = tok.eos_token_id
+    w = torch.tensor([float(x) for x in weights])
+    w = w / w.sum()
+    caches: list[Any] = [None] * len(ems)
+    kws = [_cache_kwarg(em.model) for em in ems]
+    ids = torch.tensor([prompt], dtype=torch.long)
+    shown = ""  # text yielded so far
+    out_ids: list[int] = []
+    with torch.inference_mode():
+        for _ in range(max_new_tokens):
+            probs: torch.Tensor | None = None
+            for i, em in enumerate(ems):
+                with em.threads():
+                    logits, caches[i] = _step(em.model, ids.to(em.device), caches[i], kws[i])
+                p = torch.softmax(logits.cpu(), -1) * w[i]
+                probs = p if probs is None else probs + p
+            assert probs is not None
+            nxt = int(probs.argmax())
+            if nxt == eos:
+                break
+            out_ids.append(nxt)
+            full = tok.decode(out_ids, skip_special_tokens=True)
+            if one_line:
+                full = full.lstrip()
+                if "\n" in full:
+                    head = full.split("\n", 1)[0]
+                    if len(head) > len(shown):
+                        yield head[len(shown):]
+                    return
+            if len(full) > len(shown) and full.startswith(shown):
+                yield full[len(shown):]
+                shown = full
+            ids = torch.tensor([[nxt]], dtype=torch.long)
+    if not one_line and out_ids:  # text that decoded differently mid-way (multi-byte characters)
+        full = tok.decode(out_ids, skip_special_tokens=True)
+        if full.startswith(shown) and len(full) > len(shown):
+            yield full[len(shown):]
+
+
+class RemoteBackend:
+    kind = "remote"
+
+    def __init__(self, name: str, url: str, model: str, *, api_key: str | None = None, timeout_s: float = 60.0,
+                 max_new_tokens: int = 256, failures: int = 3, cooldown_s: float = 30.0) -> None:
+        from openai import OpenAI
+
+        self.name, self.url, self.model, self.max_new_tokens = name, url, model, max_new_tokens
+        self.client = OpenAI(base_url=url, api_key=api_key or "none", timeout=timeout_s, max_retries=1)
+        self.failures, self.cooldown_s = failures, cooldown_s
+        self._errors = 0
+        self._down_until = 0.0
+        self.last_error: str | None = None
+
+    def healthy(self) -> bool:
+        return time.monotonic() >= self._down_until
+
+    def _failed(self, e: Exception) -> BackendError:
+        self._errors += 1
+        self.last_error = f"{type(e).__name__}: {e}"
+        if self._errors >= self.failures:
+            self._down_until = time.monotonic() + self.cooldown_s
+        return BackendError(f"model {self.name} ({self.url}) failed: {self.last_error}")
+
+    def stream(self, messages: Sequence[dict[str, str]], max_new_tokens: int | None = None) -> Iterator[str]:
+        try:
+            chunks = self.client.chat.completions.create(model=self.model, messages=list(messages),  # type: ignore[arg-type]
+                                                         max_tokens=max_new_tokens or self.max_new_tokens,
+                                                         temperature=0, stream=True)
+            for ch in chunks:
+                if ch.choices and ch.choices[0].delta and ch.choices[0].delta.content:
+                    yield ch.choices[0].delta.content
+        except Exception as e:  # noqa: BLE001 - every client error means "this backend cannot answer now"
+            raise self._failed(e) from None
+        self._errors = 0
+
+    def complete(self, messages: Sequence[dict[str, str]], max_new_tokens: int | None = None) -> str:
+        return "".join(self.stream(messages, max_new_tokens))
+
+
+def build_backends(cfg: Any) -> dict[str, LocalBackend | RemoteBackend]:
+    """One backend per config model (local ones load lazily, on first use)."""
+    import os
+
+    out: dict[str, LocalBackend | RemoteBackend] = {}
+    for name, spec in cfg.models.items():
+        if spec.path is not None:
+            out[name] = LocalBackend(name, cfg.model_path(name), spec.max_new_tokens)
+        else:
+            key = os.environ.get(spec.api_key_env) if spec.api_key_env else None
+            out[name] = RemoteBackend(name, spec.url, spec.model, api_key=key, timeout_s=spec.timeout_s,
+                                      max_new_tokens=spec.max_new_tokens)
+    return out

@@ -1,0 +1,369 @@
+"""``modelmix serve``: the router behind one OpenAI-compatible HTTP endpoint (FastAPI + uvicorn).
+
+Endpoints:
+
+* ``POST /v1/chat/completions`` — ``model`` is ``router`` (the config's strategy), ``router-<strategy>``
+  (single, hybrid, mix, rank, auto), or one of the config's models (no routing). ``stream: true`` answers
+  with server-sent events as the OpenAI API does (``chat.completion.chunk`` objects, then ``[DONE]``).
+  Every completion carries a ``modelmix`` object: the route distribution, strategy, models, weights, the
+  reason, and per-model latency; its ``id`` is the key for feedback.
+* ``POST /v1/feedback`` ``{"id": ..., "score": 0..1}`` (or ``"thumbs": "up"|"down"``, optional ``"comment"``):
+  stored durably (``router.store``) before the answer, then taught to the learner.
+* ``GET /v1/models``, ``GET /healthz``, ``GET /metrics`` (Prometheus text).
+
+Bad requests get a 4xx with an OpenAI-style JSON error body (``{"error": {"message", "type", "code"}}``),
+never a 500: malformed JSON or fields 400, an unknown model 404, an unknown feedback id 404, a body over
+``serve.max_request_bytes`` 413, more than ``serve.max_concurrent`` generations at once 429 (backpressure:
+nothing waits in an unbounded queue). A model that fails is skipped for the route's next healthy model; if
+none can answer, 503.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from fastapi import Request  # at module level: the endpoints' annotations are resolved from these globals
+
+from modelmix.router.backends import BackendError, LocalBackend, build_backends, mixed_generate
+from modelmix.router.config import STRATEGIES
+from modelmix.router.decide import Decision, NoHealthyModel
+
+VIRTUAL = ["router", *[f"router-{s}" for s in STRATEGIES]]
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, code: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.status, self.message, self.code = status, message, code
+
+
+def agreement_rank(answers: Sequence[str], weights: Sequence[float] | None = None) -> list[float]:
+    """Default ranker: each answer's mean token-overlap F1 with the other answers (the consensus), times its
+    weight when given. Works for any mix of local and remote models."""
+    toks = [a.lower().split() for a in answers]
+
+    def f1(a: list[str], b: list[str]) -> float:
+        if not a or not b:
+            return 0.0
+        common = sum(min(a.count(t), b.count(t)) for t in set(a))
+        return 0.0 if common == 0 else 2 * common / (len(a) + len(b))
+
+    n = len(answers)
+    scores = [sum(f1(toks[i], toks[j]) for j in range(n) if j != i) / max(1, n - 1) for i in range(n)]
+    if weights is not None:
+        scores = [s * w for s, w in zip(scores, weights, strict=True)]
+    return scores
+
+
+class Service:
+    """The router, its backends, store and learner, and the strategies' execution (used by the app)."""
+
+    def __init__(self, router: Any, store: Any, backends: dict[str, Any] | None = None, learner: Any = None) -> None:
+        self.router, self.store = router, store
+        self.cfg = router.cfg
+        self.backends = backends if backends is not None else build_backends(self.cfg)
+        self.learner = learner
+        if learner is not None:
+            router.learner = learner
+        self.slots = threading.BoundedSemaphore(self.cfg.serve.max_concurrent)
+        self.learn_lock = threading.Lock()
+        from prometheus_client import CollectorRegistry, Counter, Histogram
+
+        self.registry = CollectorRegistry()
+        self.m_requests = Counter("modelmix_requests", "Chat completions by strategy and outcome",
+                                  ["strategy", "outcome"], registry=self.registry)
+        self.m_feedback = Counter("modelmix_feedback", "Feedback events stored", registry=self.registry)
+        self.m_latency = Histogram("modelmix_request_seconds", "Completion latency", ["strategy"],
+                                   registry=self.registry)
+        self.m_overhead = Histogram("modelmix_route_seconds", "Classification + decision latency",
+                                    registry=self.registry, buckets=(.001, .0025, .005, .01, .02, .05, .1, .5))
+
+    # ------------------------------------------------------------------ decisions
+    def healthy(self) -> set[str]:
+        return {n for n, b in self.backends.items() if b.healthy()}
+
+    def decide(self, model: str, query: str) -> Decision | None:
+        """None for a direct model request; else the router's decision (strategy from the virtual name)."""
+        if model in self.backends:
+            return None
+        if model not in VIRTUAL:
+            raise ApiError(404, f"model {model!r} does not exist; available: {', '.join(VIRTUAL + list(self.backends))}",
+                           "model_not_found")
+        strategy = None if model == "router" else model.removeprefix("router-")
+        t0 = time.perf_counter()
+        try:
+            d = self.router.route(query, strategy=strategy, healthy=self.healthy())
+        except NoHealthyModel as e:
+            raise ApiError(503, str(e), "no_healthy_model") from None
+        self.m_overhead.observe(time.perf_counter() - t0)
+        return d
+
+    # ------------------------------------------------------------------ execution
+    def _answer_one(self, names: Sequence[str], messages: list[dict[str, str]], max_tokens: int | None,
+                    timings: dict[str, float]) -> tuple[str, str]:
+        """The first of ``names`` that answers (a failed model is skipped), and its answer."""
+        errors = []
+        for n in names:
+            b = self.backends[n]
+            if not b.healthy():
+                errors.append(f"{n}: down")
+                continue
+            t0 = time.perf_counter()
+            try:
+                text = b.complete(messages, max_tokens)
+            except BackendError as e:
+                errors.append(str(e))
+                continue
+            timings[n] = round((time.perf_counter() - t0) * 1000, 2)
+            return n, text
+        raise ApiError(503, "no model could answer: " + "; ".join(errors), "no_healthy_model")
+
+    def _fallbacks(self, d: Decision, i: int) -> list[str]:
+        """Decision model i, then the other models of its route (config order) as fallbacks."""
+        route = next((r for r in self.cfg.routes if r.name == d.routes[i]), None)
+        rest = [m for m in (route.models if route else []) if m != d.models[i]]
+        return [d.models[i], *rest]
+
+    def run(self, d: Decision | None, model: str, messages: list[dict[str, str]],
+            max_tokens: int | None) -> tuple[str, dict[str, Any]]:
+        """Execute a decision (or a direct model request); the answer and the ``modelmix`` metadata."""
+        timings: dict[str, float] = {}
+        query = _last_user(messages)
+        if d is None:
+            used, text = self._answer_one([model], messages, max_tokens, timings)
+            return text, {"strategy": "direct", "models": [used], "per_model_ms": timings}
+        meta: dict[str, Any] = {"distribution": d.classification.distribution, "strategy": d.strategy,
+                                "routes": d.routes, "weights": d.weights, "why": d.why}
+        if d.strategy == "single":
+            used, text = self._answer_one(self._fallbacks(d, 0), messages, max_tokens, timings)
+            meta["models"] = [used]
+        elif d.strategy == "hybrid":
+            a, draft = self._answer_one(self._fallbacks(d, 0), messages, max_tokens, timings)
+            refine = self.cfg.serve.hybrid_template.format(query=query, draft=draft)
+            b, text = self._answer_one(self._fallbacks(d, 1), [*messages[:-1], {"role": "user", "content": refine}],
+                                       max_tokens, timings)
+            meta.update(models=[a, b], draft=draft)
+        elif d.strategy == "mix" and self._token_mixable(d.models):
+            bs = [self.backends[m] for m in d.models]
+            ids, one_line = bs[0].prompt_ids(messages)
+            t0 = time.perf_counter()
+            locks = [b.lock for b in bs]
+            for lk in locks:
+                lk.acquire()
+            try:
+                text = "".join(mixed_generate(bs, d.weights, ids, max_tokens or bs[0].max_new_tokens, one_line))
+            finally:
+                for lk in reversed(locks):
+                    lk.release()
+            timings["+".join(d.models)] = round((time.perf_counter() - t0) * 1000, 2)
+            meta.update(models=list(d.models), mixing="token")
+        else:  # rank, or mix across different vocabularies / remote models: answers ranked (weighted for mix)
+            answers, used = [], []
+            for i in range(len(d.models)):
+                try:
+                    m, t = self._answer_one(self._fallbacks(d, i), messages, max_tokens, timings)
+                except ApiError:
+                    continue
+                if m not in used:
+                    used.append(m)
+                    answers.append(t)
+            if not answers:
+                raise ApiError(503, "no model could answer", "no_healthy_model")
+            w = [d.weights[d.models.index(m)] if m in d.models else 0.0 for m in used]
+            scores = agreement_rank(answers, w if d.strategy == "mix" else None)
+            best = max(range(len(answers)), key=scores.__getitem__)
+            text = answers[best]
+            meta.update(models=used, candidates=[{"model": m, "answer": a, "score": s}
+                                                 for m, a, s in zip(used, answers, scores, strict=True)],
+                        chosen=used[best], mixing="response" if d.strategy == "mix" else None)
+        meta["per_model_ms"] = timings
+        return text, meta
+
+    def _token_mixable(self, names: Sequence[str]) -> bool:
+        bs = [self.backends[n] for n in names]
+        if len(bs) < 2 or not all(isinstance(b, LocalBackend) for b in bs):
+            return False
+        vocab = [b.em.tokenizer.get_vocab() for b in bs]
+        return all(v == vocab[0] for v in vocab[1:]) and len({b.prompt_ids([{"role": "user", "content": "x"}])[1]
+                                                              for b in bs}) == 1
+
+    def feedback(self, body: dict[str, Any]) -> int:
+        from modelmix.errors import DataError
+        from modelmix.router.store import UnknownInteraction
+
+        iid = body.get("id")
+        if not isinstance(iid, str):
+            raise ApiError(400, 'feedback needs "id": the id of a completion.')
+        try:
+            event = self.store.add_feedback(iid, body.get("score"), thumbs=body.get("thumbs"),
+                                            comment=body.get("comment"))
+        except UnknownInteraction as e:
+            raise ApiError(404, str(e), "not_found") from None
+        except DataError as e:
+            raise ApiError(400, str(e)) from None
+        self.m_feedback.inc()
+        if self.learner is not None:
+            it = self.store.interaction(iid)
+            score = 1.0 if body.get("thumbs") == "up" else 0.0 if body.get("thumbs") == "down" else float(body["score"])
+            with self.learn_lock:
+                self.learner.update(it["distribution"], it["models"], score)
+        return event
+
+
+def _last_user(messages: Sequence[dict[str, str]]) -> str:
+    users = [m["content"] for m in messages if m.get("role") == "user"]
+    return users[-1] if users else messages[-1]["content"]
+
+
+def _check_messages(body: Any) -> tuple[str, list[dict[str, str]], int | None, bool]:
+    if not isinstance(body, dict):
+        raise ApiError(400, "the request body must be a JSON object.")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise ApiError(400, '"model" is required (e.g. "router").')
+    msgs = body.get("messages")
+    if not isinstance(msgs, list) or not msgs:
+        raise ApiError(400, '"messages" must be a non-empty list of {"role", "content"} objects.')
+    out = []
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant") or not isinstance(
+                m.get("content"), str):
+            raise ApiError(400, f"messages[{i}] must be {{\"role\": \"system\"|\"user\"|\"assistant\", \"content\": \"...\"}}.")
+        out.append({"role": m["role"], "content": m["content"]})
+    if not any(m["role"] == "user" for m in out):
+        raise ApiError(400, '"messages" has no user message.')
+    mt = body.get("max_tokens", body.get("max_completion_tokens"))
+    if mt is not None and (isinstance(mt, bool) or not isinstance(mt, int) or not 1 <= mt <= 4096):
+        raise ApiError(400, '"max_tokens" must be an integer between 1 and 4096.')
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise ApiError(400, '"stream" must be true or false.')
+    return model, out, mt, stream
+
+
+def create_app(service: Service) -> Any:
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+
+    app = FastAPI(title="modelmix router", docs_url=None, redoc_url=None)
+    limit = service.cfg.serve.max_request_bytes
+
+    def err(status: int, message: str, code: str = "invalid_request_error") -> JSONResponse:
+        return JSONResponse({"error": {"message": message, "type": "invalid_request_error" if status < 500 else
+                                       "server_error", "code": code}}, status_code=status)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_req: Request, e: ApiError) -> JSONResponse:
+        return err(e.status, e.message, e.code)
+
+    @app.exception_handler(Exception)
+    async def _internal(_req: Request, e: Exception) -> JSONResponse:  # a bug, reported as JSON
+        return err(500, f"internal error: {type(e).__name__}: {e}", "internal_error")
+
+    async def body_of(request: Request) -> Any:
+        n = request.headers.get("content-length")
+        if n is not None and n.isdigit() and int(n) > limit:
+            raise ApiError(413, f"request body of {n} bytes is over the limit of {limit}.", "request_too_large")
+        raw = await request.body()
+        if len(raw) > limit:
+            raise ApiError(413, f"request body is over the limit of {limit} bytes.", "request_too_large")
+        try:
+            return json.loads(raw)
+        except ValueError as e:
+            raise ApiError(400, f"the request body is not valid JSON ({e}).") from None
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, Any]:
+        down = sorted(set(service.backends) - service.healthy())
+        return {"status": "ok" if not down else "degraded", "down": down}
+
+    @app.get("/v1/models")
+    def models() -> dict[str, Any]:
+        names = VIRTUAL + list(service.backends)
+        return {"object": "list", "data": [{"id": n, "object": "model", "created": 0, "owned_by": "modelmix"}
+                                           for n in names]}
+
+    @app.get("/metrics")
+    def metrics() -> PlainTextResponse:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return PlainTextResponse(generate_latest(service.registry).decode(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/v1/feedback")
+    async def feedback(request: Request) -> dict[str, Any]:
+        body = await body_of(request)
+        if not isinstance(body, dict):
+            raise ApiError(400, "the request body must be a JSON object.")
+        from starlette.concurrency import run_in_threadpool
+
+        event = await run_in_threadpool(service.feedback, body)
+        return {"ok": True, "event": event}
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> Any:
+        from starlette.concurrency import run_in_threadpool
+
+        model, messages, max_tokens, stream = _check_messages(await body_of(request))
+        if not service.slots.acquire(blocking=False):
+            service.m_requests.labels("-", "rejected").inc()
+            raise ApiError(429, f"the router is answering {service.cfg.serve.max_concurrent} requests already; "
+                           "retry shortly.", "rate_limited")
+        try:
+            t0 = time.perf_counter()
+            d = await run_in_threadpool(service.decide, model, _last_user(messages))
+            text, meta = await run_in_threadpool(service.run, d, model, messages, max_tokens)
+            seconds = time.perf_counter() - t0
+            strategy = meta["strategy"]
+            iid = await run_in_threadpool(
+                service.store.log, _last_user(messages), meta.get("distribution", {}), strategy, meta["models"],
+                meta.get("weights", [1.0]), answer=text, latency_ms=seconds * 1000,
+                extra={k: v for k, v in meta.items() if k in ("per_model_ms", "why", "candidates", "draft")})
+            service.m_requests.labels(strategy, "ok").inc()
+            service.m_latency.labels(strategy).observe(seconds)
+        except ApiError:
+            service.m_requests.labels("-", "error").inc()
+            raise
+        finally:
+            service.slots.release()
+        meta["latency_ms"] = round(seconds * 1000, 2)
+        created = int(time.time())
+        if not stream:
+            return {"id": iid, "object": "chat.completion", "created": created, "model": model,
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                                 "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}, "modelmix": meta}
+
+        def events() -> Iterator[str]:
+            def chunk(delta: dict[str, Any], finish: str | None, extra: dict[str, Any] | None = None) -> str:
+                obj = {"id": iid, "object": "chat.completion.chunk", "created": created, "model": model,
+                       "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **(extra or {})}
+                return f"data: {json.dumps(obj)}\n\n"
+
+            yield chunk({"role": "assistant", "content": ""}, None)
+            for i in range(0, len(text), 16):
+                yield chunk({"content": text[i:i + 16]}, None)
+            yield chunk({}, "stop", {"modelmix": meta})
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    return app
+
+
+def serve(config: str, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Load the config, the encoder and the store, replay the feedback into the learner, and serve."""
+    import uvicorn
+
+    from modelmix.router import Router
+    from modelmix.router.learner import Learner
+    from modelmix.router.store import Store
+
+    router = Router.from_config(config)
+    store = Store(router.cfg.store_url())
+    learner = Learner.from_history({r.name: r.models for r in router.cfg.routes}, store.history())
+    app = create_app(Service(router, store, learner=learner))
+    uvicorn.run(app, host=host, port=port, log_level="warning")

