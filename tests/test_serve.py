@@ -186,3 +186,44 @@ def test_backpressure_answers_429_when_full(server):
     finally:
         for _ in held:
             service.slots.release()
+
+
+def _decision(service, strategy, routes, models, weights):
+    from modelmix.router.decide import Decision
+
+    c = service.router.classify("2+2=")
+    return Decision(strategy, routes, models, weights, "test", c)
+
+
+def test_token_level_mixing(server):
+    """Mixing is per decoding step: weight 1/0 reproduces the first model; equal weights run both."""
+    _, service, _ = server
+    msgs = [{"role": "user", "content": "7+1="}]
+    alone = service.backends["addition"].complete(msgs, 8)
+    text, meta = service.run(_decision(service, "mix", ["arithmetic", "arithmetic"], ["addition", "base"], [1.0, 0.0]),
+                             "router", msgs, 8)
+    assert meta["mixing"] == "token" and text == alone
+    text, meta = service.run(_decision(service, "mix", ["arithmetic", "arithmetic"], ["addition", "base"], [0.5, 0.5]),
+                             "router", msgs, 8)
+    assert meta["mixing"] == "token" and meta["models"] == ["addition", "base"] and isinstance(text, str)
+
+
+def test_hybrid_drafts_then_refines(server):
+    _, service, _ = server
+    msgs = [{"role": "user", "content": "3+5="}]
+    text, meta = service.run(_decision(service, "hybrid", ["arithmetic", "reverse"], ["addition", "reverse"], [0.6, 0.4]),
+                             "router", msgs, 8)
+    assert meta["models"] == ["addition", "reverse"] and meta["draft"] == service.backends["addition"].complete(msgs, 8)
+    refine = service.cfg.serve.hybrid_template.format(query="3+5=", draft=meta["draft"])
+    assert text == service.backends["reverse"].complete([{"role": "user", "content": refine}], 8)
+
+
+def test_rank_returns_the_consensus_answer(server):
+    from modelmix.router.serve import agreement_rank
+
+    assert agreement_rank(["4", "4", "5"]) == [0.5, 0.5, 0.0]
+    _, service, _ = server
+    text, meta = service.run(_decision(service, "rank", ["arithmetic", "reverse"], ["addition", "reverse"], [0.5, 0.5]),
+                             "router", [{"role": "user", "content": "1+3="}], 8)
+    assert [c["model"] for c in meta["candidates"]] == ["addition", "reverse"]
+    assert text == max(meta["candidates"], key=lambda c: c["score"])["answer"]
