@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 #: the files that may hold benchmark blocks
 DOC_FILES = ("README.md", "benchmarks/README.md", "docs/cocktail.md", "docs/analysis.md", "docs/evaluation.md",
-             "docs/engine.md")
+             "docs/engine.md", "docs/router.md")
 BLOCK = re.compile(r"(<!-- bench:(?P<name>[a-z-]+) -->\n)(?P<body>.*?)(<!-- /bench:(?P=name) -->)", re.S)
 
 
@@ -53,10 +53,13 @@ def provenance(report: dict[str, Any], name: str) -> str:
     m = report["machine"]
     others = "; no other process was using CPU when it started" if not b.get("busy_before") else (
         f"; also running: {len(b['busy_before'])} other process(es), listed in the results file")
-    return (f"_`make bench` of {report['date'][:10]} (commit {report['commit']}{', uncommitted changes' if report['dirty'] else ''}), "
+    date, commit = b.get("date", report["date"]), b.get("commit", report["commit"])
+    dirty = b.get("dirty", report["dirty"])
+    runs = ("One run: the answers are deterministic (greedy decoding); the overhead percentiles are over 50 "
+            "single queries" if name == "router" else f"Median (min–max) of {report['repeat']} runs")
+    return (f"_`make bench` of {date[:10]} (commit {commit}{', uncommitted changes' if dirty else ''}), "
             f"{m['cpu']}, {m['cores']} cores, {m['mem_gib']} GiB; 1-minute load average {min(loads):.1f}–"
-            f"{max(loads):.1f} during the runs (the benchmark's own processes included){others}. Median "
-            f"(min–max) of {report['repeat']} runs; "
+            f"{max(loads):.1f} during the runs (the benchmark's own processes included){others}. {runs}; "
             f"`benchmarks/results/bench-{report['date'][:10]}.json` has every run._")
 
 
@@ -163,8 +166,30 @@ def evaluation(report: dict[str, Any]) -> str:
         f"{span([r['load_s'] for r in runs], 2)} s | |"])
 
 
+def router(report: dict[str, Any]) -> str:
+    d = report["benchmarks"]["router"]["data"]
+    res, tasks, best = d["results"], d["tasks"], d["best_merge"]
+    orc = res["oracle (own expert)"]["accuracy"]
+    rows = ["| system | exact match | of the oracle | " + " | ".join(tasks) + " |",
+            "|---|---|---|" + "---|" * len(tasks)]
+    for k, v in res.items():
+        name = f"**{k}**" if k == "router (auto)" else k + (" (best merge)" if k == best else "")
+        rows.append(f"| {name} | {v['accuracy']:.3f} | {v['accuracy'] / orc:.0%} | "
+                    + " | ".join(f"{v['per_task'][t]:.2f}" for t in tasks) + " |")
+    lat = sorted(d["overhead_ms"])
+    p95 = lat[int(0.95 * (len(lat) - 1))]
+    strat = ", ".join(f"{k} {v}" for k, v in d["strategies"].items() if v)
+    return "\n".join([
+        provenance(report, "router"), "",
+        f"{d['n']} test queries of the `default` zoo's {len(tasks)} tasks, shuffled into one stream; one route per "
+        "task (its expert), described by 10 validation inputs; greedy answers scored by exact match:", "", *rows, "",
+        f"The classifier puts {d['classifier_accuracy']:.1%} of the queries on their own task's route; strategies "
+        f"chosen: {strat}. The router's own overhead per query (classification + decision, one query at a time): "
+        f"p50 {statistics.median(lat):.1f} ms, p95 {p95:.1f} ms ({d['batched_ms']:.2f} ms per query batched)."])
+
+
 RENDER: dict[str, Callable[[dict[str, Any]], str]] = {
-    "merge": merge, "cocktail": cocktail, "analysis": analysis, "eval": evaluation}
+    "merge": merge, "cocktail": cocktail, "analysis": analysis, "eval": evaluation, "router": router}
 
 
 def render(name: str, report: dict[str, Any]) -> str:

@@ -7,7 +7,9 @@ Runs, one after another (never two at once), each as its own child process:
 * ``cocktail`` — ``bench_cocktail.py``: LM-Cocktail weights vs LM_Cocktail 0.0.4, decoders and encoders,
   3 models x 16 examples, 8 x 64, and 8 x 64 with every encoder example's own negatives;
 * ``analysis`` — ``bench_analyze.py --size 1.1b``: ``modelmix analyze`` (no peer does it; timed alone);
-* ``eval``     — ``bench_eval.py --hf-generate``: the harness's loss and greedy decoding vs ``model.generate``.
+* ``eval``     — ``bench_eval.py --hf-generate``: the harness's loss and greedy decoding vs ``model.generate``;
+* ``router``   — ``bench_router.py`` on the ``default`` zoo (built first, untimed): the router's answers on a
+  stream of every task vs each expert, the base, every merge and the oracle; its overhead per query.
 
 Each is repeated ``--repeat`` times (default 3; median and range). The results go to one dated file,
 ``benchmarks/results/bench-<UTC date>.json``: commit, machine, package versions, and for every benchmark its
@@ -19,6 +21,7 @@ file disagree.
 
     .venv/bin/python benchmarks/run_all.py [--repeat 3] [--only merge,cocktail,analysis,eval] [--no-publish]
     .venv/bin/python benchmarks/run_all.py --quick      # tiny sizes, one run each, into bench-out/ (a smoke test)
+    .venv/bin/python benchmarks/run_all.py --only router --into benchmarks/results/bench-DATE.json  # add one
 
 Exit status is non-zero when any benchmark failed; the others still run and are recorded.
 """
@@ -40,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 HERE = ROOT / "benchmarks"
 RESULTS = HERE / "results"
 PY = sys.executable
-NAMES = ("merge", "cocktail", "analysis", "eval")
+NAMES = ("merge", "cocktail", "analysis", "eval", "router")
 
 
 def commands(name: str, repeat: int, quick: bool, out: Path) -> list[str]:
@@ -54,10 +57,24 @@ def commands(name: str, repeat: int, quick: bool, out: Path) -> list[str]:
         return [PY, str(HERE / "bench_cocktail.py"), "--setups", setups, "--repeat", str(repeat), "--json", str(out)]
     if name == "analysis":
         return [PY, str(HERE / "bench_analyze.py"), "--size", size, "--repeat", str(repeat), "--json", str(out)]
+    if name == "router":  # accuracy is deterministic; the overhead percentiles come from 50 single queries
+        return [PY, str(HERE / "bench_router.py"), "--zoo", str(zoo_dir(quick)), "--json", str(out)]
     if name == "eval":
         return [PY, str(HERE / "bench_eval.py"), "--hf-generate", "--repeat", str(repeat), "--json", str(out),
                 *(["--n", "100"] if quick else [])]
     raise ValueError(name)
+
+
+def zoo_dir(quick: bool) -> Path:
+    return ROOT / "bench-out" / ("zoo-test" if quick else "zoo-default")
+
+
+def ensure_zoo(quick: bool) -> None:
+    """The zoo the router benchmark routes over, built (or copied from the zoo cache) before any timing."""
+    d = zoo_dir(quick)
+    if not (d / "zoo.json").is_file():
+        subprocess.run([str(ROOT / ".venv/bin/modelmix"), "zoo", "build", "--out", str(d), "--preset",
+                        "test" if quick else "default"], check=True, cwd=ROOT)
 
 
 def loadavg() -> list[float]:
@@ -120,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="tiny sizes, one run, results under bench-out/ (smoke test)")
     ap.add_argument("--out", type=Path, default=None, help="results directory (default benchmarks/results)")
     ap.add_argument("--no-publish", action="store_true", help="do not rewrite the README/docs tables")
+    ap.add_argument("--into", type=Path, default=None,
+                    help="add the benchmarks run (--only) to this existing results file instead of a new one "
+                         "(each benchmark keeps its own date and load averages)")
     a = ap.parse_args(argv)
     names = [n.strip() for n in a.only.split(",") if n.strip()]
     bad = [n for n in names if n not in NAMES]
@@ -132,11 +152,16 @@ def main(argv: list[str] | None = None) -> int:
     path = out_dir / f"bench-{start:%Y-%m-%d}.json"
     if (ROOT / ".bench-venv/bin/python").exists() is False:
         subprocess.run(["bash", str(HERE / "setup_peers.sh")], check=True)
+    if "router" in names:
+        ensure_zoo(a.quick)
     report: dict[str, Any] = {
         "date": start.isoformat(timespec="seconds"), "commit": git("rev-parse", "--short", "HEAD"),
         "dirty": bool(git("status", "--porcelain", "--untracked-files=no")), "machine": machine(),
         "versions": versions(), "repeat": repeat, "quick": a.quick, "benchmarks": {},
     }
+    if a.into is not None:
+        path = a.into
+        report = json.loads(path.read_text())  # earlier benchmarks stay; the ones run now are replaced
     failed = []
     tmp = ROOT / "bench-out" / "run_all"
     tmp.mkdir(parents=True, exist_ok=True)
@@ -144,7 +169,9 @@ def main(argv: list[str] | None = None) -> int:
         jpath = tmp / f"{name}.json"
         jpath.unlink(missing_ok=True)
         cmd = commands(name, repeat, a.quick, jpath)
-        entry: dict[str, Any] = {"cmd": [Path(c).name if c == PY else os.path.relpath(c, ROOT) if c.startswith(str(ROOT))
+        entry: dict[str, Any] = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                                 "commit": git("rev-parse", "--short", "HEAD"),
+                                 "dirty": bool(git("status", "--porcelain", "--untracked-files=no")), "cmd": [Path(c).name if c == PY else os.path.relpath(c, ROOT) if c.startswith(str(ROOT))
                                          else c for c in cmd],
                                  "loadavg_before": loadavg(), "busy_before": busy_processes()}
         print(f"[bench] {name}: {' '.join(entry['cmd'])} (load {entry['loadavg_before'][0]})", file=sys.stderr, flush=True)
@@ -166,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         tmp_path.write_text(json.dumps(report, indent=1) + "\n")
         os.replace(tmp_path, path)  # after every benchmark: an interrupted run keeps what it measured
     print(f"[bench] results: {path}", file=sys.stderr)
-    if not a.quick and not a.no_publish and not failed and set(names) == set(NAMES):
+    complete = set(report["benchmarks"]) >= set(NAMES) and not any("error" in b for b in report["benchmarks"].values())
+    if not a.quick and not a.no_publish and not failed and complete:
         sys.path.insert(0, str(HERE))
         import publish
 

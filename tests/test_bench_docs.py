@@ -60,6 +60,14 @@ def test_every_benchmark_is_published_somewhere():
     assert {"merge", "cocktail"} <= readme
 
 
+def test_router_beats_every_single_model_and_merge(report):
+    """The router issue's target on the zoo stream: >= 95 % of the oracle, above every single model and merge."""
+    res = report["benchmarks"]["router"]["data"]["results"]
+    router, oracle = res["router (auto)"]["accuracy"], res["oracle (own expert)"]["accuracy"]
+    assert router >= 0.95 * oracle
+    assert all(router > v["accuracy"] for k, v in res.items() if k not in ("router (auto)", "oracle (own expert)"))
+
+
 def test_a_stale_table_is_detected(report):
     text = "intro\n<!-- bench:merge -->\n| linear | 1.0 s |\n<!-- /bench:merge -->\nafter\n"
     new = publish.rewrite(text, report)
