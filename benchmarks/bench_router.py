@@ -75,6 +75,9 @@ def main() -> int:
         outs = generate_greedy(em, [queries[i] + em.separator for i in idx], [budgets[i] for i in idx])
         return dict(zip(idx, outs, strict=True))
 
+    import os
+
+    load_before = round(os.getloadavg()[0], 2)
     results: dict[str, dict] = {}
     t0 = time.perf_counter()
     router = Router.from_config(cfg)
@@ -146,7 +149,7 @@ def main() -> int:
     if a.json:
         a.json.write_text(json.dumps({"results": results, "classifier_accuracy": clf_acc, "strategies": strategies,
                                       "overhead_ms": lat, "batched_ms": batch_ms, "n": len(queries), "tasks": tasks,
-                                      "best_merge": best}, indent=1))
+                                      "best_merge": best, "loadavg_1m_before": load_before}, indent=1))
     return 0
 
 
