@@ -9,7 +9,9 @@ How a query is scored (one encoder forward pass, then a few vector operations):
 3. ``T`` and ``b`` are fitted when the classifier is built, by leave-one-out over the utterances: each
    utterance is scored against all the others and labelled with its route, and off-topic sentences (the
    packaged background set, plus the config's ``none.utterances``) are labelled "none". The pair that
-   minimises the class-balanced negative log-likelihood on a grid wins: calibration, not a guess.
+   minimises the class-balanced negative log-likelihood on a grid wins, with the label smoothed by
+   ``1 / (utterances per route + 2)`` (the rule of succession): a handful of well-separated utterances
+   would otherwise drive the temperature to zero and every answer to 100 % confidence.
 4. Each route's confidence threshold for answering alone (strategy ``single``) is calibrated on the same
    leave-one-out predictions: the lowest confidence from which at least 90 % of the utterances predicted
    as that route really belong to it (never below 0.5); the config's ``threshold`` overrides it.
@@ -120,11 +122,17 @@ class IntentClassifier:
         x = torch.cat([s, s_none])
         counts = torch.bincount(y, minlength=k + 1).double()
         w = torch.where(counts[y] > 0, 1.0 / counts[y].clamp(min=1), 0.0)  # every class counts the same
+        # Laplace-style label smoothing, eps = 1 / (utterances per route + 2): when the leave-one-out
+        # predictions are all right (few, well-separated utterances) the plain likelihood is best at T -> 0,
+        # i.e. 100 % confidence from three examples; the smoothed target keeps it to what they can show
+        eps = 1.0 / (len(self.utterances) / max(1, k) + 2)
+        target = torch.full((len(y), k + 1), eps / k, dtype=torch.float64)
+        target[torch.arange(len(y)), y] = 1.0 - eps
         best = (math.inf, 0.05, 0.3)
         for t in torch.logspace(-2.5, 0, 51).tolist():
             for b in torch.linspace(-0.2, 1.0, 61).tolist():
                 p = self._probs(x, t, b)
-                nll = float(-(w * torch.log(p[torch.arange(len(y)), y].clamp(min=1e-12))).sum() / w.sum())
+                nll = float(-(w * (target * torch.log(p.clamp(min=1e-12))).sum(1)).sum() / w.sum())
                 if nll < best[0]:
                     best = (nll, t, b)
         _, t, b = best
