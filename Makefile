@@ -27,7 +27,7 @@ test: venv
 lint: venv
 	$(VENV)/bin/ruff check src tests benchmarks examples
 
-# Every published benchmark, side by side with its peer, REPEAT runs each, one after another (~40 min on 2 cores):
+# Every published benchmark, side by side with its peer, REPEAT runs each, one after another (~25 min on 2 cores, +6 the first time for the zoo):
 # one dated results file in benchmarks/results/, and the README/docs tables rewritten from it (benchmarks/publish.py).
 REPEAT ?= 3
 bench: venv
