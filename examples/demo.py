@@ -1,8 +1,10 @@
-"""`make demo`: build the offline model zoo, merge its experts with three example recipes, measure everything.
+"""`make demo`: build the offline model zoo, merge its experts, measure everything, then route instead.
 
 Everything is local: the zoo (a small Llama base + one expert per task, trained here on CPU) is built once
 and cached; each merge runs through the `modelmix merge` command exactly as a user would run it; each model
-is then evaluated on every zoo task. Set MODELMIX_DEMO_PRESET=test for a faster, weaker zoo.
+is then evaluated on every zoo task. Then the alternative to merging: `modelmix serve` routes each query to
+its expert over HTTP (the official openai client talks to it), feedback goes back, and `modelmix route stats`
+shows what the learner now believes. Set MODELMIX_DEMO_PRESET=test for a faster, weaker zoo.
 """
 
 from __future__ import annotations
@@ -61,6 +63,65 @@ def main() -> int:
         print(f"| {name} | " + " | ".join(cells) + f" |   ({time.perf_counter() - t:.1f}s)", flush=True)
     print("\nEach merge combines the addition, reverse and upper experts (examples/*.yml). Numbers are measured,")
     print("not curated: docs/zoo_report.md compares every method (`modelmix zoo report --zoo demo-out/default/zoo`).")
+    print()
+    return route(zoo, WORK, modelmix)
+
+
+def route(zoo, work: Path, modelmix: list[str]) -> int:  # noqa: ANN001 - the demo's second half
+    """4. Routing instead of merging: serve the experts behind one endpoint, ask, give feedback."""
+    import json
+    import socket
+
+    import yaml
+    from openai import OpenAI
+
+    from modelmix.eval.data import coerce_examples
+
+    print("== 4. routing instead of merging: `modelmix serve` over the five experts", flush=True)
+    experts = {task: m for m, task in zoo.experts().items()}
+    cfg = {"models": {t: {"path": str(zoo.model_path(m)), "max_new_tokens": 24} for t, m in experts.items()},
+           "routes": [{"name": t, "models": [t], "utterances": [r["input"] for r in
+                       coerce_examples(zoo.split_path(t, "validation"), "decoder")[:10]]} for t in experts],
+           "feedback": {"store": "router.db"}}
+    (work / "router.yml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([*modelmix, "serve", "router.yml", "--port", str(port)], cwd=work)
+    try:
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
+        deadline = time.time() + 120
+        while True:
+            try:
+                client.models.list()
+                break
+            except Exception:  # noqa: BLE001 - not up yet
+                if time.time() > deadline or server.poll() is not None:
+                    print("   the server did not start", file=sys.stderr)
+                    return 1
+                time.sleep(0.5)
+        tests = [(t, coerce_examples(zoo.split_path(t, "test"), "decoder")[0]) for t in experts]
+        print(f"   {'query':<34} {'route (confidence)':<24} {'answer':<16} right?")
+        for _task, ex in tests:
+            r = client.chat.completions.create(model="router", messages=[{"role": "user", "content": ex["input"]}])
+            meta = r.model_extra["modelmix"]
+            top = next(iter(meta["distribution"]))
+            ans = r.choices[0].message.content.strip()
+            ok = ans == ex["output"].strip()
+            print(f"   {ex['input'][:34]:<34} {top + ' (%.0f%%)' % (100 * meta['distribution'][top]):<24} "
+                  f"{ans[:16]:<16} {'yes' if ok else 'no'}", flush=True)
+            client.post("/feedback", body={"id": r.id, "score": 1.0 if ok else 0.0}, cast_to=object)
+    finally:
+        server.terminate()
+        server.wait(30)
+    out = subprocess.run([*modelmix, "route", "stats", "router.yml", "--json"], cwd=work, check=True,
+                         capture_output=True, text=True).stdout
+    st = json.loads(out)
+    print(f"\n   feedback stored: {st['feedback_events']} events in {work / 'router.db'}; the learner's belief per "
+          "route (posterior mean of its expert):")
+    for t in experts:
+        print(f"   {t:<10} {st['routes'][t]['learner'][t]['mean']:.2f}")
+    print("   `modelmix route export router.yml --out feedback.jsonl` turns the feedback into cocktail examples.")
     return 0
 
 

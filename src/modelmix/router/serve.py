@@ -147,6 +147,9 @@ class Service:
             b, text = self._answer_one(self._fallbacks(d, 1), [*messages[:-1], {"role": "user", "content": refine}],
                                        max_tokens, timings)
             meta.update(models=[a, b], draft=draft)
+            if not text.strip():  # the refiner had nothing to add (e.g. a one-line model given a long prompt)
+                text = draft
+                meta["refined"] = False
         elif d.strategy == "mix" and self._token_mixable(d.models):
             bs = [self.backends[m] for m in d.models]
             ids, one_line = bs[0].prompt_ids(messages)
