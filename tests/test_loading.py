@@ -176,3 +176,29 @@ def test_identical_tokenizer_files_skip_parsing(tmp_path, monkeypatch):
     tj.write_text(tj.read_text().replace('"a": ', '"á": '))  # another vocabulary
     with pytest.raises(InputError, match="different tokenizer vocabulary"):
         Candidates([a, b])
+
+
+def test_meta_construction_does_not_leak_into_other_threads(tmp_path):
+    """While one thread builds a skeleton, a model another thread builds keeps real parameters."""
+    import threading
+
+    from modelmix.eval.loading import _params_on_meta
+
+    inside, done = threading.Event(), threading.Event()
+    seen = {}
+
+    def other():
+        inside.wait(10)
+        seen["device"] = torch.nn.Linear(4, 4).weight.device.type
+        done.set()
+
+    t = threading.Thread(target=other)
+    t.start()
+    with _params_on_meta():
+        assert torch.nn.Linear(4, 4).weight.device.type == "meta"
+        inside.set()
+        done.wait(10)
+    t.join()
+    assert seen["device"] == "cpu"
+    assert torch.nn.Module.register_parameter.__name__ == "register_parameter"  # restored
+    assert torch.nn.Linear(2, 2).weight.device.type == "cpu"

@@ -19,6 +19,7 @@ that differs.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,22 +30,40 @@ import torch
 IGNORABLE_SUFFIXES = (".position_ids", "rotary_emb.inv_freq")
 
 
+_patch_lock = threading.Lock()
+_patch_depth = 0
+_register = torch.nn.Module.register_parameter
+_tls = threading.local()
+
+
+def _on_meta(module: torch.nn.Module, name: str, param: torch.nn.Parameter | None) -> None:
+    _register(module, name, param)
+    if getattr(_tls, "depth", 0) and param is not None and param.device.type != "meta":
+        p = module._parameters[name]
+        module._parameters[name] = type(p)(p.to("meta"), requires_grad=p.requires_grad)
+
+
 @contextlib.contextmanager
 def _params_on_meta() -> Iterator[None]:
-    """Modules built inside get parameters on the meta device (no memory, no init cost); buffers stay real."""
-    register = torch.nn.Module.register_parameter
+    """Modules built inside get parameters on the meta device (no memory, no init cost); buffers stay real.
 
-    def on_meta(module: torch.nn.Module, name: str, param: torch.nn.Parameter | None) -> None:
-        register(module, name, param)
-        if param is not None and param.device.type != "meta":
-            p = module._parameters[name]
-            module._parameters[name] = type(p)(p.to("meta"), requires_grad=p.requires_grad)
-
-    torch.nn.Module.register_parameter = on_meta  # type: ignore[method-assign]
+    Only in the calling thread: ``register_parameter`` is patched while any thread is inside (a lock and a
+    count install and remove it once), and the patch acts only where this thread-local depth is set, so a
+    model another thread builds meanwhile (a server loading two backends at once) is untouched."""
+    global _patch_depth
+    with _patch_lock:
+        if _patch_depth == 0:
+            torch.nn.Module.register_parameter = _on_meta  # type: ignore[method-assign]
+        _patch_depth += 1
+    _tls.depth = getattr(_tls, "depth", 0) + 1
     try:
         yield
     finally:
-        torch.nn.Module.register_parameter = register  # type: ignore[method-assign]
+        _tls.depth -= 1
+        with _patch_lock:
+            _patch_depth -= 1
+            if _patch_depth == 0:
+                torch.nn.Module.register_parameter = _register  # type: ignore[method-assign]
 
 
 def _from_config(auto: Any, config: Any, dtype: torch.dtype) -> Any:
