@@ -229,3 +229,19 @@ def test_rank_returns_the_consensus_answer(server):
                              "router", [{"role": "user", "content": "1+3="}], 8)
     assert [c["model"] for c in meta["candidates"]] == ["addition", "reverse"]
     assert text == max(meta["candidates"], key=lambda c: c["score"])["answer"]
+
+
+def test_stream_is_token_by_token_and_falls_back_before_the_first_token(server):
+    """A routed stream: the remote first model of the route is down, the local one streams; the pieces
+    arrive as separate chunks and join to the plain answer; the answer is logged once complete."""
+    url, service, _ = server
+    c = _client(url)
+    msgs = [{"role": "user", "content": "reverse the word stone"}]
+    plain = c.chat.completions.create(model="router-single", messages=msgs)
+    chunks = list(c.chat.completions.create(model="router-single", messages=msgs, stream=True))
+    pieces = [ch.choices[0].delta.content for ch in chunks if ch.choices and ch.choices[0].delta.content]
+    assert "".join(pieces) == plain.choices[0].message.content
+    assert len(pieces) >= min(2, len(plain.choices[0].message.content))  # streamed as decoded, not in one piece
+    last = chunks[-1]
+    assert last.choices[0].finish_reason == "stop" and last.model_extra["modelmix"]["models"] == ["reverse"]
+    assert service.store.interaction(last.id)["answer"] == "".join(pieces)

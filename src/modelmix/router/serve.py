@@ -122,6 +122,13 @@ class Service:
             return n, text
         raise ApiError(503, "no model could answer: " + "; ".join(errors), "no_healthy_model")
 
+    def first_healthy(self, names: Sequence[str]) -> str:
+        """The first healthy model of ``names`` (what a streamed answer starts with), or 503."""
+        for n in names:
+            if self.backends[n].healthy():
+                return n
+        raise ApiError(503, f"no healthy model among {', '.join(names)}", "no_healthy_model")
+
     def _fallbacks(self, d: Decision, i: int) -> list[str]:
         """Decision model i, then the other models of its route (config order) as fallbacks."""
         route = next((r for r in self.cfg.routes if r.name == d.routes[i]), None)
@@ -306,53 +313,114 @@ def create_app(service: Service) -> Any:
         event = await run_in_threadpool(service.feedback, body)
         return {"ok": True, "event": event}
 
+    def record(meta: dict[str, Any], query: str, text: str, seconds: float, iid: str | None = None) -> str:
+        iid = service.store.log(query, meta.get("distribution", {}), meta["strategy"], meta["models"],
+                                meta.get("weights", [1.0]), answer=text, latency_ms=seconds * 1000,
+                                extra={k: v for k, v in meta.items() if k in ("per_model_ms", "why", "candidates",
+                                                                               "draft")}, interaction_id=iid)
+        service.m_requests.labels(meta["strategy"], "ok").inc()
+        service.m_latency.labels(meta["strategy"]).observe(seconds)
+        meta["latency_ms"] = round(seconds * 1000, 2)
+        return iid
+
+    def chunk(iid: str, created: int, model: str, delta: dict[str, Any], finish: str | None,
+              extra: dict[str, Any] | None = None) -> str:
+        obj = {"id": iid, "object": "chat.completion.chunk", "created": created, "model": model,
+               "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **(extra or {})}
+        return f"data: {json.dumps(obj)}\n\n"
+
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Any:
+        import uuid
+
         from starlette.concurrency import run_in_threadpool
 
         model, messages, max_tokens, stream = _check_messages(await body_of(request))
+        query = _last_user(messages)
         if not service.slots.acquire(blocking=False):
             service.m_requests.labels("-", "rejected").inc()
             raise ApiError(429, f"the router is answering {service.cfg.serve.max_concurrent} requests already; "
                            "retry shortly.", "rate_limited")
+        created = int(time.time())
+        t0 = time.perf_counter()
         try:
-            t0 = time.perf_counter()
-            d = await run_in_threadpool(service.decide, model, _last_user(messages))
+            d = await run_in_threadpool(service.decide, model, query)
+            if stream and (d is None or d.strategy == "single"):
+                names = [model] if d is None else service._fallbacks(d, 0)
+                first = await run_in_threadpool(service.first_healthy, names)
+            else:
+                first = None
+        except ApiError:
+            service.slots.release()
+            service.m_requests.labels("-", "error").inc()
+            raise
+        if first is not None:  # tokens go out as they are decoded; the answer is logged when it is complete
+            iid = f"cmpl-{uuid.uuid4().hex}"
+            meta: dict[str, Any] = {"strategy": "direct"} if d is None else {
+                "distribution": d.classification.distribution, "strategy": d.strategy, "routes": d.routes,
+                "weights": d.weights, "why": d.why}
+            meta["models"] = [first]
+
+            def live() -> Iterator[str]:
+                parts: list[str] = []
+                try:
+                    yield chunk(iid, created, model, {"role": "assistant", "content": ""}, None)
+                    errors: list[str] = []
+                    used, mid = None, False
+                    for name in names[names.index(first):]:  # a model failing before its first token: the next
+                        if not service.backends[name].healthy():
+                            continue
+                        t1 = time.perf_counter()
+                        try:
+                            for piece in service.backends[name].stream(messages, max_tokens):
+                                parts.append(piece)
+                                yield chunk(iid, created, model, {"content": piece}, None)
+                        except BackendError as e:
+                            errors.append(str(e))
+                            mid = bool(parts)  # text already sent cannot be taken back: report, do not switch
+                            if mid:
+                                break
+                            continue
+                        used = name
+                        break
+                    if used is None:
+                        why = "failed after part of its answer was sent" if mid else "no model could answer"
+                        err = {"error": {"message": f"{why}: " + "; ".join(errors or ["no healthy model"]),
+                                         "type": "server_error", "code": "backend_failed"}}
+                        yield f"data: {json.dumps(err)}\n\n"
+                        service.m_requests.labels(meta["strategy"], "error").inc()
+                        return
+                    name = used
+                    meta["models"] = [name]
+                    meta["per_model_ms"] = {name: round((time.perf_counter() - t1) * 1000, 2)}
+                    record(meta, query, "".join(parts), time.perf_counter() - t0, iid)
+                    yield chunk(iid, created, model, {}, "stop", {"modelmix": meta})
+                    yield "data: [DONE]\n\n"
+                finally:
+                    service.slots.release()
+
+            return StreamingResponse(live(), media_type="text/event-stream")
+        try:
             text, meta = await run_in_threadpool(service.run, d, model, messages, max_tokens)
-            seconds = time.perf_counter() - t0
-            strategy = meta["strategy"]
-            iid = await run_in_threadpool(
-                service.store.log, _last_user(messages), meta.get("distribution", {}), strategy, meta["models"],
-                meta.get("weights", [1.0]), answer=text, latency_ms=seconds * 1000,
-                extra={k: v for k, v in meta.items() if k in ("per_model_ms", "why", "candidates", "draft")})
-            service.m_requests.labels(strategy, "ok").inc()
-            service.m_latency.labels(strategy).observe(seconds)
+            iid = await run_in_threadpool(record, meta, query, text, time.perf_counter() - t0)
         except ApiError:
             service.m_requests.labels("-", "error").inc()
             raise
         finally:
             service.slots.release()
-        meta["latency_ms"] = round(seconds * 1000, 2)
-        created = int(time.time())
         if not stream:
             return {"id": iid, "object": "chat.completion", "created": created, "model": model,
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                                  "finish_reason": "stop"}],
                     "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}, "modelmix": meta}
 
-        def events() -> Iterator[str]:
-            def chunk(delta: dict[str, Any], finish: str | None, extra: dict[str, Any] | None = None) -> str:
-                obj = {"id": iid, "object": "chat.completion.chunk", "created": created, "model": model,
-                       "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **(extra or {})}
-                return f"data: {json.dumps(obj)}\n\n"
-
-            yield chunk({"role": "assistant", "content": ""}, None)
-            for i in range(0, len(text), 16):
-                yield chunk({"content": text[i:i + 16]}, None)
-            yield chunk({}, "stop", {"modelmix": meta})
+        def after() -> Iterator[str]:  # strategies that combine several answers stream the finished one
+            yield chunk(iid, created, model, {"role": "assistant", "content": ""}, None)
+            yield chunk(iid, created, model, {"content": text}, None)
+            yield chunk(iid, created, model, {}, "stop", {"modelmix": meta})
             yield "data: [DONE]\n\n"
 
-        return StreamingResponse(events(), media_type="text/event-stream")
+        return StreamingResponse(after(), media_type="text/event-stream")
 
     return app
 
