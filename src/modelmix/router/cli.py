@@ -142,7 +142,9 @@ def export(config: str, out: str, overwrite: bool) -> None:
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="TCP port.")
-def serve_cmd(config: str, host: str, port: int) -> None:
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="uvicorn worker processes sharing the port and the feedback store.")
+def serve_cmd(config: str, host: str, port: int, workers: int) -> None:
     """Serve the router: POST /v1/chat/completions (model "router" or "router-<strategy>"), /v1/feedback,
     /v1/models, /healthz, /metrics.
 
@@ -150,4 +152,4 @@ def serve_cmd(config: str, host: str, port: int) -> None:
     """
     from modelmix.router.serve import serve
 
-    serve(config, host, port)
+    serve(config, host, port, workers)

@@ -97,6 +97,8 @@ class ServeSpec(_Strict):
     #: requests generating at once; one more is answered 429 (backpressure, never an unbounded queue)
     max_concurrent: int = Field(4, ge=1)
     max_request_bytes: int = Field(1 << 20, ge=1024)
+    #: how often (seconds) a worker's learner reads the feedback other workers stored
+    learner_sync_s: float = Field(2.0, ge=0)
     #: the refine prompt of the hybrid strategy ({query}: the user's message, {draft}: the first model's answer)
     hybrid_template: str = HYBRID_TEMPLATE
 

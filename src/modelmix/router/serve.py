@@ -21,6 +21,7 @@ none can answer, 503.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -69,6 +70,8 @@ class Service:
         self.learner = learner
         if learner is not None:
             router.learner = learner
+        self._seen = 0  # the last feedback id taught to the learner
+        self._synced = 0.0
         self.slots = threading.BoundedSemaphore(self.cfg.serve.max_concurrent)
         self.learn_lock = threading.Lock()
         from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -94,6 +97,7 @@ class Service:
             raise ApiError(404, f"model {model!r} does not exist; available: {', '.join(VIRTUAL + list(self.backends))}",
                            "model_not_found")
         strategy = None if model == "router" else model.removeprefix("router-")
+        self.sync_learner()
         t0 = time.perf_counter()
         try:
             d = self.router.route(query, strategy=strategy, healthy=self.healthy())
@@ -142,7 +146,7 @@ class Service:
         query = _last_user(messages)
         if d is None:
             used, text = self._answer_one([model], messages, max_tokens, timings)
-            return text, {"strategy": "direct", "models": [used], "per_model_ms": timings}
+            return text, {"strategy": "direct", "models": [used], "per_model_ms": timings, "worker_pid": os.getpid()}
         meta: dict[str, Any] = {"distribution": d.classification.distribution, "strategy": d.strategy,
                                 "routes": d.routes, "weights": d.weights, "why": d.why}
         if d.strategy == "single":
@@ -191,6 +195,7 @@ class Service:
                                                  for m, a, s in zip(used, answers, scores, strict=True)],
                         chosen=used[best], mixing="response" if d.strategy == "mix" else None)
         meta["per_model_ms"] = timings
+        meta["worker_pid"] = os.getpid()
         return text, meta
 
     def _token_mixable(self, names: Sequence[str]) -> bool:
@@ -216,12 +221,20 @@ class Service:
         except DataError as e:
             raise ApiError(400, str(e)) from None
         self.m_feedback.inc()
-        if self.learner is not None:
-            it = self.store.interaction(iid)
-            score = 1.0 if body.get("thumbs") == "up" else 0.0 if body.get("thumbs") == "down" else float(body["score"])
-            with self.learn_lock:
-                self.learner.update(it["distribution"], it["models"], score)
+        self.sync_learner(force=True)
         return event
+
+    def sync_learner(self, force: bool = False) -> None:
+        """Teach the learner every feedback event stored since it last looked, in id order, whichever worker
+        stored it (several uvicorn workers share one store; each keeps its own learner in step with it).
+        Without ``force`` at most every ``serve.learner_sync_s`` seconds."""
+        if self.learner is None or (not force and time.monotonic() - self._synced < self.cfg.serve.learner_sync_s):
+            return
+        with self.learn_lock:
+            for fid, dist, models, score in self.store.history_since(self._seen):
+                self.learner.update(dist, models, score)
+                self._seen = fid
+            self._synced = time.monotonic()
 
 
 def _last_user(messages: Sequence[dict[str, str]]) -> str:
@@ -425,16 +438,40 @@ def create_app(service: Service) -> Any:
     return app
 
 
-def serve(config: str, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Load the config, the encoder and the store, replay the feedback into the learner, and serve."""
-    import uvicorn
-
+def build_service(config: str) -> Service:
+    """The service of a config file: router (encoder + calibration), store, and a learner brought up to date
+    with every feedback event in the store."""
     from modelmix.router import Router
     from modelmix.router.learner import Learner
     from modelmix.router.store import Store
 
     router = Router.from_config(config)
     store = Store(router.cfg.store_url())
-    learner = Learner.from_history({r.name: r.models for r in router.cfg.routes}, store.history())
-    app = create_app(Service(router, store, learner=learner))
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    service = Service(router, store, learner=Learner({r.name: r.models for r in router.cfg.routes}))
+    service.sync_learner(force=True)
+    return service
+
+
+def app_factory() -> Any:
+    """For ``uvicorn --factory`` (one call per worker process): the config path comes from the environment."""
+    import os
+
+    return create_app(build_service(os.environ["MODELMIX_ROUTER_CONFIG"]))
+
+
+def serve(config: str, host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
+    """Serve ``config``: one process, or ``workers`` uvicorn worker processes sharing the port and the store
+    (each loads the encoder and its models; their learners follow the shared store)."""
+    import os
+
+    import uvicorn
+
+    from modelmix.router.config import load_router_config
+
+    load_router_config(config)  # every check before any worker starts
+    if workers == 1:
+        uvicorn.run(create_app(build_service(config)), host=host, port=port, log_level="warning")
+        return
+    os.environ["MODELMIX_ROUTER_CONFIG"] = str(os.path.abspath(config))
+    uvicorn.run("modelmix.router.serve:app_factory", factory=True, host=host, port=port, workers=workers,
+                log_level="warning")

@@ -175,16 +175,23 @@ class Store:
             out[route]["models"][model] = {"feedback": len(scores), "mean_score": sum(scores) / len(scores)}
         return out
 
-    def history(self) -> Iterator[tuple[dict[str, float], list[str], float]]:
-        """Every feedback event as ``(distribution, models, score)``, oldest first (the learner replays it)."""
+    def history(self, after: int = 0) -> Iterator[tuple[dict[str, float], list[str], float]]:
+        """Feedback events as ``(distribution, models, score)``, oldest first (the learner replays them)."""
+        for _, dist, models, score in self.history_since(after):
+            yield dist, models, score
+
+    def history_since(self, after: int = 0) -> Iterator[tuple[int, dict[str, float], list[str], float]]:
+        """Feedback events with an id above ``after`` as ``(id, distribution, models, score)``, in id order:
+        how every server worker brings its learner up to date with the events all workers stored."""
         import sqlalchemy as sa
 
         i, f = self.interactions, self.feedback_table
-        q = (sa.select(i.c.distribution, i.c.models, f.c.score)
-             .select_from(f.join(i, f.c.interaction_id == i.c.id)).order_by(f.c.id))
+        q = (sa.select(f.c.id, i.c.distribution, i.c.models, f.c.score)
+             .select_from(f.join(i, f.c.interaction_id == i.c.id)).where(f.c.id > after).order_by(f.c.id))
         with self.engine.connect() as c:
-            for dist, models, score in c.execute(q):
-                yield json.loads(dist), json.loads(models), float(score)
+            rows = c.execute(q).all()
+        for fid, dist, models, score in rows:
+            yield int(fid), json.loads(dist), json.loads(models), float(score)
 
     def export(self) -> Iterator[dict[str, Any]]:
         """Feedback as ``{"input", "output", "score"}`` examples (interactions with an answer), oldest first."""
