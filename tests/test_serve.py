@@ -245,3 +245,56 @@ def test_stream_is_token_by_token_and_falls_back_before_the_first_token(server):
     last = chunks[-1]
     assert last.choices[0].finish_reason == "stop" and last.model_extra["modelmix"]["models"] == ["reverse"]
     assert service.store.interaction(last.id)["answer"] == "".join(pieces)
+
+
+def test_reload_replaces_models_and_routes_and_refuses_a_bad_config(zoo_dir, tmp_path):
+    import shutil
+
+    import uvicorn
+    import yaml
+
+    from modelmix.eval.metrics import generate_greedy
+    from modelmix.eval.models import EvalModel
+    from modelmix.router.serve import build_service, create_app
+    from modelmix.zoo import load_zoo
+
+    z = load_zoo(zoo_dir)
+    live = tmp_path / "m"
+    shutil.copytree(z.model_path("experts/addition"), live)
+    cfg = tmp_path / "router.yml"
+    base = {"models": {"m": {"path": "m", "max_new_tokens": 6}}, "feedback": {"store": "r.db"},
+            "routes": [{"name": "arithmetic", "models": ["m"], "utterances": ["3+4=", "6+2="]}]}
+    cfg.write_text(yaml.safe_dump(base))
+    service = build_service(str(cfg))
+    port = _free_port()
+    srv = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="warning"))
+    th = threading.Thread(target=srv.run, daemon=True)
+    th.start()
+    while not srv.started:
+        time.sleep(0.05)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        c = _client(url)
+        ask = lambda: c.chat.completions.create(model="m", messages=[{"role": "user", "content": "2+3="}]).choices[0].message.content  # noqa: E731
+        before = ask()
+        # the model directory is replaced on disk (another fine-tune), and a route is added
+        shutil.rmtree(live)
+        shutil.copytree(z.model_path("experts/reverse"), live)
+        cfg.write_text(yaml.safe_dump({**base, "models": {**base["models"], "m2": {"path": "m"}},
+                                       "routes": [*base["routes"], {"name": "reverse", "models": ["m2"],
+                                                                     "utterances": ["reverse abc", "reverse dog"]}]}))
+        code, body = _post(url, "/admin/reload", b"")
+        assert code == 200 and body["routes"] == ["arithmetic", "reverse"] and "m2" in body["models"]
+        em = EvalModel.from_pretrained(z.model_path("experts/reverse"))
+        after = ask()
+        assert after.strip() == generate_greedy(em, ["2+3=" + em.separator], [6])[0].strip()
+        assert after != before  # really the new weights
+        assert "m2" in [m.id for m in c.models.list().data]
+        cfg.write_text("models: {}\nroutes: [}\n")  # broken: the server keeps the previous config
+        code, body = _post(url, "/admin/reload", b"")
+        assert code == 400 and "still serving the previous config" in body["error"]["message"]
+        assert "m2" in [m.id for m in c.models.list().data]
+    finally:
+        srv.should_exit = True
+        th.join(10)
+        service.store.close()

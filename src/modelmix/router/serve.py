@@ -10,6 +10,8 @@ Endpoints:
 * ``POST /v1/feedback`` ``{"id": ..., "score": 0..1}`` (or ``"thumbs": "up"|"down"``, optional ``"comment"``):
   stored durably (``router.store``) before the answer, then taught to the learner.
 * ``GET /v1/models``, ``GET /healthz``, ``GET /metrics`` (Prometheus text).
+* ``POST /admin/reload`` (or SIGHUP to a single-process server): re-read the config and the model
+  directories without dropping requests; a bad config is refused (400) and the old one keeps serving.
 
 Bad requests get a 4xx with an OpenAI-style JSON error body (``{"error": {"message", "type", "code"}}``),
 never a 500: malformed JSON or fields 400, an unknown model 404, an unknown feedback id 404, a body over
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -72,6 +75,7 @@ class Service:
             router.learner = learner
         self._seen = 0  # the last feedback id taught to the learner
         self._synced = 0.0
+        self.config_path: str | None = None  # set by build_service: what /admin/reload re-reads
         self.slots = threading.BoundedSemaphore(self.cfg.serve.max_concurrent)
         self.learn_lock = threading.Lock()
         from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -84,6 +88,32 @@ class Service:
                                    registry=self.registry)
         self.m_overhead = Histogram("modelmix_route_seconds", "Classification + decision latency",
                                     registry=self.registry, buckets=(.001, .0025, .005, .01, .02, .05, .1, .5))
+
+    # ------------------------------------------------------------------ reload
+    def reload(self, config: str | None = None) -> dict[str, Any]:
+        """Re-read the config (and every model directory, lazily) without dropping requests: the new router,
+        backends and learner are built first, then swapped in at once; requests already running finish
+        with the objects they hold. An invalid config raises ConfigError and changes nothing."""
+        from modelmix.router import Router
+        from modelmix.router.config import load_router_config
+        from modelmix.router.learner import Learner
+
+        path = config or self.config_path
+        if path is None:
+            raise ApiError(400, "this server was not started from a config file; nothing to reload.")
+        cfg = load_router_config(path)
+        same_encoder = cfg.encoder_path() == self.cfg.encoder_path()
+        router = Router(cfg, encoder=self.router.encoder if same_encoder else None)
+        backends = build_backends(cfg)
+        learner = Learner({r.name: r.models for r in cfg.routes}) if self.learner is not None else None
+        with self.learn_lock:
+            if learner is not None:
+                for fid, dist, models, score in self.store.history_since(0):
+                    learner.update(dist, models, score)
+                    self._seen = fid
+                router.learner = learner
+            self.router, self.cfg, self.backends, self.learner = router, cfg, backends, learner
+        return {"ok": True, "models": list(backends), "routes": [r.name for r in cfg.routes]}
 
     # ------------------------------------------------------------------ decisions
     def healthy(self) -> set[str]:
@@ -316,6 +346,17 @@ def create_app(service: Service) -> Any:
 
         return PlainTextResponse(generate_latest(service.registry).decode(), media_type=CONTENT_TYPE_LATEST)
 
+    @app.post("/admin/reload")
+    async def reload() -> dict[str, Any]:
+        from starlette.concurrency import run_in_threadpool
+
+        from modelmix.errors import ModelmixError
+
+        try:
+            return await run_in_threadpool(service.reload)
+        except ModelmixError as e:  # a bad config: the old one keeps serving
+            raise ApiError(400, f"reload refused, still serving the previous config: {e}", "invalid_config") from None
+
     @app.post("/v1/feedback")
     async def feedback(request: Request) -> dict[str, Any]:
         body = await body_of(request)
@@ -448,6 +489,7 @@ def build_service(config: str) -> Service:
     router = Router.from_config(config)
     store = Store(router.cfg.store_url())
     service = Service(router, store, learner=Learner({r.name: r.models for r in router.cfg.routes}))
+    service.config_path = config
     service.sync_learner(force=True)
     return service
 
@@ -470,7 +512,21 @@ def serve(config: str, host: str = "127.0.0.1", port: int = 8000, workers: int =
 
     load_router_config(config)  # every check before any worker starts
     if workers == 1:
-        uvicorn.run(create_app(build_service(config)), host=host, port=port, log_level="warning")
+        import signal
+
+        service = build_service(config)
+
+        def on_hup(*_: Any) -> None:  # SIGHUP: reload in the background; a bad config is reported and ignored
+            def run() -> None:
+                try:
+                    service.reload()
+                except Exception as e:  # noqa: BLE001 - a reload must never take the server down
+                    print(f"modelmix serve: reload refused, still serving the previous config: {e}", file=sys.stderr)
+
+            threading.Thread(target=run, daemon=True).start()
+
+        signal.signal(signal.SIGHUP, on_hup)
+        uvicorn.run(create_app(service), host=host, port=port, log_level="warning")
         return
     os.environ["MODELMIX_ROUTER_CONFIG"] = str(os.path.abspath(config))
     uvicorn.run("modelmix.router.serve:app_factory", factory=True, host=host, port=port, workers=workers,
