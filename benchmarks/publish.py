@@ -55,8 +55,10 @@ def provenance(report: dict[str, Any], name: str) -> str:
         f"; also running: {len(b['busy_before'])} other process(es), listed in the results file")
     date, commit = b.get("date", report["date"]), b.get("commit", report["commit"])
     dirty = b.get("dirty", report["dirty"])
-    runs = ("One run: the answers are deterministic (greedy decoding); the overhead percentiles are over 50 "
-            "single queries" if name == "router" else f"Median (min–max) of {report['repeat']} runs")
+    runs = {"router": "One run: the answers are deterministic (greedy decoding); the overhead percentiles are "
+                      "over 50 single queries",
+            "load": "One run of 30 s; the percentiles are over every answered request"}.get(
+        name, f"Median (min–max) of {report['repeat']} runs")
     return (f"_`make bench` of {date[:10]} (commit {commit}{', uncommitted changes' if dirty else ''}), "
             f"{m['cpu']}, {m['cores']} cores, {m['mem_gib']} GiB; 1-minute load average {min(loads):.1f}–"
             f"{max(loads):.1f} during the runs (the benchmark's own processes included){others}. {runs}; "
@@ -188,8 +190,22 @@ def router(report: dict[str, Any]) -> str:
         f"p50 {statistics.median(lat):.1f} ms, p95 {p95:.1f} ms ({d['batched_ms']:.2f} ms per query batched)."])
 
 
+def load(report: dict[str, Any]) -> str:
+    d = report["benchmarks"]["load"]["data"]
+    return "\n".join([
+        provenance(report, "load"), "",
+        f"{d['clients']} clients, each sending chat completions (model `router`, random zoo test queries) back to "
+        f"back over its own connection for {d['seconds']:.0f} s to one `modelmix serve` process "
+        f"(`serve.max_concurrent` {d['max_concurrent']}); a client waits the `Retry-After` second after a 429:", "",
+        "| answered | per second | deliberate 429s | other errors | latency p50 / p95 | router overhead p50 / p95 |",
+        "|---|---|---|---|---|---|",
+        f"| {d['answered']} | {d['throughput_rps']:.1f} | {d['rejected_429']} | {d['errors']} | "
+        f"{d['latency_ms']['p50']:.0f} / {d['latency_ms']['p95']:.0f} ms | {d['route_ms']['p50']:.1f} / "
+        f"{d['route_ms']['p95']:.1f} ms |"])
+
+
 RENDER: dict[str, Callable[[dict[str, Any]], str]] = {
-    "merge": merge, "cocktail": cocktail, "analysis": analysis, "eval": evaluation, "router": router}
+    "merge": merge, "cocktail": cocktail, "analysis": analysis, "eval": evaluation, "router": router, "load": load}
 
 
 def render(name: str, report: dict[str, Any]) -> str:

@@ -9,7 +9,9 @@ Runs, one after another (never two at once), each as its own child process:
 * ``analysis`` — ``bench_analyze.py --size 1.1b``: ``modelmix analyze`` (no peer does it; timed alone);
 * ``eval``     — ``bench_eval.py --hf-generate``: the harness's loss and greedy decoding vs ``model.generate``;
 * ``router``   — ``bench_router.py`` on the ``default`` zoo (built first, untimed): the router's answers on a
-  stream of every task vs each expert, the base, every merge and the oracle; its overhead per query.
+  stream of every task vs each expert, the base, every merge and the oracle; its overhead per query;
+* ``load``     — ``bench_serve_load.py``: 32 concurrent clients for 30 s against ``modelmix serve`` over the
+  zoo's experts (throughput, deliberate 429s, errors, latency, the router's overhead under load).
 
 Each is repeated ``--repeat`` times (default 3; median and range). The results go to one dated file,
 ``benchmarks/results/bench-<UTC date>.json``: commit, machine, package versions, and for every benchmark its
@@ -43,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 HERE = ROOT / "benchmarks"
 RESULTS = HERE / "results"
 PY = sys.executable
-NAMES = ("merge", "cocktail", "analysis", "eval", "router")
+NAMES = ("merge", "cocktail", "analysis", "eval", "router", "load")
 
 
 def commands(name: str, repeat: int, quick: bool, out: Path) -> list[str]:
@@ -59,6 +61,9 @@ def commands(name: str, repeat: int, quick: bool, out: Path) -> list[str]:
         return [PY, str(HERE / "bench_analyze.py"), "--size", size, "--repeat", str(repeat), "--json", str(out)]
     if name == "router":  # accuracy is deterministic; the overhead percentiles come from 50 single queries
         return [PY, str(HERE / "bench_router.py"), "--zoo", str(zoo_dir(quick)), "--json", str(out)]
+    if name == "load":
+        return [PY, str(HERE / "bench_serve_load.py"), "--zoo", str(zoo_dir(quick)), "--json", str(out),
+                *(["--seconds", "5", "--clients", "8"] if quick else [])]
     if name == "eval":
         return [PY, str(HERE / "bench_eval.py"), "--hf-generate", "--repeat", str(repeat), "--json", str(out),
                 *(["--n", "100"] if quick else [])]
@@ -152,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     path = out_dir / f"bench-{start:%Y-%m-%d}.json"
     if (ROOT / ".bench-venv/bin/python").exists() is False:
         subprocess.run(["bash", str(HERE / "setup_peers.sh")], check=True)
-    if "router" in names:
+    if "router" in names or "load" in names:
         ensure_zoo(a.quick)
     report: dict[str, Any] = {
         "date": start.isoformat(timespec="seconds"), "commit": git("rev-parse", "--short", "HEAD"),

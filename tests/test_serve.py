@@ -178,6 +178,11 @@ def test_backpressure_answers_429_when_full(server):
         code, body = _post(url, "/v1/chat/completions",
                            b'{"model": "addition", "messages": [{"role": "user", "content": "1+2="}]}')
         assert code == 429 and body["error"]["code"] == "rate_limited"
+        req = urllib.request.Request(url + "/v1/chat/completions", method="POST", headers={"Content-Type": "application/json"},
+                                     data=b'{"model": "addition", "messages": [{"role": "user", "content": "1+2="}]}')
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=30)
+        assert e.value.code == 429 and e.value.headers["Retry-After"] == "1"
     finally:
         for _ in held:
             service.slots.release()

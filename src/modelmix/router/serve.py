@@ -178,7 +178,8 @@ class Service:
             used, text = self._answer_one([model], messages, max_tokens, timings)
             return text, {"strategy": "direct", "models": [used], "per_model_ms": timings, "worker_pid": os.getpid()}
         meta: dict[str, Any] = {"distribution": d.classification.distribution, "strategy": d.strategy,
-                                "routes": d.routes, "weights": d.weights, "why": d.why}
+                                "routes": d.routes, "weights": d.weights, "why": d.why,
+                                "route_ms": round(d.classification.seconds * 1000, 3)}
         if d.strategy == "single":
             used, text = self._answer_one(self._fallbacks(d, 0), messages, max_tokens, timings)
             meta["models"] = [used]
@@ -306,8 +307,10 @@ def create_app(service: Service) -> Any:
     limit = service.cfg.serve.max_request_bytes
 
     def err(status: int, message: str, code: str = "invalid_request_error") -> JSONResponse:
+        # 429/503 say when to come back (the openai client honours Retry-After in its retries)
+        headers = {"Retry-After": "1"} if status in (429, 503) else None
         return JSONResponse({"error": {"message": message, "type": "invalid_request_error" if status < 500 else
-                                       "server_error", "code": code}}, status_code=status)
+                                       "server_error", "code": code}}, status_code=status, headers=headers)
 
     @app.exception_handler(ApiError)
     async def _api_error(_req: Request, e: ApiError) -> JSONResponse:
@@ -412,7 +415,7 @@ def create_app(service: Service) -> Any:
             iid = f"cmpl-{uuid.uuid4().hex}"
             meta: dict[str, Any] = {"strategy": "direct"} if d is None else {
                 "distribution": d.classification.distribution, "strategy": d.strategy, "routes": d.routes,
-                "weights": d.weights, "why": d.why}
+                "weights": d.weights, "why": d.why, "route_ms": round(d.classification.seconds * 1000, 3)}
             meta["models"] = [first]
 
             def live() -> Iterator[str]:
