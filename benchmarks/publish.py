@@ -57,7 +57,8 @@ def provenance(report: dict[str, Any], name: str) -> str:
     dirty = b.get("dirty", report["dirty"])
     runs = {"router": "One run: the answers are deterministic (greedy decoding); the overhead percentiles are "
                       "over 50 single queries",
-            "load": "One run of 30 s; the percentiles are over every answered request"}.get(
+            "load": "One run of 30 s; the percentiles are over every answered request",
+            "feedback": "One run (the learner's draws are seeded)"}.get(
         name, f"Median (min–max) of {report['repeat']} runs")
     return (f"_`make bench` of {date[:10]} (commit {commit}{', uncommitted changes' if dirty else ''}), "
             f"{m['cpu']}, {m['cores']} cores, {m['mem_gib']} GiB; 1-minute load average {min(loads):.1f}–"
@@ -204,8 +205,26 @@ def load(report: dict[str, Any]) -> str:
         f"{d['route_ms']['p95']:.1f} ms |"])
 
 
+def feedback(report: dict[str, Any]) -> str:
+    d = report["benchmarks"]["feedback"]["data"]
+    w = d["window"]
+    return "\n".join([
+        provenance(report, "feedback"), "",
+        f"Every route of the zoo config lists another task's expert first and its own second; {d['events']} test "
+        "queries (all tasks, shuffled) are answered one by one and each answer's exact match is the feedback:", "",
+        f"| | first {w} events | last {w} events |", "|---|---|---|",
+        f"| accuracy | {d['first_window_accuracy']:.2f} | {d['last_window_accuracy']:.2f} |",
+        f"| queries served by their own task's expert | {d['own_expert_share_first_window']:.0%} | "
+        f"{d['own_expert_share_last_window']:.0%} |", "",
+        f"The oracle (each query to its own expert) scores {d['oracle_accuracy']:.2f}; the rolling accuracy over {w} "
+        f"events stays at or above 90 % of it from event {d['events_to_90pct_of_oracle']} on. Rolling accuracy every "
+        f"{w} events: {', '.join(f'{x:.2f}' for x in d['rolling'])}. A learner update takes "
+        f"{d['update_us']['median']:.1f} µs (median; max {d['update_us']['max']:.0f} µs)."])
+
+
 RENDER: dict[str, Callable[[dict[str, Any]], str]] = {
-    "merge": merge, "cocktail": cocktail, "analysis": analysis, "eval": evaluation, "router": router, "load": load}
+    "merge": merge, "cocktail": cocktail, "analysis": analysis, "eval": evaluation, "router": router,
+    "feedback": feedback, "load": load}
 
 
 def render(name: str, report: dict[str, Any]) -> str:

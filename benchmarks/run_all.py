@@ -10,6 +10,8 @@ Runs, one after another (never two at once), each as its own child process:
 * ``eval``     — ``bench_eval.py --hf-generate``: the harness's loss and greedy decoding vs ``model.generate``;
 * ``router``   — ``bench_router.py`` on the ``default`` zoo (built first, untimed): the router's answers on a
   stream of every task vs each expert, the base, every merge and the oracle; its overhead per query;
+* ``feedback`` — ``bench_feedback.py``: every route starts with the wrong expert first; correctness is the
+  feedback; how many events until the router answers at 90 % of the oracle;
 * ``load``     — ``bench_serve_load.py``: 32 concurrent clients for 30 s against ``modelmix serve`` over the
   zoo's experts (throughput, deliberate 429s, errors, latency, the router's overhead under load).
 
@@ -45,7 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 HERE = ROOT / "benchmarks"
 RESULTS = HERE / "results"
 PY = sys.executable
-NAMES = ("merge", "cocktail", "analysis", "eval", "router", "load")
+NAMES = ("merge", "cocktail", "analysis", "eval", "router", "feedback", "load")
 
 
 def commands(name: str, repeat: int, quick: bool, out: Path) -> list[str]:
@@ -61,6 +63,9 @@ def commands(name: str, repeat: int, quick: bool, out: Path) -> list[str]:
         return [PY, str(HERE / "bench_analyze.py"), "--size", size, "--repeat", str(repeat), "--json", str(out)]
     if name == "router":  # accuracy is deterministic; the overhead percentiles come from 50 single queries
         return [PY, str(HERE / "bench_router.py"), "--zoo", str(zoo_dir(quick)), "--json", str(out)]
+    if name == "feedback":
+        return [PY, str(HERE / "bench_feedback.py"), "--zoo", str(zoo_dir(quick)), "--json", str(out),
+                *(["--events", "100"] if quick else [])]
     if name == "load":
         return [PY, str(HERE / "bench_serve_load.py"), "--zoo", str(zoo_dir(quick)), "--json", str(out),
                 *(["--seconds", "5", "--clients", "8"] if quick else [])]
@@ -157,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     path = out_dir / f"bench-{start:%Y-%m-%d}.json"
     if (ROOT / ".bench-venv/bin/python").exists() is False:
         subprocess.run(["bash", str(HERE / "setup_peers.sh")], check=True)
-    if "router" in names or "load" in names:
+    if {"router", "feedback", "load"} & set(names):
         ensure_zoo(a.quick)
     report: dict[str, Any] = {
         "date": start.isoformat(timespec="seconds"), "commit": git("rev-parse", "--short", "HEAD"),

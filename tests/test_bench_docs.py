@@ -68,6 +68,13 @@ def test_router_beats_every_single_model_and_merge(report):
     assert all(router > v["accuracy"] for k, v in res.items() if k not in ("router (auto)", "oracle (own expert)"))
 
 
+def test_feedback_recovers_within_200_events(report):
+    """The router issue's feedback target: from wrong routes back to >= 90 % of the oracle within 200 events."""
+    d = report["benchmarks"]["feedback"]["data"]
+    assert d["events_to_90pct_of_oracle"] is not None and d["events_to_90pct_of_oracle"] <= 200
+    assert d["update_us"]["median"] <= 1000  # one learner update <= 1 ms
+
+
 def test_a_stale_table_is_detected(report):
     text = "intro\n<!-- bench:merge -->\n| linear | 1.0 s |\n<!-- /bench:merge -->\nafter\n"
     new = publish.rewrite(text, report)
