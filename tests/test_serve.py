@@ -155,6 +155,7 @@ def test_feedback_round_trip(server):
     ("/v1/feedback", b'{"id": "cmpl-unknown", "score": 1}', 404),
     ("/v1/feedback", b'{"id": "cmpl-unknown", "score": 7}', 400),
     ("/v1/feedback", b'[1, 2]', 400),
+    ("/v1/feedback", b'{"id": "cmpl-x", "score": 1, "comment": {"a": 1}}', 400),
 ])
 def test_bad_requests_get_a_4xx_json_error(server, path, data, status):
     url, _, _ = server

@@ -56,6 +56,7 @@ def test_round_trip_and_stats(tmp_path):
     ({"thumbs": "sideways"}, '"up" or "down"'),
     ({}, "exactly one of"),
     ({"score": 1.0, "thumbs": "up"}, "exactly one of"),
+    ({"score": 1.0, "comment": {"x": 1}}, '"comment" must be a string'),
 ])
 def test_bad_feedback_is_refused_and_writes_nothing(tmp_path, kw, match):
     with Store(tmp_path / "r.db") as s:

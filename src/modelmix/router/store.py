@@ -123,6 +123,8 @@ class Store:
         assert score is not None
         if isinstance(score, bool) or not isinstance(score, int | float) or not math.isfinite(score) or not 0 <= score <= 1:
             raise DataError(f'"score" must be a number between 0 and 1, got {score!r}.')
+        if comment is not None and not isinstance(comment, str):
+            raise DataError(f'"comment" must be a string, got {type(comment).__name__}.')
         with self.engine.begin() as c:
             if c.execute(sa.select(self.interactions.c.id).where(self.interactions.c.id == interaction_id)).first() is None:
                 raise UnknownInteraction(f"no interaction with id {interaction_id!r} in the store; feedback must "
