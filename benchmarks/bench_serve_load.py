@@ -1,15 +1,19 @@
 #!/usr/bin/env python3
 """Load on `modelmix serve`: N concurrent clients for a fixed time against in-process zoo experts.
 
-    .venv/bin/python benchmarks/bench_serve_load.py --zoo ZOO [--clients 32] [--seconds 30] [--json out.json]
+    .venv/bin/python benchmarks/bench_serve_load.py --zoo ZOO [--setups 32:float32,8:float32,32:int8]
+        [--seconds 30] [--json out.json]
 
-The server is a real `modelmix serve` subprocess on loopback (one process, `serve.max_concurrent` 4), routing
-over the zoo's five experts (10 validation utterances per route). Each client thread sends chat completions
-(model "router", a random test query) back to back over its own keep-alive connection, and waits the
-``Retry-After`` second the server asks for after a 429. Reported: answered
-requests per second, the deliberate 429s (backpressure: more than max_concurrent generations at once),
-every other error (there should be none), latency p50/p95 of answered requests, and the router's own
-overhead per request (classification + decision, from the `modelmix` object) p50/p95.
+Each setup ``CLIENTS:ENCODER_DTYPE`` starts a fresh real `modelmix serve` subprocess on loopback (one process,
+`serve.max_concurrent` 16 by default, the config's ``encoder_dtype``), routing over the zoo's five experts
+(10 validation utterances per route). Each client thread sends chat completions (model "router", a random
+test query) back to back over its own keep-alive connection, and waits the ``Retry-After`` second the server
+asks for after a 429. Reported per setup: answered requests per second, the deliberate 429s (backpressure:
+more than max_concurrent requests in flight), every other error (there should be none), latency p50/p95 of
+answered requests, the router's own overhead per request (the wait for the engine's classification batch,
+classification and decision, from the `modelmix` object) p50/p95, and the serving engine's counters from
+`/metrics` (rows per decoding step, queries per classification batch, busy seconds per kind of work).
+The load generator runs on the same two cores as the server.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -33,29 +38,22 @@ def pct(xs: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * (len(s) - 1)))] if s else float("nan")
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--zoo", type=Path, required=True)
-    ap.add_argument("--clients", type=int, default=32)
-    ap.add_argument("--seconds", type=float, default=30.0)
-    ap.add_argument("--json", type=Path, default=None)
-    a = ap.parse_args()
-
+def one(a: argparse.Namespace, z: Any, clients: int, dtype: str) -> dict[str, Any]:
+    """One server (a fresh process and store), ``clients`` clients for ``a.seconds``; the results."""
     import http.client
 
     import yaml
 
     from modelmix.eval.data import coerce_examples
-    from modelmix.zoo import load_zoo
 
-    z = load_zoo(a.zoo)
     experts = {task: m for m, task in z.experts().items()}
     work = Path("/tmp") / f"bench_serve_load_{os.getpid()}"
     work.mkdir(parents=True, exist_ok=True)
     cfg = {"models": {t: {"path": str(z.model_path(m)), "max_new_tokens": 24} for t, m in experts.items()},
            "routes": [{"name": t, "models": [t], "utterances": [r["input"] for r in
                        coerce_examples(z.split_path(t, "validation"), "decoder")[:10]]} for t in experts],
-           "feedback": {"store": "router.db"}, "serve": {"max_concurrent": 4}}
+           "feedback": {"store": "router.db"}, "serve": {"max_concurrent": a.max_concurrent},
+           "encoder_dtype": dtype}
     (work / "router.yml").write_text(yaml.safe_dump(cfg))
     queries = [r["input"] for t in experts for r in coerce_examples(z.split_path(t, "test"), "decoder")]
     with socket.socket() as s:
@@ -119,26 +117,62 @@ def main() -> int:
             conn.close()
 
         t_start = time.perf_counter()
-        threads = [threading.Thread(target=client, args=(k,)) for k in range(a.clients)]
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         elapsed = time.perf_counter() - t_start
+        c0 = http.client.HTTPConnection("127.0.0.1", port, timeout=30)  # the first one idled out
+        c0.request("GET", "/metrics")
+        engine = {line.split()[0].removeprefix("modelmix_engine_").removesuffix("_total"): float(line.split()[1])
+                  for line in c0.getresponse().read().decode().splitlines()
+                  if line.startswith("modelmix_engine_") and "_created" not in line}
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(30)
-    res = {"clients": a.clients, "seconds": elapsed, "answered": codes.get(200, 0), "rejected_429": codes.get(429, 0),
+    res = {"clients": clients, "seconds": elapsed, "answered": codes.get(200, 0), "rejected_429": codes.get(429, 0),
            "errors": len(errors), "error_samples": errors[:5], "throughput_rps": codes.get(200, 0) / elapsed,
            "latency_ms": {"p50": statistics.median(ok_lat) if ok_lat else None, "p95": pct(ok_lat, 0.95)},
            "route_ms": {"p50": statistics.median(route_ms) if route_ms else None, "p95": pct(route_ms, 0.95)},
-           "max_concurrent": 4, "loadavg_1m_before": load_before}
-    print(f"{a.clients} clients for {elapsed:.0f} s: {res['answered']} answered ({res['throughput_rps']:.1f}/s), "
-          f"{res['rejected_429']} deliberate 429s, {res['errors']} other errors; latency p50 "
-          f"{res['latency_ms']['p50']:.0f} ms, p95 {res['latency_ms']['p95']:.0f} ms; router overhead p50 "
-          f"{res['route_ms']['p50']:.1f} ms, p95 {res['route_ms']['p95']:.1f} ms")
+           "engine": engine, "max_concurrent": a.max_concurrent, "encoder_dtype": dtype, "loadavg_1m_before": load_before}
+    return res
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--zoo", type=Path, required=True)
+    ap.add_argument("--setups", default="32:float32,8:float32,32:int8",
+                    help="comma-separated CLIENTS:ENCODER_DTYPE runs, each against a fresh server")
+    ap.add_argument("--seconds", type=float, default=30.0)
+    ap.add_argument("--max-concurrent", type=int, default=16, help="serve.max_concurrent (the server default)")
+    ap.add_argument("--json", type=Path, default=None)
+    a = ap.parse_args()
+
+    from modelmix.zoo import load_zoo
+
+    z = load_zoo(a.zoo)
+    runs = []
+    errors = 0
+    for setup in a.setups.split(","):
+        clients, dtype = setup.split(":")
+        res = one(a, z, int(clients), dtype)
+        errors += res["errors"]
+        runs.append(res)
+        print(f"{res['clients']} clients, encoder {dtype}, {res['seconds']:.0f} s: {res['answered']} answered "
+              f"({res['throughput_rps']:.1f}/s), {res['rejected_429']} deliberate 429s, {res['errors']} other errors; "
+              f"latency p50 {res['latency_ms']['p50']:.0f} ms, p95 {res['latency_ms']['p95']:.0f} ms; router overhead "
+              f"p50 {res['route_ms']['p50']:.1f} ms, p95 {res['route_ms']['p95']:.1f} ms", flush=True)
+        e = res["engine"]
+        if e.get("steps"):
+            print(f"  engine: {e['rows_stepped'] / e['steps']:.1f} rows per decoding step; "
+                  f"{e['classified'] / max(1, e['classify_batches']):.1f} queries per classification batch; busy s: "
+                  + ", ".join(f"{k.removeprefix('busy_').removesuffix('_seconds')} {v:.1f}"
+                              for k, v in e.items() if k.startswith("busy_"))
+                  + f"; mean wait before classification {1000 * e['classify_wait_seconds'] / max(1, e['classified']):.1f} ms",
+                  flush=True)
     if a.json:
-        a.json.write_text(json.dumps(res, indent=1))
+        a.json.write_text(json.dumps({"runs": runs, "max_concurrent": a.max_concurrent}, indent=1))
     return 1 if errors else 0
 
 

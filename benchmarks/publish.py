@@ -57,7 +57,7 @@ def provenance(report: dict[str, Any], name: str) -> str:
     dirty = b.get("dirty", report["dirty"])
     runs = {"router": "One run: the answers are deterministic (greedy decoding); the overhead percentiles are "
                       "over 50 single queries",
-            "load": "One run of 30 s; the percentiles are over every answered request",
+            "load": "One run of 30 s per setup; the percentiles are over every answered request",
             "feedback": "One run (the learner's draws are seeded)"}.get(
         name, f"Median (min–max) of {report['repeat']} runs")
     return (f"_`make bench` of {date[:10]} (commit {commit}{', uncommitted changes' if dirty else ''}), "
@@ -193,16 +193,30 @@ def router(report: dict[str, Any]) -> str:
 
 def load(report: dict[str, Any]) -> str:
     d = report["benchmarks"]["load"]["data"]
+    runs = d["runs"]
+    rows = []
+    for r in runs:
+        e = r.get("engine") or {}
+        steps, batches = e.get("steps") or 0, e.get("classify_batches") or 0
+        busy = {k.removeprefix("busy_").removesuffix("_seconds"): v for k, v in e.items() if k.startswith("busy_")}
+        rows.append(
+            f"| {r['clients']} | {r['encoder_dtype']} | {r['answered']} | {r['throughput_rps']:.1f} | "
+            f"{r['rejected_429']} | {r['errors']} | {r['latency_ms']['p50']:.0f} / {r['latency_ms']['p95']:.0f} ms | "
+            f"{r['route_ms']['p50']:.1f} / {r['route_ms']['p95']:.1f} ms | "
+            f"{(e['rows_stepped'] / steps) if steps else float('nan'):.1f} | "
+            f"{(e['classified'] / batches) if batches else float('nan'):.1f} | "
+            + " / ".join(f"{busy.get(k, 0.0):.0f}" for k in ("classify", "prefill", "decode", "mixed")) + " |")
     return "\n".join([
         provenance(report, "load"), "",
-        f"{d['clients']} clients, each sending chat completions (model `router`, random zoo test queries) back to "
-        f"back over its own connection for {d['seconds']:.0f} s to one `modelmix serve` process "
-        f"(`serve.max_concurrent` {d['max_concurrent']}); a client waits the `Retry-After` second after a 429:", "",
-        "| answered | per second | deliberate 429s | other errors | latency p50 / p95 | router overhead p50 / p95 |",
-        "|---|---|---|---|---|---|",
-        f"| {d['answered']} | {d['throughput_rps']:.1f} | {d['rejected_429']} | {d['errors']} | "
-        f"{d['latency_ms']['p50']:.0f} / {d['latency_ms']['p95']:.0f} ms | {d['route_ms']['p50']:.1f} / "
-        f"{d['route_ms']['p95']:.1f} ms |"])
+        f"Clients send chat completions (model `router`, random zoo test queries) back to back, each over its own "
+        f"connection, for {runs[0]['seconds']:.0f} s to a fresh `modelmix serve` process (`serve.max_concurrent` "
+        f"{d['max_concurrent']}); a client waits the `Retry-After` second after a 429. The router overhead is "
+        "the wait for the engine's classification batch plus classification and decision. The last columns come "
+        "from the serving engine's counters (`/metrics`): rows served per decoding forward pass, queries per "
+        "classification batch, and the seconds its thread spent classifying / prefilling / decoding / mixing:", "",
+        "| clients | encoder | answered | per second | deliberate 429s | other errors | latency p50 / p95 | "
+        "router overhead p50 / p95 | rows per step | queries per classification | engine busy s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|", *rows])
 
 
 def feedback(report: dict[str, Any]) -> str:

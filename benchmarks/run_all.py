@@ -12,8 +12,9 @@ Runs, one after another (never two at once), each as its own child process:
   stream of every task vs each expert, the base, every merge and the oracle; its overhead per query;
 * ``feedback`` — ``bench_feedback.py``: every route starts with the wrong expert first; correctness is the
   feedback; how many events until the router answers at 90 % of the oracle;
-* ``load``     — ``bench_serve_load.py``: 32 concurrent clients for 30 s against ``modelmix serve`` over the
-  zoo's experts (throughput, deliberate 429s, errors, latency, the router's overhead under load).
+* ``load``     — ``bench_serve_load.py``: 32 and 8 concurrent clients for 30 s against ``modelmix serve`` over
+  the zoo's experts, and 32 with the int8 encoder (throughput, deliberate 429s, errors, latency, the router's
+  overhead under load, the engine's batching).
 
 Each is repeated ``--repeat`` times (default 3; median and range). The results go to one dated file,
 ``benchmarks/results/bench-<UTC date>.json``: commit, machine, package versions, and for every benchmark its
@@ -68,7 +69,7 @@ def commands(name: str, repeat: int, quick: bool, out: Path) -> list[str]:
                 *(["--events", "100"] if quick else [])]
     if name == "load":
         return [PY, str(HERE / "bench_serve_load.py"), "--zoo", str(zoo_dir(quick)), "--json", str(out),
-                *(["--seconds", "5", "--clients", "8"] if quick else [])]
+                *(["--seconds", "5", "--setups", "8:float32"] if quick else [])]
     if name == "eval":
         return [PY, str(HERE / "bench_eval.py"), "--hf-generate", "--repeat", str(repeat), "--json", str(out),
                 *(["--n", "100"] if quick else [])]

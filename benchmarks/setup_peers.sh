@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create the peer venv used by the merge benchmark: .bench-venv with mergekit 0.1.5 and LM_Cocktail 0.0.4.
+# Create the peer venv of the benchmarks: .bench-venv with mergekit 0.1.5, LM_Cocktail 0.0.4 and semantic-router 1.1.1.
 # Idempotent: does nothing when the venv already has the pinned versions.
 # torch is installed FIRST and pinned (torch==2.13.0 resolves to the local CPU wheel here), and kept
 # pinned through a constraints file while installing the peers, so pip can never pull the multi-GB
@@ -10,14 +10,14 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${BENCH_VENV:-$ROOT/.bench-venv}"
 PYTHON="${PYTHON:-$(command -v python3.11 || command -v python3)}"
 TORCH_VERSION="${TORCH_VERSION:-2.13.0}"
-PEERS=("mergekit==0.1.5" "LM_Cocktail==0.0.4")
+PEERS=("mergekit==0.1.5" "LM_Cocktail==0.0.4" "semantic-router==1.1.1")
 PY="$VENV/bin/python"
 
 have_peers() {
   [ -x "$PY" ] && "$PY" - <<'PYEOF' 2>/dev/null
 import sys
 from importlib.metadata import version
-want = {"mergekit": "0.1.5", "LM_Cocktail": "0.0.4"}
+want = {"mergekit": "0.1.5", "LM_Cocktail": "0.0.4", "semantic-router": "1.1.1"}
 sys.exit(0 if all(version(k) == v for k, v in want.items()) else 1)
 PYEOF
 }

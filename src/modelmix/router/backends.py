@@ -6,6 +6,7 @@
   message followed by its own prompt separator and answers one line, as it was trained.
 * :func:`mixed_generate` decodes with several local models that share a vocabulary at once: each step's
   next-token distribution is the weighted mixture of the models' distributions (token-level ensembling).
+  In a server, all of this runs in the batching engine's thread (``router.engine``).
 * :class:`RemoteBackend` forwards to any OpenAI-compatible server (vLLM, llama.cpp, Ollama, another modelmix)
   with the official ``openai`` client (timeout, retries); after ``failures`` consecutive errors it is
   marked down for ``cooldown_s`` (a circuit breaker), so the router skips it and reports it.
@@ -29,8 +30,9 @@ class BackendError(RuntimeError):
 class LocalBackend:
     kind = "local"
 
-    def __init__(self, name: str, path: Path, max_new_tokens: int = 256) -> None:
+    def __init__(self, name: str, path: Path, max_new_tokens: int = 256, engine: Any = None) -> None:
         self.name, self.path, self.max_new_tokens = name, path, max_new_tokens
+        self.engine = engine  # router.engine.Engine: batched generation in the server's torch thread
         self._em: Any = None
         self._load_lock = threading.Lock()
         self.lock = threading.Lock()  # one generation at a time per model (torch runs it on all cores anyway)
@@ -62,9 +64,15 @@ class LocalBackend:
         return list(tok(text)["input_ids"]), True
 
     def stream(self, messages: Sequence[dict[str, str]], max_new_tokens: int | None = None) -> Iterator[str]:
+        """Text pieces as they are decoded: through the server's engine (batched with the model's other
+        requests) when there is one, else here in the calling thread, one generation at a time."""
         ids, one_line = self.prompt_ids(messages)
+        budget = max_new_tokens or self.max_new_tokens
+        if self.engine is not None:
+            yield from self.engine.generate(self, ids, budget, one_line)
+            return
         with self.lock:
-            yield from mixed_generate([self], [1.0], ids, max_new_tokens or self.max_new_tokens, one_line)
+            yield from mixed_generate([self], [1.0], ids, budget, one_line)
 
     def complete(self, messages: Sequence[dict[str, str]], max_new_tokens: int | None = None) -> str:
         return "".join(self.stream(messages, max_new_tokens))
@@ -78,25 +86,21 @@ def _step(model: Any, ids: torch.Tensor, cache: Any, cache_kw: str) -> tuple[tor
     return out.logits[0, -1].float(), _cache_of(out)
 
 
-def mixed_generate(backends: Sequence[LocalBackend], weights: Sequence[float], prompt: list[int],
-                   max_new_tokens: int, one_line: bool) -> Iterator[str]:
-    """Greedy decoding from the weighted mixture of the models' next-token distributions (one model: plain
-    greedy decoding). Yields text pieces as tokens are decided; stops at eos, the token budget, or (for
-    ``one_line``) the end of the first non-empty line."""
+def mixed_steps(backends: Sequence[LocalBackend], weights: Sequence[float], prompt: list[int],
+                text: Any) -> Iterator[None]:
+    """Greedy decoding from the weighted mixture of the models' next-token distributions, one token per
+    ``next()`` (what the serving engine interleaves with its batches); each token goes to ``text`` (an
+    ``engine.TextOut``), which streams the pieces and says when to stop."""
     from modelmix.eval.metrics import _cache_kwarg
 
     ems = [b.em for b in backends]
-    tok = ems[0].tokenizer
-    eos = tok.eos_token_id
     w = torch.tensor([float(x) for x in weights])
     w = w / w.sum()
     caches: list[Any] = [None] * len(ems)
     kws = [_cache_kwarg(em.model) for em in ems]
     ids = torch.tensor([prompt], dtype=torch.long)
-    shown = ""  # text yielded so far
-    out_ids: list[int] = []
-    with torch.inference_mode():
-        for _ in range(max_new_tokens):
+    while True:
+        with torch.inference_mode():  # entered per token: never suspended inside the mode
             probs: torch.Tensor | None = None
             for i, em in enumerate(ems):
                 with em.threads():
@@ -105,25 +109,23 @@ def mixed_generate(backends: Sequence[LocalBackend], weights: Sequence[float], p
                 probs = p if probs is None else probs + p
             assert probs is not None
             nxt = int(probs.argmax())
-            if nxt == eos:
-                break
-            out_ids.append(nxt)
-            full = tok.decode(out_ids, skip_special_tokens=True)
-            if one_line:
-                full = full.lstrip()
-                if "\n" in full:
-                    head = full.split("\n", 1)[0]
-                    if len(head) > len(shown):
-                        yield head[len(shown):]
-                    return
-            if len(full) > len(shown) and full.startswith(shown):
-                yield full[len(shown):]
-                shown = full
-            ids = torch.tensor([[nxt]], dtype=torch.long)
-    if not one_line and out_ids:  # text that decoded differently mid-way (multi-byte characters)
-        full = tok.decode(out_ids, skip_special_tokens=True)
-        if full.startswith(shown) and len(full) > len(shown):
-            yield full[len(shown):]
+        if text.push(nxt):
+            return
+        yield
+        ids = torch.tensor([[nxt]], dtype=torch.long)
+
+
+def mixed_generate(backends: Sequence[LocalBackend], weights: Sequence[float], prompt: list[int],
+                   max_new_tokens: int, one_line: bool) -> Iterator[str]:
+    """:func:`mixed_steps` in the calling thread, yielding text pieces as tokens are decided (one model:
+    plain greedy decoding). Stops at eos, the token budget, or (``one_line``) the end of the first line."""
+    from modelmix.router.engine import Stream, TextOut
+
+    out = Stream()
+    for _ in mixed_steps(backends, weights, prompt, TextOut(backends[0].em.tokenizer, max_new_tokens, one_line,
+                                                             out)):
+        yield from out.drain()
+    yield from out.drain()
 
 
 class RemoteBackend:
@@ -166,14 +168,15 @@ class RemoteBackend:
         return "".join(self.stream(messages, max_new_tokens))
 
 
-def build_backends(cfg: Any) -> dict[str, LocalBackend | RemoteBackend]:
-    """One backend per config model (local ones load lazily, on first use)."""
+def build_backends(cfg: Any, engine: Any = None) -> dict[str, LocalBackend | RemoteBackend]:
+    """One backend per config model (local ones load lazily, on first use; with ``engine`` they generate
+    through it)."""
     import os
 
     out: dict[str, LocalBackend | RemoteBackend] = {}
     for name, spec in cfg.models.items():
         if spec.path is not None:
-            out[name] = LocalBackend(name, cfg.model_path(name), spec.max_new_tokens)
+            out[name] = LocalBackend(name, cfg.model_path(name), spec.max_new_tokens, engine)
         else:
             key = os.environ.get(spec.api_key_env) if spec.api_key_env else None
             out[name] = RemoteBackend(name, spec.url, spec.model, api_key=key, timeout_s=spec.timeout_s,

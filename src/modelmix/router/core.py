@@ -17,8 +17,19 @@ class Router:
 
         self.cfg = cfg
         self.learner = learner  # router.learner.Learner: feedback picks each route's model (None: config order)
-        self.encoder = encoder if encoder is not None else EvalModel.from_pretrained(cfg.encoder_path(),
-                                                                                     kind="encoder")
+        if encoder is None:
+            import torch
+
+            encoder = EvalModel.from_pretrained(cfg.encoder_path(), kind="encoder",
+                                                dtype=torch.bfloat16 if cfg.encoder_dtype == "bfloat16" else torch.float32)
+            if cfg.encoder_dtype == "int8":
+                import warnings
+
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    encoder.model = torch.ao.quantization.quantize_dynamic(encoder.model, {torch.nn.Linear},
+                                                                           dtype=torch.qint8)
+        self.encoder = encoder
         self.classifier = IntentClassifier(
             self.encoder, [(r.name, r.utterances) for r in cfg.routes],
             none_utterances=cfg.none.utterances, background=cfg.none.background,
@@ -36,8 +47,17 @@ class Router:
         return self.classifier.classify(query)
 
     def route(self, query: str, *, strategy: str | None = None, healthy: Iterable[str] | None = None) -> Decision:
-        return decide(self.cfg, self.classify(query), self.thresholds, strategy=strategy, healthy=healthy,
-                      learner=self.learner)
+        import time
+
+        t0 = time.perf_counter()
+        d = self.decide(self.classify(query), strategy=strategy, healthy=healthy)
+        d.seconds = time.perf_counter() - t0
+        return d
+
+    def decide(self, c: Classification, *, strategy: str | None = None,
+               healthy: Iterable[str] | None = None) -> Decision:
+        """The decision for a query already classified (the server classifies in batches)."""
+        return decide(self.cfg, c, self.thresholds, strategy=strategy, healthy=healthy, learner=self.learner)
 
     def route_many(self, queries: Sequence[str], **kw: Any) -> list[Decision]:
         return [decide(self.cfg, c, self.thresholds, learner=self.learner, **kw)

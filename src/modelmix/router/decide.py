@@ -35,13 +35,16 @@ class Decision:
     weights: list[float]
     why: str
     classification: Classification
+    #: the router's own overhead for this query (classification + decision, and in a server the wait for
+    #: the engine's classification batch), seconds
+    seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {"strategy": self.strategy, "routes": self.routes, "models": self.models,
                 "weights": [round(w, 6) for w in self.weights], "why": self.why,
                 "distribution": {k: round(v, 6) for k, v in self.classification.distribution.items()},
                 "scores": {k: round(v, 6) for k, v in self.classification.scores.items()},
-                "ms": round(self.classification.seconds * 1000, 3)}
+                "ms": round((self.seconds or self.classification.seconds) * 1000, 3)}
 
 
 def _first(cfg: RouterConfig, route: str, healthy: set[str] | None, learner: Any = None) -> str | None:

@@ -32,7 +32,7 @@ from typing import Any
 
 from fastapi import Request  # at module level: the endpoints' annotations are resolved from these globals
 
-from modelmix.router.backends import BackendError, LocalBackend, build_backends, mixed_generate
+from modelmix.router.backends import BackendError, LocalBackend, build_backends
 from modelmix.router.config import STRATEGIES
 from modelmix.router.decide import Decision, NoHealthyModel
 
@@ -66,10 +66,18 @@ def agreement_rank(answers: Sequence[str], weights: Sequence[float] | None = Non
 class Service:
     """The router, its backends, store and learner, and the strategies' execution (used by the app)."""
 
-    def __init__(self, router: Any, store: Any, backends: dict[str, Any] | None = None, learner: Any = None) -> None:
+    def __init__(self, router: Any, store: Any, backends: dict[str, Any] | None = None, learner: Any = None,
+                 engine: Any = None) -> None:
+        from modelmix.router.engine import Engine
+
         self.router, self.store = router, store
         self.cfg = router.cfg
-        self.backends = backends if backends is not None else build_backends(self.cfg)
+        # every forward pass (classification, generation) runs batched in the engine's one thread
+        self.engine = engine if engine is not None else Engine(self.cfg.serve.max_batch)
+        self.backends = backends if backends is not None else build_backends(self.cfg, self.engine)
+        for b in self.backends.values():
+            if isinstance(b, LocalBackend) and b.engine is None:
+                b.engine = self.engine
         self.learner = learner
         if learner is not None:
             router.learner = learner
@@ -88,6 +96,17 @@ class Service:
                                    registry=self.registry)
         self.m_overhead = Histogram("modelmix_route_seconds", "Classification + decision latency",
                                     registry=self.registry, buckets=(.001, .0025, .005, .01, .02, .05, .1, .5))
+        engine = self.engine
+
+        class _EngineCollector:  # the engine's counters, read when /metrics is scraped
+            def collect(self) -> Iterator[Any]:
+                from prometheus_client.core import CounterMetricFamily
+
+                for k, v in engine.stats().items():
+                    yield CounterMetricFamily(f"modelmix_engine_{k.removesuffix('_s')}" + ("_seconds" if
+                                              k.endswith("_s") else ""), f"serving engine: {k}", value=v)
+
+        self.registry.register(_EngineCollector())
 
     # ------------------------------------------------------------------ reload
     def reload(self, config: str | None = None) -> dict[str, Any]:
@@ -102,9 +121,9 @@ class Service:
         if path is None:
             raise ApiError(400, "this server was not started from a config file; nothing to reload.")
         cfg = load_router_config(path)
-        same_encoder = cfg.encoder_path() == self.cfg.encoder_path()
+        same_encoder = (cfg.encoder_path(), cfg.encoder_dtype) == (self.cfg.encoder_path(), self.cfg.encoder_dtype)
         router = Router(cfg, encoder=self.router.encoder if same_encoder else None)
-        backends = build_backends(cfg)
+        backends = build_backends(cfg, self.engine)
         learner = Learner({r.name: r.models for r in cfg.routes}) if self.learner is not None else None
         with self.learn_lock:
             if learner is not None:
@@ -129,11 +148,14 @@ class Service:
         strategy = None if model == "router" else model.removeprefix("router-")
         self.sync_learner()
         t0 = time.perf_counter()
+        router = self.router
         try:
-            d = self.router.route(query, strategy=strategy, healthy=self.healthy())
+            c = self.engine.classify(router.classifier, query)  # batched with the other requests' queries
+            d = router.decide(c, strategy=strategy, healthy=self.healthy())
         except NoHealthyModel as e:
             raise ApiError(503, str(e), "no_healthy_model") from None
-        self.m_overhead.observe(time.perf_counter() - t0)
+        d.seconds = time.perf_counter() - t0  # the overhead a request sees: queue + classification + decision
+        self.m_overhead.observe(d.seconds)
         return d
 
     # ------------------------------------------------------------------ execution
@@ -179,7 +201,7 @@ class Service:
             return text, {"strategy": "direct", "models": [used], "per_model_ms": timings, "worker_pid": os.getpid()}
         meta: dict[str, Any] = {"distribution": d.classification.distribution, "strategy": d.strategy,
                                 "routes": d.routes, "weights": d.weights, "why": d.why,
-                                "route_ms": round(d.classification.seconds * 1000, 3)}
+                                "route_ms": round(d.seconds * 1000, 3)}
         if d.strategy == "single":
             used, text = self._answer_one(self._fallbacks(d, 0), messages, max_tokens, timings)
             meta["models"] = [used]
@@ -196,14 +218,10 @@ class Service:
             bs = [self.backends[m] for m in d.models]
             ids, one_line = bs[0].prompt_ids(messages)
             t0 = time.perf_counter()
-            locks = [b.lock for b in bs]
-            for lk in locks:
-                lk.acquire()
             try:
-                text = "".join(mixed_generate(bs, d.weights, ids, max_tokens or bs[0].max_new_tokens, one_line))
-            finally:
-                for lk in reversed(locks):
-                    lk.release()
+                text = "".join(self.engine.mixed(bs, d.weights, ids, max_tokens or bs[0].max_new_tokens, one_line))
+            except BackendError as e:
+                raise ApiError(503, f"token mixing failed: {e}", "no_healthy_model") from None
             timings["+".join(d.models)] = round((time.perf_counter() - t0) * 1000, 2)
             meta.update(models=list(d.models), mixing="token")
         else:  # rank, or mix across different vocabularies / remote models: answers ranked (weighted for mix)
@@ -415,7 +433,7 @@ def create_app(service: Service) -> Any:
             iid = f"cmpl-{uuid.uuid4().hex}"
             meta: dict[str, Any] = {"strategy": "direct"} if d is None else {
                 "distribution": d.classification.distribution, "strategy": d.strategy, "routes": d.routes,
-                "weights": d.weights, "why": d.why, "route_ms": round(d.classification.seconds * 1000, 3)}
+                "weights": d.weights, "why": d.why, "route_ms": round(d.seconds * 1000, 3)}
             meta["models"] = [first]
 
             def live() -> Iterator[str]:

@@ -1,0 +1,157 @@
+"""The serving engine (``router.engine``): batched generation gives the answers of one request alone, rows
+join a running batch and leave it, classification is batched, failures reach the caller only."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from modelmix.router.backends import BackendError, LocalBackend, mixed_generate
+from modelmix.router.engine import Engine
+
+
+@pytest.fixture(scope="module")
+def models(zoo_dir: Path):
+    from modelmix.zoo import load_zoo
+
+    z = load_zoo(zoo_dir)
+    return {n: LocalBackend(n, z.model_path(p), 8) for n, p in
+            [("addition", "experts/addition"), ("reverse", "experts/reverse"), ("base", "base")]}
+
+
+PROMPTS = ["3+4=", "12+30=", "reverse abc", "what is 2 + 5", "7+5=", "reverse the word dogs", "1+1=",
+           "compute 40 plus 2 please"]
+
+
+def _direct(b: LocalBackend, prompt: str, budget: int, one_line: bool = True) -> str:
+    ids, _ = b.prompt_ids([{"role": "user", "content": prompt}])
+    return "".join(mixed_generate([b], [1.0], ids, budget, one_line))
+
+
+def _via(engine: Engine, b: LocalBackend, prompt: str, budget: int, one_line: bool = True):
+    ids, _ = b.prompt_ids([{"role": "user", "content": prompt}])
+    return engine.generate(b, ids, budget, one_line)
+
+
+@pytest.mark.parametrize("one_line", [True, False])
+def test_a_batch_gives_each_request_its_answer_alone(models, one_line):
+    engine = Engine(max_batch=16)
+    budget = 8 if one_line else 14
+    for b in models.values():
+        want = [_direct(b, p, budget, one_line) for p in PROMPTS]
+        streams = [_via(engine, b, p, budget, one_line) for p in PROMPTS]  # all queued before the first step
+        got = ["".join(s) for s in streams]
+        assert got == want, b.name
+    assert engine.rows_stepped / engine.steps > 2  # the rows really shared forward passes
+
+
+def test_rows_join_a_running_batch_and_leave_it(models):
+    """A request arriving mid-decode joins at the next step (left-padded to the batch's cache) and gets the
+    answer it gets alone; a finished row leaves while others go on; a full batch makes the rest wait."""
+    b = models["base"]
+    engine = Engine(max_batch=3)
+    long_prompt = "compute 40 plus 2 please and then some more words"
+    want_long = _direct(b, long_prompt, 24, one_line=False)
+    want = [_direct(b, p, 6, one_line=False) for p in PROMPTS]
+    first = iter(_via(engine, b, long_prompt, 24, one_line=False))
+    pieces = [next(first)]  # the long row is decoding now
+    streams = [_via(engine, b, p, 6, one_line=False) for p in PROMPTS]
+    got = ["".join(s) for s in streams]
+    pieces.extend(first)
+    assert "".join(pieces) == want_long
+    assert got == want
+    time.sleep(0.05)
+    assert not engine._batches and not engine._pending  # everything finished and left
+
+
+def test_batch_of_several_models_and_threads(models):
+    engine = Engine()
+    want = {(n, p): _direct(b, p, 8) for n, b in models.items() for p in PROMPTS}
+    got: dict = {}
+
+    def ask(n: str, p: str) -> None:
+        got[(n, p)] = "".join(_via(engine, models[n], p, 8))
+
+    ts = [threading.Thread(target=ask, args=k) for k in want]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(60)
+    assert got == want
+
+
+def test_an_abandoned_stream_frees_its_row(models):
+    b = models["base"]
+    engine = Engine()
+    it = iter(_via(engine, b, "compute 40 plus 2 please", 200, one_line=False))
+    next(it)
+    it.close()  # the client went away
+    deadline = time.time() + 10
+    while engine._batches and time.time() < deadline:
+        time.sleep(0.01)
+    assert not engine._batches
+    assert "".join(_via(engine, b, "3+4=", 8)) == _direct(b, "3+4=", 8)  # and the engine goes on
+
+
+def test_a_failing_model_fails_its_requests_only(models):
+    class Broken:
+        name = "broken"
+
+        def __init__(self, em):
+            self.em = _Em(em)
+
+    class _Em:
+        def __init__(self, em):
+            self._em = em
+            self.tokenizer, self.device = em.tokenizer, em.device
+
+        def threads(self):
+            return self._em.threads()
+
+        @property
+        def model(self):
+            raise RuntimeError("weights are gone")
+
+    engine = Engine()
+    bad = Broken(models["base"].em)
+    with pytest.raises(BackendError, match="broken failed while generating: RuntimeError: weights are gone"):
+        "".join(engine.generate(bad, [1, 2, 3], 4, True))
+    assert "".join(_via(engine, models["addition"], "3+4=", 8)) == _direct(models["addition"], "3+4=", 8)
+
+
+def test_token_mixing_through_the_engine_equals_the_direct_loop(models):
+    engine = Engine()
+    bs = [models["addition"], models["base"]]
+    ids, _ = bs[0].prompt_ids([{"role": "user", "content": "12+30="}])
+    for w in ([1.0, 0.0], [0.5, 0.5]):
+        assert "".join(engine.mixed(bs, w, ids, 8, True)) == "".join(mixed_generate(bs, w, ids, 8, True))
+
+
+def test_classification_is_batched_and_equals_classify(zoo_dir):
+    from modelmix.router import Router
+    from modelmix.zoo import load_zoo
+
+    router = Router.from_config({
+        "models": {"m": {"path": str(load_zoo(zoo_dir).model_path("base"))}},
+        "routes": [{"name": "arithmetic", "models": ["m"], "utterances": ["3+4=", "what is 2 + 5", "add 1 and 8"]},
+                   {"name": "reverse", "models": ["m"], "utterances": ["reverse abc", "write cat backwards"]}]})
+    engine = Engine()
+    queries = ["1+2=", "reverse the word dog", "tell me a story", "add 3 and 4"] * 3
+    got: dict = {}
+
+    def ask(i: int) -> None:
+        got[i] = engine.classify(router.classifier, queries[i])
+
+    ts = [threading.Thread(target=ask, args=(i,)) for i in range(len(queries))]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(60)
+    for i, q in enumerate(queries):
+        want = router.classify(q).distribution
+        assert got[i].distribution.keys() == want.keys()
+        assert all(abs(got[i].distribution[k] - want[k]) < 1e-5 for k in want)
+        assert got[i].seconds > 0
