@@ -57,6 +57,7 @@ def provenance(report: dict[str, Any], name: str) -> str:
     dirty = b.get("dirty", report["dirty"])
     runs = {"router": "One run: the answers are deterministic (greedy decoding); the overhead percentiles are "
                       "over 50 single queries",
+            "intent": "One run; latency over every query, one at a time, after 3 warm-up queries",
             "load": "One run of 30 s per setup; the percentiles are over every answered request",
             "feedback": "One run (the learner's draws are seeded)"}.get(
         name, f"Median (min–max) of {report['repeat']} runs")
@@ -219,6 +220,24 @@ def load(report: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|", *rows])
 
 
+def intent(report: dict[str, Any]) -> str:
+    d = report["benchmarks"]["intent"]["data"]
+    label = {"modelmix": "modelmix (utterances only)", "modelmix_fitted": "modelmix, fitted on labelled queries",
+             "semantic_router_raw": f"semantic-router {d['semantic_router']} (default)",
+             "semantic_router_fitted": f"semantic-router {d['semantic_router']}, fitted on labelled queries"}
+    rows = []
+    for name, r in d["results"].items():
+        for side in label:
+            x = r[side]
+            lat = f"{x['p50_ms']:.1f} / {x['p95_ms']:.1f}" if "p50_ms" in x else "as above"
+            rows.append(f"| {name} ({r['n']} queries, {r['off_topic']} off-topic) | {label[side]} | "
+                        f"{x['accuracy']:.3f} | {x['macro_f1']:.3f} | {x['ece']:.3f} | {lat} |")
+    return "\n".join([
+        provenance(report, "intent"), "",
+        "| data | classifier | top-1 accuracy | macro-F1 | ECE (10 bins) | ms per query p50 / p95 |",
+        "|---|---|---|---|---|---|", *rows])
+
+
 def feedback(report: dict[str, Any]) -> str:
     d = report["benchmarks"]["feedback"]["data"]
     w = d["window"]
@@ -238,7 +257,7 @@ def feedback(report: dict[str, Any]) -> str:
 
 RENDER: dict[str, Callable[[dict[str, Any]], str]] = {
     "merge": merge, "cocktail": cocktail, "analysis": analysis, "eval": evaluation, "router": router,
-    "feedback": feedback, "load": load}
+    "intent": intent, "feedback": feedback, "load": load}
 
 
 def render(name: str, report: dict[str, Any]) -> str:

@@ -12,6 +12,8 @@ Runs, one after another (never two at once), each as its own child process:
   stream of every task vs each expert, the base, every merge and the oracle; its overhead per query;
 * ``feedback`` — ``bench_feedback.py``: every route starts with the wrong expert first; correctness is the
   feedback; how many events until the router answers at 90 % of the oracle;
+* ``intent``   — ``bench_intent.py``: intent classification side by side with semantic-router 1.1.1 (same
+  MiniLM encoder and utterances): accuracy, macro-F1, ECE, latency, on the zoo and a hand-written set.
 * ``load``     — ``bench_serve_load.py``: 32 and 8 concurrent clients for 30 s against ``modelmix serve`` over
   the zoo's experts, and 32 with the int8 encoder (throughput, deliberate 429s, errors, latency, the router's
   overhead under load, the engine's batching).
@@ -48,7 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 HERE = ROOT / "benchmarks"
 RESULTS = HERE / "results"
 PY = sys.executable
-NAMES = ("merge", "cocktail", "analysis", "eval", "router", "feedback", "load")
+NAMES = ("merge", "cocktail", "analysis", "eval", "router", "intent", "feedback", "load")
 
 
 def commands(name: str, repeat: int, quick: bool, out: Path) -> list[str]:
@@ -64,6 +66,8 @@ def commands(name: str, repeat: int, quick: bool, out: Path) -> list[str]:
         return [PY, str(HERE / "bench_analyze.py"), "--size", size, "--repeat", str(repeat), "--json", str(out)]
     if name == "router":  # accuracy is deterministic; the overhead percentiles come from 50 single queries
         return [PY, str(HERE / "bench_router.py"), "--zoo", str(zoo_dir(quick)), "--json", str(out)]
+    if name == "intent":
+        return [PY, str(HERE / "bench_intent.py"), "--zoo", str(zoo_dir(quick)), "--json", str(out)]
     if name == "feedback":
         return [PY, str(HERE / "bench_feedback.py"), "--zoo", str(zoo_dir(quick)), "--json", str(out),
                 *(["--events", "100"] if quick else [])]
@@ -163,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     path = out_dir / f"bench-{start:%Y-%m-%d}.json"
     if (ROOT / ".bench-venv/bin/python").exists() is False:
         subprocess.run(["bash", str(HERE / "setup_peers.sh")], check=True)
-    if {"router", "feedback", "load"} & set(names):
+    if {"router", "intent", "feedback", "load"} & set(names):
         ensure_zoo(a.quick)
     report: dict[str, Any] = {
         "date": start.isoformat(timespec="seconds"), "commit": git("rev-parse", "--short", "HEAD"),

@@ -74,6 +74,7 @@ def router(model_dirs):
     (lambda c: c.update(encoder="/no/encoder"), "encoder: /no/encoder does not exist"),
     (lambda c: c["routes"][0].update(name="none"), "'none' is reserved"),
     (lambda c: c.update(feedback={"store": "/no/such/dir/router.db"}), "feedback.store: the directory"),
+    (lambda c: c.update(calibration="/no/labels.jsonl"), "calibration: /no/labels.jsonl: labelled data file not found"),
 ])
 def test_config_errors_name_the_key(model_dirs, edit, match):
     import copy
@@ -241,3 +242,40 @@ def test_learner_picks_the_route_model(cfg):
     picks = [decide(cfg, _c(chat=0.9, arithmetic=0.05, reverse=0.03, none=0.02), th, learner=learner).models[0]
              for _ in range(20)]
     assert picks.count("adder") >= 19
+
+
+LABELLED = [("what is 3 + 4", "arithmetic"), ("add 10 and 20", "arithmetic"), ("sum 5 and 6", "arithmetic"),
+            ("reverse the word dog", "reverse"), ("write tree backwards", "reverse"), ("flip the letters of sun", "reverse"),
+            ("how is your week going", "chat"), ("what did you do today", "chat"), ("nice to talk to you", "chat"),
+            ("who wrote hamlet", "none"), ("the capital of peru", "none"), ("how do volcanoes form", "none")]
+
+
+def test_fit_on_labelled_queries_recalibrates(model_dirs):
+    """Fitting on labelled queries refits temperature and none bias by their likelihood: on those queries the
+    ECE does not get worse, the distribution still sums to 1, and bad labels are refused."""
+    from modelmix.router import Router
+
+    r = Router.from_config(_cfg(model_dirs))
+    q, y = [a for a, _ in LABELLED], [b for _, b in LABELLED]
+    rep = r.classifier.fit(q, y)
+    assert rep["n"] == len(q) and rep["after"]["ece"] <= rep["before"]["ece"] + 1e-9
+    assert r.classifier.calibration.fitted_on == len(q)
+    c = r.classify("add 2 and 2")
+    assert abs(sum(c.distribution.values()) - 1) < 1e-9 and c.top[0] == "arithmetic"
+    with pytest.raises(ValueError, match="labels name no route of this router: arithmatic"):
+        r.classifier.fit(["1+1"], ["arithmatic"])
+
+
+def test_config_calibration_file_is_applied(model_dirs, tmp_path):
+    from modelmix.router import Router
+
+    f = tmp_path / "labels.jsonl"
+    f.write_text("".join(json.dumps({"query": a, "route": b}) + "\n" for a, b in LABELLED))
+    r = Router.from_config(_cfg(model_dirs, calibration=str(f)))
+    assert r.fit_report is not None and r.classifier.calibration.fitted_on == len(LABELLED)
+    plain = Router.from_config(_cfg(model_dirs))
+    assert plain.classifier.calibration.temperature != r.classifier.calibration.temperature or \
+        plain.classifier.calibration.none_bias != r.classifier.calibration.none_bias
+    f.write_text('{"query": "x", "route": "nope"}\n')
+    with pytest.raises(ConfigError, match="calibration: .*route 'nope' is not in the config"):
+        load_router_config(_cfg(model_dirs, calibration=str(f)))

@@ -46,11 +46,13 @@ class Calibration:
     loo_accuracy: float
     n_utterances: int
     n_background: int
+    #: labelled queries the calibration was fitted on (IntentClassifier.fit), 0: the utterances alone
+    fitted_on: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {"temperature": self.temperature, "none_bias": self.none_bias, "thresholds": self.thresholds,
                 "loo_accuracy": self.loo_accuracy, "n_utterances": self.n_utterances,
-                "n_background": self.n_background}
+                "n_background": self.n_background, "fitted_on": self.fitted_on}
 
 
 @dataclass
@@ -126,6 +128,14 @@ class IntentClassifier:
         # predictions are all right (few, well-separated utterances) the plain likelihood is best at T -> 0,
         # i.e. 100 % confidence from three examples; the smoothed target keeps it to what they can show
         eps = 1.0 / (len(self.utterances) / max(1, k) + 2)
+        t, b = self._fit_tb(x, y, w, eps)
+        thresholds = self._thresholds(self._probs(s, t, b), self.owner, fixed)
+        acc = float((self._probs(s, t, b).argmax(1) == self.owner).double().mean())
+        return Calibration(t, b, thresholds, acc, len(self.utterances), len(s_none))
+
+    def _fit_tb(self, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, eps: float) -> tuple[float, float]:
+        """Temperature and none bias minimising the weighted, ``eps``-smoothed NLL on a grid."""
+        k = len(self.routes)
         target = torch.full((len(y), k + 1), eps / k, dtype=torch.float64)
         target[torch.arange(len(y)), y] = 1.0 - eps
         best = (math.inf, 0.05, 0.3)
@@ -135,8 +145,10 @@ class IntentClassifier:
                 nll = float(-(w * (target * torch.log(p.clamp(min=1e-12))).sum(1)).sum() / w.sum())
                 if nll < best[0]:
                     best = (nll, t, b)
-        _, t, b = best
-        p = self._probs(s, t, b)
+        return best[1], best[2]
+
+    def _thresholds(self, p: torch.Tensor, truth: torch.Tensor, fixed: dict[str, float | None]) -> dict[str, float]:
+        """Per route, the lowest confidence from which >= THRESHOLD_PRECISION of the predictions are right."""
         conf, pred = p.max(1)
         thresholds: dict[str, float] = {}
         for r, name in enumerate(self.routes):
@@ -144,15 +156,48 @@ class IntentClassifier:
                 thresholds[name] = float(fixed[name])  # type: ignore[arg-type]
                 continue
             mine = pred == r
-            tau = 1.01  # never alone unless the utterances show it can be trusted
+            tau = 1.01  # never alone unless the data show it can be trusted
             for c in sorted({round(float(v), 4) for v in conf[mine]}):
                 sel = mine & (conf >= c)
-                if sel.any() and float((self.owner[sel] == r).double().mean()) >= THRESHOLD_PRECISION:
+                if sel.any() and float((truth[sel] == r).double().mean()) >= THRESHOLD_PRECISION:
                     tau = max(0.5, c)
                     break
             thresholds[name] = tau
-        acc = float((pred == self.owner).double().mean())
-        return Calibration(t, b, thresholds, acc, len(self.utterances), len(s_none))
+        return thresholds
+
+    def fit(self, queries: Sequence[str], labels: Sequence[str | None],
+            thresholds: dict[str, float | None] | None = None) -> dict[str, Any]:
+        """Recalibrate on labelled queries (a route name, or None / "none" for a query no route should take):
+        temperature and none bias by the plain likelihood of those labels, and the single-answer thresholds
+        from their predictions. The utterances alone can only be scored leave-one-out, which sees one
+        utterance less than a real query does and so underestimates confidence; real labelled traffic (e.g.
+        ``route export`` rows with a route) measures it. Returns accuracy and ECE before and after."""
+        from modelmix.eval.metrics import embed
+        from modelmix.router.evaluate import ece
+
+        if len(queries) != len(labels) or not queries:
+            raise ValueError("fit needs as many labels as queries, and at least one query")
+        names = [*self.routes, NONE]
+        unknown = sorted({str(x) for x in labels if (x if x is not None else NONE) not in names})
+        if unknown:
+            raise ValueError(f"labels name no route of this router: {', '.join(unknown)}; routes: "
+                             f"{', '.join(self.routes)} (or none)")
+        y = torch.tensor([names.index(x if x is not None else NONE) for x in labels])
+        x = self._route_scores(embed(self.encoder, list(queries)))
+
+        def report(t: float, b: float) -> dict[str, float]:
+            p = self._probs(x, t, b)
+            conf, pred = p.max(1)
+            ok = (pred == y).tolist()
+            return {"accuracy": sum(ok) / len(ok), "ece": ece(conf.tolist(), ok)}
+
+        cal = self.calibration
+        before = report(cal.temperature, cal.none_bias)
+        t, b = self._fit_tb(x, y, torch.ones(len(y), dtype=torch.float64), 0.0)
+        self.calibration = Calibration(t, b, self._thresholds(self._probs(x, t, b), y, thresholds or {}),
+                                       cal.loo_accuracy, cal.n_utterances, cal.n_background)
+        self.calibration.fitted_on = len(queries)
+        return {"n": len(queries), "before": before, "after": report(t, b), "temperature": t, "none_bias": b}
 
     # ------------------------------------------------------------------ public
     def classify(self, query: str) -> Classification:

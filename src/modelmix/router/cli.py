@@ -71,6 +71,10 @@ def eval_cmd(config: str, data: str, as_json: bool) -> None:
     click.echo(f"calibration: temperature {cal.temperature:.4f}, none bias {cal.none_bias:.3f}, leave-one-out "
                f"accuracy on the utterances {cal.loo_accuracy:.3f} ({cal.n_utterances} utterances, "
                f"{cal.n_background} off-topic sentences)")
+    if r.fit_report is not None:
+        f = r.fit_report
+        click.echo(f"  then fitted on {f['n']} labelled queries ({cfg.calibration}): on them accuracy "
+                   f"{f['after']['accuracy']:.3f}, ECE {f['before']['ece']:.3f} -> {f['after']['ece']:.3f}")
 
 
 @route.command("stats")

@@ -117,9 +117,15 @@ class RouterConfig(_Strict):
     strategy: Literal["single", "hybrid", "mix", "rank", "auto"] = "auto"
     feedback: FeedbackSpec = Field(default_factory=FeedbackSpec)
     none: NoneSpec = Field(default_factory=NoneSpec)
+    #: labelled queries ({"query", "route"} JSON lines; route "none" for off-topic) to calibrate the
+    #: confidences on (IntentClassifier.fit) instead of the utterances alone
+    calibration: str | None = None
     serve: ServeSpec = Field(default_factory=ServeSpec)
     #: where relative paths were resolved from (the config file's directory); set by load_router_config
     base_dir: Path | None = Field(None, exclude=True)
+
+    def calibration_path(self) -> Path | None:
+        return None if self.calibration is None else _resolve(self.calibration, self.base_dir)
 
     def model_path(self, name: str) -> Path | None:
         spec = self.models[name]
@@ -217,6 +223,14 @@ def check_router_config(cfg: RouterConfig, label: str = "router config") -> None
             if not (p / "config.json").is_file():
                 raise ConfigError(f"{label}: models.{name}.path: {p} has no config.json; not a Hugging Face model "
                                   "directory.")
+    if cfg.calibration is not None:  # read and checked here, before anything loads
+        from modelmix.errors import DataError
+        from modelmix.router.evaluate import read_labeled
+
+        try:
+            read_labeled(_resolve(cfg.calibration, cfg.base_dir), [r.name for r in cfg.routes])
+        except DataError as e:
+            raise ConfigError(f"{label}: calibration: {e}") from None
     enc = cfg.encoder_path()
     if not enc.is_dir():
         raise ConfigError(f"{label}: encoder: {enc} " + ("is not a directory." if enc.exists() else "does not exist."))

@@ -34,6 +34,13 @@ class Router:
             self.encoder, [(r.name, r.utterances) for r in cfg.routes],
             none_utterances=cfg.none.utterances, background=cfg.none.background,
             thresholds={r.name: r.threshold for r in cfg.routes})
+        self.fit_report: dict[str, Any] | None = None
+        if cfg.calibration is not None:
+            from modelmix.router.evaluate import read_labeled
+
+            rows = read_labeled(cfg.calibration_path(), [r.name for r in cfg.routes])
+            self.fit_report = self.classifier.fit([r["query"] for r in rows], [r["route"] for r in rows],
+                                                  thresholds={r.name: r.threshold for r in cfg.routes})
 
     @classmethod
     def from_config(cls, source: str | Path | Mapping[str, Any]) -> Router:
