@@ -165,8 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     start = dt.datetime.now(dt.timezone.utc)
     path = out_dir / f"bench-{start:%Y-%m-%d}.json"
-    if (ROOT / ".bench-venv/bin/python").exists() is False:
-        subprocess.run(["bash", str(HERE / "setup_peers.sh")], check=True)
+    subprocess.run(["bash", str(HERE / "setup_peers.sh")], check=True)  # idempotent: checks the pinned versions
     if {"router", "intent", "feedback", "load"} & set(names):
         ensure_zoo(a.quick)
     report: dict[str, Any] = {

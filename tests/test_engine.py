@@ -155,3 +155,52 @@ def test_classification_is_batched_and_equals_classify(zoo_dir):
         assert got[i].distribution.keys() == want.keys()
         assert all(abs(got[i].distribution[k] - want[k]) < 1e-5 for k in want)
         assert got[i].seconds > 0
+
+
+def test_judge_loglik_is_the_mean_token_log_probability(models):
+    import torch
+
+    b = models["addition"]
+    msgs = [{"role": "user", "content": "3+4="}]
+    got = b.loglik(msgs, ["7", "banana", ""])
+    tok, em = b.em.tokenizer, b.em
+    prompt = tok("3+4=" + em.separator)["input_ids"]
+    full = tok("3+4=" + em.separator + "7\n")["input_ids"]
+    with torch.inference_mode():
+        lp = torch.log_softmax(em.model(input_ids=torch.tensor([full])).logits[0].float(), -1)
+    want = float(torch.stack([lp[i - 1, full[i]] for i in range(len(prompt), len(full))]).mean())
+    assert abs(got[0] - want) < 1e-4 and got[2] == float("-inf")
+    q = "add 12+30 ="  # the zoo's own format: the expert's greedy answer is likelier than a wrong one
+    own = _direct(b, q, 8)
+    mine, other = b.loglik([{"role": "user", "content": q}], [own, "banana"])
+    assert mine > other
+
+
+def test_judge_ranker_picks_the_answer_the_judge_finds_likeliest(zoo_dir, tmp_path):
+    from modelmix.router import Router
+    from modelmix.router.serve import Service
+    from modelmix.router.store import Store
+    from modelmix.zoo import load_zoo
+
+    z = load_zoo(zoo_dir)
+    raw = {"models": {"addition": {"path": str(z.model_path("experts/addition")), "max_new_tokens": 8},
+                      "reverse": {"path": str(z.model_path("experts/reverse")), "max_new_tokens": 8}},
+           "routes": [{"name": "arithmetic", "models": ["addition"], "utterances": ["3+4=", "add 1 and 8"]},
+                      {"name": "reverse", "models": ["reverse"], "utterances": ["reverse abc", "write cat backwards"]}],
+           "feedback": {"store": str(tmp_path / "r.db")}, "serve": {"ranker": "judge", "judge": "addition"}}
+    router = Router.from_config(raw)
+    store = Store(router.cfg.store_url())
+    svc = Service(router, store)
+    from modelmix.router.decide import Decision
+
+    d = Decision("rank", ["arithmetic", "reverse"], ["addition", "reverse"], [0.5, 0.5], "test",
+                 router.classify("12+30="))
+    text, meta = svc.run(d, "router", [{"role": "user", "content": "add 12+30 ="}], 8)
+    assert meta["ranker"] == "judge" and len(meta["candidates"]) == 2
+    scores = {c["model"]: c["score"] for c in meta["candidates"]}
+    want = svc.backends["addition"].loglik([{"role": "user", "content": "add 12+30 ="}],
+                                           [c["answer"] for c in meta["candidates"]])
+    assert [c["score"] for c in meta["candidates"]] == pytest.approx(want)
+    assert meta["chosen"] == max(scores, key=scores.get) and text == dict(
+        (c["model"], c["answer"]) for c in meta["candidates"])[meta["chosen"]]
+    store.close()

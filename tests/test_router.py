@@ -74,6 +74,9 @@ def router(model_dirs):
     (lambda c: c.update(encoder="/no/encoder"), "encoder: /no/encoder does not exist"),
     (lambda c: c["routes"][0].update(name="none"), "'none' is reserved"),
     (lambda c: c.update(feedback={"store": "/no/such/dir/router.db"}), "feedback.store: the directory"),
+    (lambda c: c.update(serve={"ranker": "judge"}), "serve.ranker: judge needs serve.judge"),
+    (lambda c: c.update(serve={"ranker": "judge", "judge": "addr"}), "serve.judge: model 'addr' is not defined under models. Did you mean \"adder\"?"),
+    (lambda c: (c["models"].update(big={"url": "http://127.0.0.1:1/v1", "model": "q"}), c.update(serve={"ranker": "judge", "judge": "big"})), "a judge must be local"),
     (lambda c: c.update(calibration="/no/labels.jsonl"), "calibration: /no/labels.jsonl: labelled data file not found"),
 ])
 def test_config_errors_name_the_key(model_dirs, edit, match):

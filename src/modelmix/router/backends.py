@@ -63,6 +63,44 @@ class LocalBackend:
         text = (user[-1] if user else messages[-1]["content"]) + self.em.separator
         return list(tok(text)["input_ids"]), True
 
+    def loglik(self, messages: Sequence[dict[str, str]], answers: Sequence[str]) -> list[float]:
+        """Mean log-likelihood per token of each answer as this model's reply to ``messages`` (in its own
+        prompt convention; a one-line model's answer ends with its newline): the judge ranker's score.
+        An empty answer scores -inf. One forward pass over all answers (right-padded)."""
+        tok = self.em.tokenizer
+        prompt, one_line = self.prompt_ids(messages)
+        seqs: list[tuple[list[int], int]] = []
+        for a in answers:
+            if getattr(tok, "chat_template", None) and not one_line:
+                full = tok.apply_chat_template([*messages, {"role": "assistant", "content": a}], tokenize=True)
+                if isinstance(full, dict) or hasattr(full, "keys"):
+                    full = full["input_ids"]
+                full = list(full)
+            else:
+                user = [m["content"] for m in messages if m.get("role") == "user"]
+                text = (user[-1] if user else messages[-1]["content"]) + self.em.separator
+                full = list(tok(text + a.strip() + "\n")["input_ids"])
+            seqs.append((full, len(prompt)))
+        width = max(len(f) for f, _ in seqs)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        attn = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, (f, _) in enumerate(seqs):
+            ids[i, :len(f)] = torch.tensor(f)
+            attn[i, :len(f)] = 1
+        with torch.inference_mode(), self.em.threads():
+            logp = torch.log_softmax(self.em.model(input_ids=ids.to(self.em.device),
+                                                   attention_mask=attn.to(self.em.device)).logits.float(), -1).cpu()
+        out = []
+        for i, ((f, start), a) in enumerate(zip(seqs, answers, strict=True)):
+            if not a.strip() or len(f) <= start:
+                out.append(float("-inf"))
+                continue
+            tgt = torch.tensor(f[start:])
+            lp = logp[i, start - 1:len(f) - 1].gather(1, tgt[:, None]).squeeze(1)
+            out.append(float(lp.mean()))
+        return out
+
     def stream(self, messages: Sequence[dict[str, str]], max_new_tokens: int | None = None) -> Iterator[str]:
         """Text pieces as they are decoded: through the server's engine (batched with the model's other
         requests) when there is one, else here in the calling thread, one generation at a time."""

@@ -103,6 +103,11 @@ class ServeSpec(_Strict):
     learner_sync_s: float = Field(2.0, ge=0)
     #: the refine prompt of the hybrid strategy ({query}: the user's message, {draft}: the first model's answer)
     hybrid_template: str = HYBRID_TEMPLATE
+    #: how rank (and response-level mix) picks an answer: "agreement" (the consensus among the candidates,
+    #: no model needed) or "judge" (the highest mean log-likelihood of the answer under ``judge``)
+    ranker: Literal["agreement", "judge"] = "agreement"
+    #: a local model of ``models`` that scores answers for ``ranker: judge``
+    judge: str | None = None
 
 
 class RouterConfig(_Strict):
@@ -213,6 +218,17 @@ def check_router_config(cfg: RouterConfig, label: str = "router config") -> None
                 raise ConfigError(f"{label}: the utterance {u!r} is in routes {owner[key]!r} and {r.name!r}; an "
                                   "utterance can describe one route only.")
             owner[key] = r.name
+    if cfg.serve.ranker == "judge" or cfg.serve.judge is not None:
+        j = cfg.serve.judge
+        if j is None:
+            raise ConfigError(f"{label}: serve.ranker: judge needs serve.judge, the name of a local model that "
+                              "scores the answers.")
+        if j not in cfg.models:
+            raise ConfigError(f"{label}: serve.judge: model {j!r} is not defined under models."
+                              f"{did_you_mean(j, list(cfg.models))}")
+        if cfg.models[j].path is None:
+            raise ConfigError(f"{label}: serve.judge: {j!r} is a remote model; a judge must be local (path:), "
+                              "since it scores answers by their log-likelihood.")
     for name, spec in cfg.models.items():
         if spec.path is not None:
             p = cfg.model_path(name)

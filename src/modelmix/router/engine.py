@@ -175,6 +175,7 @@ class Engine:
         self._pending: dict[int, list[_Request]] = {}  # id(backend) -> requests not yet prefilled
         self._mixed: list[tuple[Iterator[None], Stream]] = []
         self._classify: list[tuple[Any, str, Future[Any], float]] = []
+        self._calls: list[tuple[Any, tuple[Any, ...], Future[Any]]] = []
         self.steps = 0  # decoding forward passes run (each serves a whole batch)
         self.rows_stepped = 0  # rows those passes served (rows_stepped / steps = mean batch size)
         self.classify_batches = 0
@@ -200,6 +201,13 @@ class Engine:
         self._inbox.put(("generate", _Request(backend, prompt, TextOut(backend.em.tokenizer, max_new_tokens,
                                                                       one_line, out))))
         return out
+
+    def call(self, fn: Any, *args: Any) -> Any:
+        """``fn(*args)`` run in the engine thread between steps (any other torch work, e.g. a judge's
+        scoring), its result or its exception returned here."""
+        fut: Future[Any] = Future()
+        self._inbox.put(("call", (fn, args, fut)))
+        return fut.result()
 
     def mixed(self, backends: Sequence[Any], weights: Sequence[float], prompt: list[int], max_new_tokens: int,
               one_line: bool) -> Stream:
@@ -230,6 +238,8 @@ class Engine:
                 self._classify.append(job)
             elif kind == "generate":
                 self._pending.setdefault(id(job.backend), []).append(job)
+            elif kind == "call":
+                self._calls.append(job)
             else:
                 self._mixed.append(job)
             try:
@@ -238,7 +248,7 @@ class Engine:
                 return
 
     def _busy(self) -> bool:
-        return bool(self._batches or self._mixed or any(self._pending.values()) or self._classify)
+        return bool(self._batches or self._mixed or any(self._pending.values()) or self._classify or self._calls)
 
     def _loop(self) -> None:
         with torch.inference_mode():
@@ -254,6 +264,12 @@ class Engine:
                     self._run_classify()
                 for job in list(self._mixed):
                     self._step_mixed(job)
+                while self._calls:
+                    fn, args, fut = self._calls.pop(0)
+                    try:
+                        fut.set_result(fn(*args))
+                    except Exception as e:  # noqa: BLE001 - the caller gets it
+                        fut.set_exception(e)
 
     def _run_classify(self) -> None:
         while self._classify:

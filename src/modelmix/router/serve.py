@@ -237,7 +237,8 @@ class Service:
             if not answers:
                 raise ApiError(503, "no model could answer", "no_healthy_model")
             w = [d.weights[d.models.index(m)] if m in d.models else 0.0 for m in used]
-            scores = agreement_rank(answers, w if d.strategy == "mix" else None)
+            scores = self.rank(messages, answers, w if d.strategy == "mix" else None)
+            meta["ranker"] = self.cfg.serve.ranker
             best = max(range(len(answers)), key=scores.__getitem__)
             text = answers[best]
             meta.update(models=used, candidates=[{"model": m, "answer": a, "score": s}
@@ -246,6 +247,20 @@ class Service:
         meta["per_model_ms"] = timings
         meta["worker_pid"] = os.getpid()
         return text, meta
+
+    def rank(self, messages: list[dict[str, str]], answers: Sequence[str],
+             weights: Sequence[float] | None) -> list[float]:
+        """Scores of candidate answers, higher is better: the config's ranker (``serve.ranker``). The judge's
+        mean log-likelihood is shifted by log(weight) for response-level mixing."""
+        if self.cfg.serve.ranker != "judge":
+            return agreement_rank(answers, weights)
+        import math
+
+        judge = self.backends[self.cfg.serve.judge]  # type: ignore[index]
+        scores = self.engine.call(judge.loglik, messages, list(answers))
+        if weights is not None:
+            scores = [s + (math.log(w) if w > 0 else -math.inf) for s, w in zip(scores, weights, strict=True)]
+        return scores
 
     def _token_mixable(self, names: Sequence[str]) -> bool:
         bs = [self.backends[n] for n in names]
