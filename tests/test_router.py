@@ -247,6 +247,30 @@ def test_learner_picks_the_route_model(cfg):
     assert picks.count("adder") >= 19
 
 
+def test_feedback_chooses_among_the_multi_model_strategies(cfg):
+    """A query two routes share allows hybrid, mix and rank (the rule picks hybrid); when feedback says rank
+    answers such arithmetic queries well and the others badly, auto picks rank and says why."""
+    from modelmix.router.learner import Learner
+
+    th = {"arithmetic": 0.9, "reverse": 0.9, "chat": 0.9}
+    c = _c(arithmetic=0.45, reverse=0.35, chat=0.12, none=0.08)
+    assert decide(cfg, c, th).strategy == "hybrid"
+    learner = Learner({r.name: r.models for r in cfg.routes}, seed=0)
+    assert [decide(cfg, c, th, learner=learner).strategy for _ in range(40)].count("hybrid") >= 22  # prior: 2 in 3
+    for _ in range(60):
+        learner.update({"arithmetic": 1.0}, ["adder", "reverser"], 1.0, "rank")
+        learner.update({"arithmetic": 1.0}, ["adder", "reverser"], 0.0, "hybrid")
+        learner.update({"arithmetic": 1.0}, ["adder", "reverser"], 0.0, "mix")
+    ds = [decide(cfg, c, th, learner=learner) for _ in range(40)]
+    assert sum(d.strategy == "rank" for d in ds) >= 38
+    assert "feedback on arithmetic chose rank over the rule's hybrid" in next(d.why for d in ds if d.strategy == "rank")
+    assert learner.strategy_beliefs()["arithmetic"]["rank"]["mean"] > 0.9
+    # replayed from events with a strategy, a learner reaches the same beliefs
+    replay = Learner.from_history({r.name: r.models for r in cfg.routes},
+                                  [({"arithmetic": 1.0}, ["adder"], 1.0, "rank")] * 3)
+    assert replay.strategy_beliefs()["arithmetic"]["rank"]["alpha"] == 4.0
+
+
 LABELLED = [("what is 3 + 4", "arithmetic"), ("add 10 and 20", "arithmetic"), ("sum 5 and 6", "arithmetic"),
             ("reverse the word dog", "reverse"), ("write tree backwards", "reverse"), ("flip the letters of sun", "reverse"),
             ("how is your week going", "chat"), ("what did you do today", "chat"), ("nice to talk to you", "chat"),

@@ -94,13 +94,16 @@ def stats(config: str, as_json: bool) -> None:
     with Store(cfg.store_url()) as s:
         per = s.stats()
         n = s.feedback_events()
-        beliefs = Learner.from_history({r.name: r.models for r in cfg.routes}, s.history()).beliefs()
+        learner = Learner.from_history({r.name: r.models for r in cfg.routes},
+                                       [ev[1:] for ev in s.events_since(0)])
+    beliefs, strategies = learner.beliefs(), learner.strategy_beliefs()
     routes = {r.name: per.get(r.name, {"interactions": 0, "feedback": 0, "mean_score": None, "models": {}})
               for r in cfg.routes}
     for k in per:
         routes.setdefault(k, per[k])  # e.g. "none", or a route since removed from the config
     for k, b in beliefs.items():
         routes[k]["learner"] = b  # posterior mean per model: who serves this route next
+        routes[k]["strategies"] = strategies[k]  # per multi-model strategy: how well it has done here
     if as_json:
         click.echo(json.dumps({"routes": routes, "feedback_events": n}))
         return
@@ -111,6 +114,10 @@ def stats(config: str, as_json: bool) -> None:
         click.echo(f"{name:<20} {r['interactions']:>8} {r['feedback']:>9} {mean:>11}  {ms}")
         if "learner" in r:
             click.echo(" " * 22 + "learner: " + ", ".join(f"{m} {v['mean']:.2f}" for m, v in r["learner"].items()))
+        tried = {k: v for k, v in r.get("strategies", {}).items() if v["feedback"] > 0}
+        if tried:
+            click.echo(" " * 22 + "strategies: " + ", ".join(f"{k} {v['mean']:.2f} ({v['feedback']:.1f})"
+                                                            for k, v in tried.items()))
     click.echo(f"{n} feedback events in {cfg.store_url()}")
 
 

@@ -12,6 +12,10 @@ chooses each route's model, ``router.learner``):
    answer and are mixed with weights proportional to the routes' confidences.
 4. **rank** — otherwise (no route stands out, or "none" leads): the first model of every route with any
    share answers (all routes when "none" leads) and a ranker picks the best answer.
+
+With a learner, when more than one of hybrid, mix and rank is possible for a query, feedback chooses among
+them for the top route (``Learner.choose_strategy``: a Thompson draw, the rule's pick three pseudo-successes
+ahead), and ``why`` says so.
 """
 
 from __future__ import annotations
@@ -101,16 +105,26 @@ def decide(cfg: RouterConfig, c: Classification, thresholds: dict[str, float], *
     tau = thresholds.get(top, 0.5)
     if p_top >= tau and p_top > none_p:
         return make("single", [top], f"{top} is confident ({p_top:.0%} ≥ its threshold {tau:.0%})")
+    # the multi-model strategies this classification allows, in the rule's order of preference
+    options: dict[str, tuple[list[str], str]] = {}
     if second[0] is not None and p_top >= MATERIAL and second[1] >= MATERIAL and none_p < p_top:
         m1, m2 = _first(cfg, top, ok, learner), _first(cfg, second[0], ok, learner)
         if m1 != m2:
-            return make("hybrid", [top, second[0]],
-                        f"two routes are material: {top} {p_top:.0%} and {second[0]} {second[1]:.0%}")
+            options["hybrid"] = ([top, second[0]],
+                                 f"two routes are material: {top} {p_top:.0%} and {second[0]} {second[1]:.0%}")
     if len(present) >= 2 and none_p < p_top:
-        return make("mix", present, "several routes are present: " + ", ".join(
+        options["mix"] = (present, "several routes are present: " + ", ".join(
             f"{r} {c.distribution[r]:.0%}" for r in present))
     routes = [r for r, _ in ranked] if none_p >= p_top else (present or [r for r, _ in ranked])
-    return make("rank", routes, f"no route stands out (top {top} {p_top:.0%}, none {none_p:.0%}): rank the answers")
+    options["rank"] = (routes, f"no route stands out (top {top} {p_top:.0%}, none {none_p:.0%}): rank the answers")
+    rule = next(iter(options))
+    kind = rule
+    if learner is not None and len(options) > 1 and hasattr(learner, "choose_strategy"):
+        kind = learner.choose_strategy(top, list(options), rule)
+    chosen, why = options[kind]
+    if kind != rule:
+        why += f" (feedback on {top} chose {kind} over the rule's {rule})"
+    return make(kind, chosen, why)
 
 
 class NoHealthyModel(RuntimeError):

@@ -127,8 +127,8 @@ class Service:
         learner = Learner({r.name: r.models for r in cfg.routes}) if self.learner is not None else None
         with self.learn_lock:
             if learner is not None:
-                for fid, dist, models, score in self.store.history_since(0):
-                    learner.update(dist, models, score)
+                for fid, dist, models, score, strategy in self.store.events_since(0):
+                    learner.update(dist, models, score, strategy)
                     self._seen = fid
                 router.learner = learner
             self.router, self.cfg, self.backends, self.learner = router, cfg, backends, learner
@@ -295,8 +295,8 @@ class Service:
         if self.learner is None or (not force and time.monotonic() - self._synced < self.cfg.serve.learner_sync_s):
             return
         with self.learn_lock:
-            for fid, dist, models, score in self.store.history_since(self._seen):
-                self.learner.update(dist, models, score)
+            for fid, dist, models, score, strategy in self.store.events_since(self._seen):
+                self.learner.update(dist, models, score, strategy)
                 self._seen = fid
             self._synced = time.monotonic()
 

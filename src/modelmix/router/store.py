@@ -195,6 +195,19 @@ class Store:
         for fid, dist, models, score in rows:
             yield int(fid), json.loads(dist), json.loads(models), float(score)
 
+    def events_since(self, after: int = 0) -> Iterator[tuple[int, dict[str, float], list[str], float, str]]:
+        """:meth:`history_since` with each interaction's strategy: ``(id, distribution, models, score,
+        strategy)``, what the learner replays."""
+        import sqlalchemy as sa
+
+        i, f = self.interactions, self.feedback_table
+        q = (sa.select(f.c.id, i.c.distribution, i.c.models, f.c.score, i.c.strategy)
+             .select_from(f.join(i, f.c.interaction_id == i.c.id)).where(f.c.id > after).order_by(f.c.id))
+        with self.engine.connect() as c:
+            rows = c.execute(q).all()
+        for fid, dist, models, score, strategy in rows:
+            yield int(fid), json.loads(dist), json.loads(models), float(score), str(strategy)
+
     def export(self) -> Iterator[dict[str, Any]]:
         """Feedback as ``{"input", "output", "score"}`` examples (interactions with an answer), oldest first."""
         import sqlalchemy as sa
