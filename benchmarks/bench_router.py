@@ -108,6 +108,7 @@ def main() -> int:
         for i in others:
             text, _ = svc.run(decisions[i], "router", [{"role": "user", "content": queries[i]}], budgets[i])
             preds[i] = text
+        svc.close()
         store.close()
     strategies = {s: sum(d.strategy == s for d in decisions) for s in ("single", "hybrid", "mix", "rank")}
     results["router (auto)"] = dict(zip(("accuracy", "per_task"), score([preds[i] for i in range(len(queries))]),

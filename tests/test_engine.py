@@ -22,6 +22,23 @@ def models(zoo_dir: Path):
             [("addition", "experts/addition"), ("reverse", "experts/reverse"), ("base", "base")]}
 
 
+@pytest.fixture(autouse=True)
+def _close_engines(monkeypatch):
+    """Every engine a test starts is stopped (and its thread joined) when the test ends."""
+    made = []
+    init = Engine.__init__
+
+    def tracked(self, *a, **kw):
+        init(self, *a, **kw)
+        made.append(self)
+
+    monkeypatch.setattr(Engine, "__init__", tracked)
+    yield
+    for e in made:
+        e.close()
+    assert not any(e._thread.is_alive() for e in made)
+
+
 PROMPTS = ["3+4=", "12+30=", "reverse abc", "what is 2 + 5", "7+5=", "reverse the word dogs", "1+1=",
            "compute 40 plus 2 please"]
 
@@ -190,7 +207,7 @@ def test_judge_ranker_picks_the_answer_the_judge_finds_likeliest(zoo_dir, tmp_pa
            "feedback": {"store": str(tmp_path / "r.db")}, "serve": {"ranker": "judge", "judge": "addition"}}
     router = Router.from_config(raw)
     store = Store(router.cfg.store_url())
-    svc = Service(router, store)
+    svc = Service(router, store)  # its engine is closed by the fixture
     from modelmix.router.decide import Decision
 
     d = Decision("rank", ["arithmetic", "reverse"], ["addition", "reverse"], [0.5, 0.5], "test",
@@ -204,3 +221,13 @@ def test_judge_ranker_picks_the_answer_the_judge_finds_likeliest(zoo_dir, tmp_pa
     assert meta["chosen"] == max(scores, key=scores.get) and text == dict(
         (c["model"], c["answer"]) for c in meta["candidates"])[meta["chosen"]]
     store.close()
+
+
+def test_close_fails_waiting_requests_and_joins_the_thread(models):
+    engine = Engine()
+    it = iter(_via(engine, models["base"], "compute 40 plus 2 please", 500, one_line=False))
+    next(it)
+    engine.close()
+    assert not engine._thread.is_alive()
+    with pytest.raises(BackendError, match="shutting down"):
+        list(it)

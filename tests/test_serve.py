@@ -57,6 +57,7 @@ def server(zoo_dir: Path, tmp_path_factory):
     yield f"http://127.0.0.1:{port}", service, z
     srv.should_exit = True
     th.join(10)
+    service.close()
     store.close()
 
 
@@ -298,4 +299,5 @@ def test_reload_replaces_models_and_routes_and_refuses_a_bad_config(zoo_dir, tmp
     finally:
         srv.should_exit = True
         th.join(10)
+        service.close()
         service.store.close()

@@ -176,6 +176,7 @@ class Engine:
         self._mixed: list[tuple[Iterator[None], Stream]] = []
         self._classify: list[tuple[Any, str, Future[Any], float]] = []
         self._calls: list[tuple[Any, tuple[Any, ...], Future[Any]]] = []
+        self._stopping = False
         self.steps = 0  # decoding forward passes run (each serves a whole batch)
         self.rows_stepped = 0  # rows those passes served (rows_stepped / steps = mean batch size)
         self.classify_batches = 0
@@ -186,6 +187,19 @@ class Engine:
         self.classify_wait = 0.0  # summed seconds queries waited before their classification batch began
         self._thread = threading.Thread(target=self._loop, name="modelmix-engine", daemon=True)
         self._thread.start()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the engine thread (a server shutting down): every request still waiting or decoding gets a
+        BackendError, and the thread is joined. Idempotent."""
+        if self._thread.is_alive():
+            self._inbox.put(("stop", None))
+            self._thread.join(timeout)
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # ------------------------------------------------------------------ what request threads call
     def classify(self, classifier: Any, query: str) -> Any:
@@ -240,6 +254,8 @@ class Engine:
                 self._pending.setdefault(id(job.backend), []).append(job)
             elif kind == "call":
                 self._calls.append(job)
+            elif kind == "stop":
+                self._stopping = True
             else:
                 self._mixed.append(job)
             try:
@@ -253,7 +269,11 @@ class Engine:
     def _loop(self) -> None:
         with torch.inference_mode():
             while True:
-                self._take(block=not self._busy())
+                if not self._stopping:  # (a stop taken mid-round must not wait here for more work)
+                    self._take(block=not self._busy())
+                if self._stopping:
+                    self._drain_on_stop()
+                    return
                 self._run_classify()
                 for key in list(self._pending):
                     self._admit(key)
@@ -270,6 +290,24 @@ class Engine:
                         fut.set_result(fn(*args))
                     except Exception as e:  # noqa: BLE001 - the caller gets it
                         fut.set_exception(e)
+
+    def _drain_on_stop(self) -> None:
+        from modelmix.router.backends import BackendError
+
+        err = BackendError("the server is shutting down")
+        for b in self._batches.values():
+            for row in b.rows:
+                row.out.end(err)
+        for reqs in self._pending.values():
+            for r in reqs:
+                r.text.out.end(err)
+        for _, out in self._mixed:
+            out.end(err)
+        for _, _, fut, _ in self._classify:
+            fut.set_exception(err)
+        for _, _, fut in self._calls:
+            fut.set_exception(err)
+        self._batches, self._pending, self._mixed, self._classify, self._calls = {}, {}, [], [], []
 
     def _run_classify(self) -> None:
         while self._classify:

@@ -108,6 +108,10 @@ class Service:
 
         self.registry.register(_EngineCollector())
 
+    def close(self) -> None:
+        """Stop the engine thread (the store is the caller's: it may outlive the service)."""
+        self.engine.close()
+
     # ------------------------------------------------------------------ reload
     def reload(self, config: str | None = None) -> dict[str, Any]:
         """Re-read the config (and every model directory, lazily) without dropping requests: the new router,
@@ -562,7 +566,11 @@ def serve(config: str, host: str = "127.0.0.1", port: int = 8000, workers: int =
             threading.Thread(target=run, daemon=True).start()
 
         signal.signal(signal.SIGHUP, on_hup)
-        uvicorn.run(create_app(service), host=host, port=port, log_level="warning")
+        try:
+            uvicorn.run(create_app(service), host=host, port=port, log_level="warning")
+        finally:
+            service.close()
+            service.store.close()
         return
     os.environ["MODELMIX_ROUTER_CONFIG"] = str(os.path.abspath(config))
     uvicorn.run("modelmix.router.serve:app_factory", factory=True, host=host, port=port, workers=workers,
