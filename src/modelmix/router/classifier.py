@@ -195,8 +195,7 @@ class IntentClassifier:
         before = report(cal.temperature, cal.none_bias)
         t, b = self._fit_tb(x, y, torch.ones(len(y), dtype=torch.float64), 0.0)
         self.calibration = Calibration(t, b, self._thresholds(self._probs(x, t, b), y, thresholds or {}),
-                                       cal.loo_accuracy, cal.n_utterances, cal.n_background)
-        self.calibration.fitted_on = len(queries)
+                                       cal.loo_accuracy, cal.n_utterances, cal.n_background, len(queries))
         return {"n": len(queries), "before": before, "after": report(t, b), "temperature": t, "none_bias": b}
 
     # ------------------------------------------------------------------ public

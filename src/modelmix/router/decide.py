@@ -119,7 +119,7 @@ def decide(cfg: RouterConfig, c: Classification, thresholds: dict[str, float], *
     options["rank"] = (routes, f"no route stands out (top {top} {p_top:.0%}, none {none_p:.0%}): rank the answers")
     rule = next(iter(options))
     kind = rule
-    if learner is not None and len(options) > 1 and hasattr(learner, "choose_strategy"):
+    if learner is not None and len(options) > 1:
         kind = learner.choose_strategy(top, list(options), rule)
     chosen, why = options[kind]
     if kind != rule:

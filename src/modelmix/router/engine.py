@@ -131,6 +131,7 @@ class _Batch:
     logits: torch.Tensor
     joinable: bool = True
     backend: Any = None
+    cache_kw: str = "cache"  # the forward() argument that takes the KV cache (looked up once, at prefill)
 
 
 def _joinable(cache: Any) -> bool:
@@ -162,7 +163,8 @@ def _merge(a: _Batch, b: _Batch) -> _Batch:
           for (ka, va), (kb, vb) in zip(_kv(a.cache), _kv(b.cache), strict=True)]
     return _Batch(a.em, a.rows + b.rows, DynamicCache(ddp_cache_data=kv),
                   torch.cat([_left_pad(a.attn, width, 1), _left_pad(b.attn, width, 1)]),
-                  torch.cat([a.pos, b.pos]), torch.cat([a.logits, b.logits]), backend=a.backend)
+                  torch.cat([a.pos, b.pos]), torch.cat([a.logits, b.logits]), backend=a.backend,
+                  cache_kw=a.cache_kw)
 
 
 class Engine:
@@ -272,29 +274,38 @@ class Engine:
                 if not self._stopping:  # (a stop taken mid-round must not wait here for more work)
                     self._take(block=not self._busy())
                 if self._stopping:
-                    self._drain_on_stop()
+                    self._drain(None)
                     return
-                self._run_classify()
-                for key in list(self._pending):
-                    self._admit(key)
-                    self._run_classify()
-                for key in list(self._batches):
-                    self._step(key)
-                    self._take(block=False)
-                    self._run_classify()
-                for job in list(self._mixed):
-                    self._step_mixed(job)
-                while self._calls:
-                    fn, args, fut = self._calls.pop(0)
-                    try:
-                        fut.set_result(fn(*args))
-                    except Exception as e:  # noqa: BLE001 - the caller gets it
-                        fut.set_exception(e)
+                try:
+                    self._round()
+                except Exception as e:  # noqa: BLE001 - a bug must fail the requests in flight, not hang them
+                    self._drain(e)
 
-    def _drain_on_stop(self) -> None:
+    def _round(self) -> None:
+        """One round: classification first, then admission, one step of every batch, mixing, other calls."""
+        self._run_classify()
+        for key in list(self._pending):
+            self._admit(key)
+            self._run_classify()
+        for key in list(self._batches):
+            self._step(key)
+            self._take(block=False)
+            self._run_classify()
+        for job in list(self._mixed):
+            self._step_mixed(job)
+        while self._calls:
+            fn, args, fut = self._calls.pop(0)
+            try:
+                fut.set_result(fn(*args))
+            except Exception as e:  # noqa: BLE001 - the caller gets it
+                fut.set_exception(e)
+
+    def _drain(self, cause: Exception | None) -> None:
+        """Fail everything in flight: the server is stopping (``cause`` None) or the engine hit a bug."""
         from modelmix.router.backends import BackendError
 
-        err = BackendError("the server is shutting down")
+        err = BackendError("the server is shutting down" if cause is None else
+                           f"the serving engine failed: {type(cause).__name__}: {cause}")
         for b in self._batches.values():
             for row in b.rows:
                 row.out.end(err)
@@ -337,17 +348,15 @@ class Engine:
 
     def _admit(self, key: int) -> None:
         """Prefill the waiting requests of one model (as many as fit) and join them to its batch."""
-        reqs = [r for r in self._pending.get(key, []) if not r.text.out.cancelled]
+        reqs = [r for r in self._pending.pop(key, []) if not r.text.out.cancelled]
         running = self._batches.get(key)
         room = self.max_batch - (len(running.rows) if running else 0)
-        if not reqs or room <= 0 or (running is not None and not running.joinable):
-            self._pending[key] = reqs
-            if not reqs:
-                del self._pending[key]
+        n = room if running is None or running.joinable else 0
+        take, rest = reqs[:max(0, n)], reqs[max(0, n):]
+        if rest:
+            self._pending[key] = rest
+        if not take:
             return
-        take, self._pending[key] = reqs[:room], reqs[room:]
-        if not self._pending[key]:
-            del self._pending[key]
         em = take[0].backend.em
         t1 = time.perf_counter()
         try:
@@ -362,7 +371,7 @@ class Engine:
         self._batches[key] = new if running is None else _merge(running, new)
 
     def _prefill(self, em: Any, reqs: Sequence[_Request]) -> _Batch:
-        from modelmix.eval.metrics import _cache_of
+        from modelmix.eval.metrics import _cache_kwarg, _cache_of
 
         width = max(len(r.prompt) for r in reqs)
         pad = em.tokenizer.pad_token_id if em.tokenizer.pad_token_id is not None else 0
@@ -377,7 +386,7 @@ class Engine:
                        use_cache=True, logits_to_keep=1)
         cache = _cache_of(out)
         return _Batch(em, [r.text for r in reqs], cache, attn.to(dev), attn.sum(-1).to(dev),
-                      out.logits[:, -1].float(), joinable=_joinable(cache))
+                      out.logits[:, -1].float(), joinable=_joinable(cache), cache_kw=_cache_kwarg(em.model))
 
     def _step(self, key: int) -> None:
         """Choose every row's next token, stream it, drop finished rows, and run one forward for the rest."""
@@ -389,13 +398,14 @@ class Engine:
             self.busy["decode"] += time.perf_counter() - t1
 
     def _decode(self, key: int, b: _Batch) -> None:
-        from modelmix.eval.metrics import _cache_kwarg, _cache_of
+        from modelmix.eval.metrics import _cache_of
 
         nxt = b.logits.argmax(-1)
         keep = [i for i, (row, t) in enumerate(zip(b.rows, nxt.tolist(), strict=True))
                 if not row.out.cancelled and not row.push(t)]
+        kept = set(keep)
         for i, row in enumerate(b.rows):
-            if i not in keep:
+            if i not in kept:
                 row.out.end()
         if not keep:
             del self._batches[key]
@@ -415,7 +425,7 @@ class Engine:
         try:
             with b.em.threads():
                 out = b.em.model(input_ids=nxt[:, None], attention_mask=b.attn, position_ids=b.pos[:, None],
-                                 use_cache=True, **{_cache_kwarg(b.em.model): b.cache})
+                                 use_cache=True, **{b.cache_kw: b.cache})
         except Exception as e:  # noqa: BLE001
             del self._batches[key]
             self._fail(b.rows, b.backend, e)

@@ -45,6 +45,11 @@ class Arm:
     def mean(self) -> float:
         return self.alpha / (self.alpha + self.beta)
 
+    def teach(self, w: float, score: float) -> None:
+        self.alpha += w * score
+        self.beta += w * (1.0 - score)
+        self.n += w
+
 
 class Learner:
     def __init__(self, routes: Mapping[str, Sequence[str]], *, decay: float = 1.0, seed: int | None = None) -> None:
@@ -98,25 +103,23 @@ class Learner:
         for route, w in distribution.items():
             sarm = self.strategy_arms.get(route, {}).get(strategy or "")
             if sarm is not None and w > 0:
-                if self.decay < 1:
-                    sarm.alpha = 1.0 + (sarm.alpha - 1.0) * self.decay
-                    sarm.beta = 1.0 + (sarm.beta - 1.0) * self.decay
-                sarm.alpha += w * score
-                sarm.beta += w * (1.0 - score)
-                sarm.n += w
+                self._fade(sarm)
+                sarm.teach(w, score)
             arms = self.arms.get(route)
             if not arms or w <= 0:
                 continue
-            if self.decay < 1:
-                for a in arms.values():
-                    a.alpha = 1.0 + (a.alpha - 1.0) * self.decay
-                    a.beta = 1.0 + (a.beta - 1.0) * self.decay
+            for a in arms.values():
+                self._fade(a)
             for m in models:
                 a = arms.get(m)
                 if a is not None:
-                    a.alpha += w * score
-                    a.beta += w * (1.0 - score)
-                    a.n += w
+                    a.teach(w, score)
+
+    def _fade(self, a: Arm) -> None:
+        """Shrink ``a`` toward Beta(1, 1) by ``decay`` (old evidence fades)."""
+        if self.decay < 1:
+            a.alpha = 1.0 + (a.alpha - 1.0) * self.decay
+            a.beta = 1.0 + (a.beta - 1.0) * self.decay
 
     def beliefs(self) -> dict[str, dict[str, dict[str, float]]]:
         """Per route and model: posterior mean, alpha, beta and feedback weight (for ``route stats``)."""

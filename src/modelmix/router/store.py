@@ -185,15 +185,8 @@ class Store:
     def history_since(self, after: int = 0) -> Iterator[tuple[int, dict[str, float], list[str], float]]:
         """Feedback events with an id above ``after`` as ``(id, distribution, models, score)``, in id order:
         how every server worker brings its learner up to date with the events all workers stored."""
-        import sqlalchemy as sa
-
-        i, f = self.interactions, self.feedback_table
-        q = (sa.select(f.c.id, i.c.distribution, i.c.models, f.c.score)
-             .select_from(f.join(i, f.c.interaction_id == i.c.id)).where(f.c.id > after).order_by(f.c.id))
-        with self.engine.connect() as c:
-            rows = c.execute(q).all()
-        for fid, dist, models, score in rows:
-            yield int(fid), json.loads(dist), json.loads(models), float(score)
+        for fid, dist, models, score, _ in self.events_since(after):
+            yield fid, dist, models, score
 
     def events_since(self, after: int = 0) -> Iterator[tuple[int, dict[str, float], list[str], float, str]]:
         """:meth:`history_since` with each interaction's strategy: ``(id, distribution, models, score,
