@@ -249,6 +249,48 @@ def test_stream_is_token_by_token_and_falls_back_before_the_first_token(server):
     assert service.store.interaction(last.id)["answer"] == "".join(pieces)
 
 
+@pytest.mark.parametrize("strategy,models", [("mix", ["addition", "base"]), ("hybrid", ["addition", "reverse"]),
+                                             ("rank", ["addition", "reverse"])])
+def test_every_strategy_streams_what_it_answers(server, strategy, models):
+    """pieces() live: token-level mix streams each mixed token and hybrid the refiner's tokens (several
+    pieces), rank the chosen answer in one piece; joined, each equals the whole answer of run()."""
+    _, service, _ = server
+    msgs = [{"role": "user", "content": "12+25="}]
+    d = _decision(service, strategy, ["arithmetic", "reverse"], models, [0.5, 0.5])
+    text, meta = service.run(d, "router", msgs, 8)
+    live_meta: dict = {}
+    pieces = list(service.pieces(d, "router", msgs, 8, live_meta, live=True))
+    assert "".join(pieces) == text and live_meta["models"] == meta["models"]
+    if strategy == "mix":
+        assert meta["mixing"] == "token" and len(pieces) == len(text) > 1  # one piece per mixed token
+    elif strategy == "hybrid" and meta.get("refined", True):
+        assert len(pieces) > 1
+    elif strategy == "rank":
+        assert len(pieces) == 1 and [c["model"] for c in meta["candidates"]] == models
+
+
+def test_streamed_request_failing_before_its_first_token_gets_an_http_status(server):
+    """Every model down before anything was sent: a 503 with a JSON body, not a 200 with an error event."""
+    url, _, _ = server
+    with pytest.raises(openai.APIStatusError) as e:
+        list(_client(url).chat.completions.create(model="remote", stream=True,
+                                                  messages=[{"role": "user", "content": "hi"}]))
+    assert e.value.status_code == 503 and "no model could answer" in str(e.value)
+
+
+def test_streamed_hybrid_over_http_is_logged_whole(server):
+    url, service, _ = server
+    c = _client(url)
+    msgs = [{"role": "user", "content": "reverse 3+4="}]
+    plain = c.chat.completions.create(model="router-hybrid", messages=msgs)
+    chunks = list(c.chat.completions.create(model="router-hybrid", messages=msgs, stream=True))
+    text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    last = chunks[-1]
+    assert text == plain.choices[0].message.content
+    assert last.model_extra["modelmix"]["strategy"] == plain.model_extra["modelmix"]["strategy"]
+    assert service.store.interaction(last.id)["answer"] == text
+
+
 def test_reload_replaces_models_and_routes_and_refuses_a_bad_config(zoo_dir, tmp_path):
     import shutil
 

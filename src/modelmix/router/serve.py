@@ -27,7 +27,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from typing import Any
 
 from fastapi import Request  # at module level: the endpoints' annotations are resolved from these globals
@@ -163,9 +163,12 @@ class Service:
         return d
 
     # ------------------------------------------------------------------ execution
-    def _answer_one(self, names: Sequence[str], messages: list[dict[str, str]], max_tokens: int | None,
-                    timings: dict[str, float]) -> tuple[str, str]:
-        """The first of ``names`` that answers (a failed model is skipped), and its answer."""
+    def _one(self, names: Sequence[str], messages: list[dict[str, str]], max_tokens: int | None,
+             timings: dict[str, float], live: bool) -> Generator[str, None, str]:
+        """The answer of the first of ``names`` that answers (a down or failing model is skipped for the
+        next); returns the model used. ``live``: pieces go out as they are decoded, so a model that fails
+        after its first piece cannot be replaced (the text sent cannot be taken back) and the request fails;
+        otherwise each model's answer is held until complete and yielded in one piece."""
         errors = []
         for n in names:
             b = self.backends[n]
@@ -173,21 +176,25 @@ class Service:
                 errors.append(f"{n}: down")
                 continue
             t0 = time.perf_counter()
+            held: list[str] = []
+            sent = False
             try:
-                text = b.complete(messages, max_tokens)
+                for piece in b.stream(messages, max_tokens):
+                    if live:
+                        sent = True
+                        yield piece
+                    else:
+                        held.append(piece)
             except BackendError as e:
+                if sent:
+                    raise ApiError(502, f"{n} failed after part of its answer was sent: {e}", "backend_failed") from None
                 errors.append(str(e))
                 continue
             timings[n] = round((time.perf_counter() - t0) * 1000, 2)
-            return n, text
+            if held:
+                yield "".join(held)
+            return n
         raise ApiError(503, "no model could answer: " + "; ".join(errors), "no_healthy_model")
-
-    def first_healthy(self, names: Sequence[str]) -> str:
-        """The first healthy model of ``names`` (what a streamed answer starts with), or 503."""
-        for n in names:
-            if self.backends[n].healthy():
-                return n
-        raise ApiError(503, f"no healthy model among {', '.join(names)}", "no_healthy_model")
 
     def _fallbacks(self, d: Decision, i: int) -> list[str]:
         """Decision model i, then the other models of its route (config order) as fallbacks."""
@@ -195,61 +202,100 @@ class Service:
         rest = [m for m in (route.models if route else []) if m != d.models[i]]
         return [d.models[i], *rest]
 
-    def run(self, d: Decision | None, model: str, messages: list[dict[str, str]],
-            max_tokens: int | None) -> tuple[str, dict[str, Any]]:
-        """Execute a decision (or a direct model request); the answer and the ``modelmix`` metadata."""
+    def pieces(self, d: Decision | None, model: str, messages: list[dict[str, str]], max_tokens: int | None,
+               meta: dict[str, Any], live: bool = True) -> Iterator[str]:
+        """Execute a decision (or a direct model request, ``d`` None): the answer's text pieces as they are
+        decided, with ``meta`` (the completion's ``modelmix`` object) filled in by the end. What streams:
+        single and direct token by token; hybrid the refiner's tokens (the draft is an intermediate, never
+        sent); token-level mix each mixed token; rank and response-level mix the chosen answer, in one piece
+        once every candidate has been scored (the choice needs them all). A failure before the first piece
+        raises :class:`ApiError` (the HTTP status is still free to set)."""
         timings: dict[str, float] = {}
-        query = _last_user(messages)
+        meta["worker_pid"] = os.getpid()
+        meta["per_model_ms"] = timings
         if d is None:
-            used, text = self._answer_one([model], messages, max_tokens, timings)
-            return text, {"strategy": "direct", "models": [used], "per_model_ms": timings, "worker_pid": os.getpid()}
-        meta: dict[str, Any] = {"distribution": d.classification.distribution, "strategy": d.strategy,
-                                "routes": d.routes, "weights": d.weights, "why": d.why,
-                                "route_ms": round(d.seconds * 1000, 3)}
+            meta.update(strategy="direct", models=[model])
+            meta["models"] = [(yield from self._one([model], messages, max_tokens, timings, live))]
+            return
+        meta.update(distribution=d.classification.distribution, strategy=d.strategy, routes=d.routes,
+                    weights=d.weights, why=d.why, route_ms=round(d.seconds * 1000, 3), models=list(d.models))
         if d.strategy == "single":
-            used, text = self._answer_one(self._fallbacks(d, 0), messages, max_tokens, timings)
-            meta["models"] = [used]
+            meta["models"] = [(yield from self._one(self._fallbacks(d, 0), messages, max_tokens, timings, live))]
         elif d.strategy == "hybrid":
-            a, draft = self._answer_one(self._fallbacks(d, 0), messages, max_tokens, timings)
-            refine = self.cfg.serve.hybrid_template.format(query=query, draft=draft)
-            b, text = self._answer_one(self._fallbacks(d, 1), [*messages[:-1], {"role": "user", "content": refine}],
-                                       max_tokens, timings)
-            meta.update(models=[a, b], draft=draft)
-            if not text.strip():  # the refiner had nothing to add (e.g. a one-line model given a long prompt)
-                text = draft
+            draft: list[str] = []
+            a = _drain(self._one(self._fallbacks(d, 0), messages, max_tokens, timings, False), draft)
+            meta.update(draft="".join(draft), models=[a])
+            refine = self.cfg.serve.hybrid_template.format(query=_last_user(messages), draft=meta["draft"])
+            refined = _Result(self._one(self._fallbacks(d, 1), [*messages[:-1], {"role": "user", "content": refine}],
+                                        max_tokens, timings, live))
+            held, started = "", False  # leading whitespace is held back: a blank refinement leaves the draft
+            for piece in refined:
+                if started:
+                    yield piece
+                    continue
+                held += piece
+                if held.strip():
+                    started = True
+                    yield held
+            meta["models"] = [a, refined.value]
+            if not started:  # the refiner had nothing to add (e.g. a one-line model given a long prompt)
                 meta["refined"] = False
+                yield meta["draft"]
         elif d.strategy == "mix" and self._token_mixable(d.models):
             bs = [self.backends[m] for m in d.models]
             ids, one_line = bs[0].prompt_ids(messages)
             t0 = time.perf_counter()
+            meta["mixing"] = "token"
+            sent = False
             try:
-                text = "".join(self.engine.mixed(bs, d.weights, ids, max_tokens or bs[0].max_new_tokens, one_line))
+                for piece in self.engine.mixed(bs, d.weights, ids, max_tokens or bs[0].max_new_tokens, one_line):
+                    sent = True
+                    yield piece
             except BackendError as e:
-                raise ApiError(503, f"token mixing failed: {e}", "no_healthy_model") from None
+                raise ApiError(502 if sent else 503, f"token mixing failed: {e}", "backend_failed") from None
             timings["+".join(d.models)] = round((time.perf_counter() - t0) * 1000, 2)
-            meta.update(models=list(d.models), mixing="token")
         else:  # rank, or mix across different vocabularies / remote models: answers ranked (weighted for mix)
-            answers, used = [], []
-            for i in range(len(d.models)):
-                try:
-                    m, t = self._answer_one(self._fallbacks(d, i), messages, max_tokens, timings)
-                except ApiError:
-                    continue
-                if m not in used:
-                    used.append(m)
-                    answers.append(t)
-            if not answers:
-                raise ApiError(503, "no model could answer", "no_healthy_model")
+            answers, used = self._candidates(d, messages, max_tokens, timings)
             w = [d.weights[d.models.index(m)] if m in d.models else 0.0 for m in used]
             scores = self.rank(messages, answers, w if d.strategy == "mix" else None)
-            meta["ranker"] = self.cfg.serve.ranker
             best = max(range(len(answers)), key=scores.__getitem__)
-            text = answers[best]
-            meta.update(models=used, candidates=[{"model": m, "answer": a, "score": s}
-                                                 for m, a, s in zip(used, answers, scores, strict=True)],
-                        chosen=used[best], mixing="response" if d.strategy == "mix" else None)
-        meta["per_model_ms"] = timings
-        meta["worker_pid"] = os.getpid()
+            meta.update(models=used, ranker=self.cfg.serve.ranker, chosen=used[best],
+                        candidates=[{"model": m, "answer": a, "score": s}
+                                    for m, a, s in zip(used, answers, scores, strict=True)],
+                        mixing="response" if d.strategy == "mix" else None)
+            yield answers[best]
+
+    def _candidates(self, d: Decision, messages: list[dict[str, str]], max_tokens: int | None,
+                    timings: dict[str, float]) -> tuple[list[str], list[str]]:
+        """Every decision model's answer (each with its route's fallbacks), generated at once: local models
+        join the engine's batches side by side, remote ones are awaited in parallel. Distinct models only."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        def one(i: int) -> tuple[str, str] | None:
+            out: list[str] = []
+            try:
+                m = _drain(self._one(self._fallbacks(d, i), messages, max_tokens, timings, False), out)
+            except ApiError:
+                return None
+            return m, "".join(out)
+
+        with ThreadPoolExecutor(max_workers=len(d.models)) as pool:
+            results = list(pool.map(one, range(len(d.models))))
+        answers, used = [], []
+        for r in results:
+            if r is not None and r[0] not in used:
+                used.append(r[0])
+                answers.append(r[1])
+        if not answers:
+            raise ApiError(503, "no model could answer", "no_healthy_model")
+        return answers, used
+
+    def run(self, d: Decision | None, model: str, messages: list[dict[str, str]],
+            max_tokens: int | None) -> tuple[str, dict[str, Any]]:
+        """:meth:`pieces`, whole: the answer and the ``modelmix`` metadata (a failing model is replaced by its
+        route's next one whenever it fails, nothing having been sent yet)."""
+        meta: dict[str, Any] = {}
+        text = "".join(self.pieces(d, model, messages, max_tokens, meta, live=False))
         return text, meta
 
     def rank(self, messages: list[dict[str, str]], answers: Sequence[str],
@@ -303,6 +349,23 @@ class Service:
                 self.learner.update(dist, models, score, strategy)
                 self._seen = fid
             self._synced = time.monotonic()
+
+
+class _Result:
+    """Iterate a generator and keep what it returns (``value``, once exhausted)."""
+
+    def __init__(self, gen: Generator[str, None, Any]) -> None:
+        self.gen, self.value = gen, None
+
+    def __iter__(self) -> Iterator[str]:
+        self.value = yield from self.gen
+
+
+def _drain(gen: Generator[str, None, Any], out: list[str]) -> Any:
+    """Run a generator to its end, its pieces appended to ``out``; what it returns."""
+    r = _Result(gen)
+    out.extend(r)
+    return r.value
 
 
 def _last_user(messages: Sequence[dict[str, str]]) -> str:
@@ -437,84 +500,53 @@ def create_app(service: Service) -> Any:
                            "retry shortly.", "rate_limited")
         created = int(time.time())
         t0 = time.perf_counter()
+        meta: dict[str, Any] = {}
         try:
             d = await run_in_threadpool(service.decide, model, query)
-            if stream and (d is None or d.strategy == "single"):
-                names = [model] if d is None else service._fallbacks(d, 0)
-                first = await run_in_threadpool(service.first_healthy, names)
-            else:
-                first = None
+            if not stream:
+                text, meta = await run_in_threadpool(service.run, d, model, messages, max_tokens)
+                iid = await run_in_threadpool(record, meta, query, text, time.perf_counter() - t0)
+            else:  # run up to the first piece here: a failure before it still gets its own HTTP status
+                gen = service.pieces(d, model, messages, max_tokens, meta)
+                first = await run_in_threadpool(next, gen, None)
         except ApiError:
             service.slots.release()
             service.m_requests.labels("-", "error").inc()
             raise
-        if first is not None:  # tokens go out as they are decoded; the answer is logged when it is complete
-            iid = f"cmpl-{uuid.uuid4().hex}"
-            meta: dict[str, Any] = {"strategy": "direct"} if d is None else {
-                "distribution": d.classification.distribution, "strategy": d.strategy, "routes": d.routes,
-                "weights": d.weights, "why": d.why, "route_ms": round(d.seconds * 1000, 3)}
-            meta["models"] = [first]
-
-            def live() -> Iterator[str]:
-                parts: list[str] = []
-                try:
-                    yield chunk(iid, created, model, {"role": "assistant", "content": ""}, None)
-                    errors: list[str] = []
-                    used, mid = None, False
-                    for name in names[names.index(first):]:  # a model failing before its first token: the next
-                        if not service.backends[name].healthy():
-                            continue
-                        t1 = time.perf_counter()
-                        try:
-                            for piece in service.backends[name].stream(messages, max_tokens):
-                                parts.append(piece)
-                                yield chunk(iid, created, model, {"content": piece}, None)
-                        except BackendError as e:
-                            errors.append(str(e))
-                            mid = bool(parts)  # text already sent cannot be taken back: report, do not switch
-                            if mid:
-                                break
-                            continue
-                        used = name
-                        break
-                    if used is None:
-                        why = "failed after part of its answer was sent" if mid else "no model could answer"
-                        err = {"error": {"message": f"{why}: " + "; ".join(errors or ["no healthy model"]),
-                                         "type": "server_error", "code": "backend_failed"}}
-                        yield f"data: {json.dumps(err)}\n\n"
-                        service.m_requests.labels(meta["strategy"], "error").inc()
-                        return
-                    name = used
-                    meta["models"] = [name]
-                    meta["per_model_ms"] = {name: round((time.perf_counter() - t1) * 1000, 2)}
-                    record(meta, query, "".join(parts), time.perf_counter() - t0, iid)
-                    yield chunk(iid, created, model, {}, "stop", {"modelmix": meta})
-                    yield "data: [DONE]\n\n"
-                finally:
-                    service.slots.release()
-
-            return StreamingResponse(live(), media_type="text/event-stream")
-        try:
-            text, meta = await run_in_threadpool(service.run, d, model, messages, max_tokens)
-            iid = await run_in_threadpool(record, meta, query, text, time.perf_counter() - t0)
-        except ApiError:
-            service.m_requests.labels("-", "error").inc()
-            raise
-        finally:
+        except BaseException:
             service.slots.release()
+            raise
         if not stream:
+            service.slots.release()
             return {"id": iid, "object": "chat.completion", "created": created, "model": model,
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                                  "finish_reason": "stop"}],
                     "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}, "modelmix": meta}
+        iid = f"cmpl-{uuid.uuid4().hex}"
 
-        def after() -> Iterator[str]:  # strategies that combine several answers stream the finished one
-            yield chunk(iid, created, model, {"role": "assistant", "content": ""}, None)
-            yield chunk(iid, created, model, {"content": text}, None)
-            yield chunk(iid, created, model, {}, "stop", {"modelmix": meta})
-            yield "data: [DONE]\n\n"
+        def live() -> Iterator[str]:  # pieces go out as they are decided; the answer is logged once complete
+            parts = [] if first is None else [first]
+            try:
+                yield chunk(iid, created, model, {"role": "assistant", "content": ""}, None)
+                if first is not None:
+                    yield chunk(iid, created, model, {"content": first}, None)
+                try:
+                    for piece in gen:
+                        parts.append(piece)
+                        yield chunk(iid, created, model, {"content": piece}, None)
+                except ApiError as e:  # after the headers: the error goes in the stream, as OpenAI's does
+                    err = {"error": {"message": e.message, "type": "server_error", "code": e.code}}
+                    yield f"data: {json.dumps(err)}\n\n"
+                    service.m_requests.labels(meta.get("strategy", "-"), "error").inc()
+                    return
+                record(meta, query, "".join(parts), time.perf_counter() - t0, iid)
+                yield chunk(iid, created, model, {}, "stop", {"modelmix": meta})
+                yield "data: [DONE]\n\n"
+            finally:
+                gen.close()  # a client gone mid-answer: its row is cancelled at the engine's next step
+                service.slots.release()
 
-        return StreamingResponse(after(), media_type="text/event-stream")
+        return StreamingResponse(live(), media_type="text/event-stream")
 
     return app
 

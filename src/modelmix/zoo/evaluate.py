@@ -28,6 +28,9 @@ def greedy_generate(model: Any, tok: Any, prompts: Sequence[str], max_new_tokens
     """Greedy completions of `prompts`, cut at the first EOS or newline (which are not returned)."""
     import torch
 
+    from modelmix.eval.metrics import _cache_kwarg, _cache_of
+
+    kw = _cache_kwarg(model)
     nl = tok.convert_tokens_to_ids("\n")
     stops = {tok.eos_token_id, nl}
     results: list[str] = []
@@ -37,7 +40,7 @@ def greedy_generate(model: Any, tok: Any, prompts: Sequence[str], max_new_tokens
             input_ids, mask = _encode_batch(tok, prompts[start:start + batch_size])
             pos = (mask.cumsum(-1) - 1).clamp(min=0)
             out = model(input_ids=input_ids, attention_mask=mask, position_ids=pos, use_cache=True)
-            past = out.past_key_values
+            past = _cache_of(out)
             next_tok = out.logits[:, -1].argmax(-1)
             n = input_ids.shape[0]
             gen: list[list[int]] = [[] for _ in range(n)]
@@ -55,8 +58,8 @@ def greedy_generate(model: Any, tok: Any, prompts: Sequence[str], max_new_tokens
                 mask = torch.cat([mask, torch.ones(n, 1, dtype=mask.dtype)], dim=1)
                 last_pos = last_pos + 1
                 out = model(input_ids=next_tok[:, None], attention_mask=mask, position_ids=last_pos[:, None],
-                            past_key_values=past, use_cache=True)
-                past = out.past_key_values
+                            use_cache=True, **{kw: past})
+                past = _cache_of(out)
                 next_tok = out.logits[:, -1].argmax(-1)
             results.extend(tok.decode(g, skip_special_tokens=True) for g in gen)
     return results
