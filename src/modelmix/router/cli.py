@@ -59,7 +59,7 @@ def eval_cmd(config: str, data: str, as_json: bool) -> None:
     from modelmix.router.evaluate import evaluate, read_labeled
 
     cfg = load_router_config(config)
-    rows = read_labeled(data, [x.name for x in cfg.routes])  # before the encoder loads
+    rows = read_labeled(data, [name for name, _, _ in cfg.intents()])  # before the encoder loads
     r = Router(cfg)
     m = evaluate(r.classify, rows)
     if as_json:

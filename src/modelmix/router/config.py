@@ -24,9 +24,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from modelmix.errors import ConfigError, did_you_mean
 
@@ -60,22 +60,56 @@ class ModelSpec(_Strict):
         return self
 
 
+def _no_empty(v: list[str]) -> list[str]:
+    for i, u in enumerate(v):
+        if not u.strip():
+            raise ValueError(f"utterance {i} is empty")
+    return v
+
+
+Utterances = Annotated[list[str], Field(min_length=1), AfterValidator(_no_empty)]
+
+
 class RouteSpec(_Strict):
     name: str = Field(min_length=1)
     models: list[str] = Field(min_length=1)
-    utterances: list[str] = Field(min_length=1)
+    utterances: Utterances
     #: confidence above which this route alone answers (strategy single); None: calibrated on the utterances
     threshold: float | None = Field(None, gt=0, le=1)
     #: answers of this route go through a critique step (the self-critique issue)
     sensitive: bool = False
 
-    @field_validator("utterances")
-    @classmethod
-    def _non_empty(cls, v: list[str]) -> list[str]:
-        for i, u in enumerate(v):
-            if not u.strip():
-                raise ValueError(f"utterance {i} is empty")
-        return v
+
+
+class PipelineStep(_Strict):
+    route: str = Field(min_length=1)
+    #: the prompt this step's model gets. ``{text}``: the previous step's answer (for the first step, the part
+    #: of the query the pipeline's ``input`` matched, else the whole query; ``{draft}`` is the same), and
+    #: ``{query}``: the user's message. None: ``{text}`` for the first step, ``serve.hybrid_template`` after
+    template: str | None = None
+
+
+class PipelineSpec(_Strict):
+    """An intent that needs several routes in sequence (the hybrid strategy's pipelines): each step's route
+    model answers the previous step's answer. It is classified like a route, from its own utterances."""
+
+    name: str = Field(min_length=1)
+    utterances: Utterances
+    steps: list[PipelineStep] = Field(min_length=2)
+    #: a regular expression; its group ``text`` (or its first group) is the first step's input
+    input: str | None = None
+    threshold: float | None = Field(None, gt=0, le=1)
+
+    def first_input(self, query: str) -> tuple[str, bool]:
+        """The first step's ``{text}``, and whether ``input`` matched (no match: the whole query)."""
+        if self.input is None:
+            return query, True
+        import re
+
+        m = re.search(self.input, query)
+        if m is None:
+            return query, False
+        return (m.group("text") if "text" in m.groupdict() else m.group(1) if m.groups() else m.group(0)), True
 
 
 class FeedbackSpec(_Strict):
@@ -119,6 +153,7 @@ class RouterConfig(_Strict):
     encoder_dtype: Literal["float32", "bfloat16", "int8"] = "float32"
     models: dict[str, ModelSpec] = Field(min_length=1)
     routes: list[RouteSpec] = Field(min_length=1)
+    pipelines: list[PipelineSpec] = Field(default_factory=list)
     strategy: Literal["single", "hybrid", "mix", "rank", "auto"] = "auto"
     feedback: FeedbackSpec = Field(default_factory=FeedbackSpec)
     none: NoneSpec = Field(default_factory=NoneSpec)
@@ -128,6 +163,14 @@ class RouterConfig(_Strict):
     serve: ServeSpec = Field(default_factory=ServeSpec)
     #: where relative paths were resolved from (the config file's directory); set by load_router_config
     base_dir: Path | None = Field(None, exclude=True)
+
+    def intents(self) -> list[tuple[str, list[str], float | None]]:
+        """What the classifier tells apart: every route, then every pipeline (name, utterances, threshold)."""
+        return [(r.name, r.utterances, r.threshold) for r in self.routes] + [
+            (p.name, p.utterances, p.threshold) for p in self.pipelines]
+
+    def pipeline(self, name: str) -> PipelineSpec | None:
+        return next((p for p in self.pipelines if p.name == name), None)
 
     def calibration_path(self) -> Path | None:
         return None if self.calibration is None else _resolve(self.calibration, self.base_dir)
@@ -147,6 +190,19 @@ class RouterConfig(_Strict):
         if "://" in s:
             return s
         return f"sqlite:///{_resolve(s, self.base_dir)}"
+
+
+def _check_template(t: str, where: str) -> None:
+    import string
+
+    try:
+        names = {f for _, f, _, _ in string.Formatter().parse(t) if f is not None}
+    except ValueError as e:
+        raise ConfigError(f"{where}: not a valid template ({e}); write literal braces as {{{{ and }}}}.") from None
+    bad = sorted(names - {"query", "text", "draft"})
+    if bad:
+        raise ConfigError(f"{where}: unknown placeholder(s) {', '.join('{' + b + '}' for b in bad)}; a step's "
+                          "template can use {text} (the previous answer), {draft} (the same) and {query}.")
 
 
 def _resolve(p: str, base: Path | None) -> Path:
@@ -210,8 +266,31 @@ def check_router_config(cfg: RouterConfig, label: str = "router config") -> None
                                   f"{did_you_mean(m, cfg.models)} Defined: {', '.join(cfg.models)}.")
         if len(set(r.models)) != len(r.models):
             raise ConfigError(f"{label}: routes[{i}] ({r.name}): a model is listed twice in models.")
+    for i, pl in enumerate(cfg.pipelines):
+        where = f"{label}: pipelines[{i}] ({pl.name})"
+        if pl.name in seen or pl.name == "none":
+            raise ConfigError(f"{where}: the name {pl.name!r} is " + ("reserved for queries that match no route"
+                              if pl.name == "none" else "already a route's") + "; pipeline names must be unique "
+                              "among routes and pipelines.")
+        seen[pl.name] = i
+        for j, st in enumerate(pl.steps):
+            if st.route not in {r.name for r in cfg.routes}:
+                raise ConfigError(f"{where}: steps[{j}]: route {st.route!r} is not defined under routes."
+                                  f"{did_you_mean(st.route, [r.name for r in cfg.routes])}")
+            if st.template is not None:
+                _check_template(st.template, f"{where}: steps[{j}].template")
+        if pl.input is not None:
+            import re
+
+            try:
+                rx = re.compile(pl.input)
+            except re.error as e:
+                raise ConfigError(f"{where}: input: not a regular expression ({e}): {pl.input!r}.") from None
+            if "text" not in rx.groupindex and rx.groups > 1:
+                raise ConfigError(f"{where}: input has {rx.groups} groups; name the first step's input "
+                                  "(?P<text>...).")
     owner: dict[str, str] = {}
-    for r in cfg.routes:
+    for r in [*cfg.routes, *cfg.pipelines]:
         for u in r.utterances:
             key = " ".join(u.lower().split())
             if key in owner and owner[key] != r.name:
@@ -244,7 +323,7 @@ def check_router_config(cfg: RouterConfig, label: str = "router config") -> None
         from modelmix.router.evaluate import read_labeled
 
         try:
-            read_labeled(_resolve(cfg.calibration, cfg.base_dir), [r.name for r in cfg.routes])
+            read_labeled(_resolve(cfg.calibration, cfg.base_dir), [name for name, _, _ in cfg.intents()])
         except DataError as e:
             raise ConfigError(f"{label}: calibration: {e}") from None
     enc = cfg.encoder_path()

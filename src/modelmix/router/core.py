@@ -31,16 +31,16 @@ class Router:
                                                                            dtype=torch.qint8)
         self.encoder = encoder
         self.classifier = IntentClassifier(
-            self.encoder, [(r.name, r.utterances) for r in cfg.routes],
+            self.encoder, [(name, us) for name, us, _ in cfg.intents()],
             none_utterances=cfg.none.utterances, background=cfg.none.background,
-            thresholds={r.name: r.threshold for r in cfg.routes})
+            thresholds={name: t for name, _, t in cfg.intents()})
         self.fit_report: dict[str, Any] | None = None
         if cfg.calibration is not None:
             from modelmix.router.evaluate import read_labeled
 
-            rows = read_labeled(cfg.calibration_path(), [r.name for r in cfg.routes])
+            rows = read_labeled(cfg.calibration_path(), [name for name, _, _ in cfg.intents()])
             self.fit_report = self.classifier.fit([r["query"] for r in rows], [r["route"] for r in rows],
-                                                  thresholds={r.name: r.threshold for r in cfg.routes})
+                                                  thresholds={name: t for name, _, t in cfg.intents()})
 
     @classmethod
     def from_config(cls, source: str | Path | Mapping[str, Any]) -> Router:

@@ -221,6 +221,8 @@ class Service:
                     weights=d.weights, why=d.why, route_ms=round(d.seconds * 1000, 3), models=list(d.models))
         if d.strategy == "single":
             meta["models"] = [(yield from self._one(self._fallbacks(d, 0), messages, max_tokens, timings, live))]
+        elif d.strategy == "hybrid" and d.pipeline is not None:
+            yield from self._pipeline(d, messages, max_tokens, timings, meta, live)
         elif d.strategy == "hybrid":
             draft: list[str] = []
             a = _drain(self._one(self._fallbacks(d, 0), messages, max_tokens, timings, False), draft)
@@ -264,6 +266,38 @@ class Service:
                                     for m, a, s in zip(used, answers, scores, strict=True)],
                         mixing="response" if d.strategy == "mix" else None)
             yield answers[best]
+
+    def _pipeline(self, d: Decision, messages: list[dict[str, str]], max_tokens: int | None,
+                  timings: dict[str, float], meta: dict[str, Any], live: bool) -> Iterator[str]:
+        """A config pipeline: each step's route model answers the previous step's answer, put through the
+        step's template; the last step streams (``live``), the others are intermediates (``meta["steps"]``)."""
+        pl = self.cfg.pipeline(d.pipeline)  # type: ignore[arg-type]
+        if pl is None:  # reloaded away between decision and execution
+            raise ApiError(503, f"pipeline {d.pipeline} is no longer configured; retry.", "no_healthy_model")
+        query = _last_user(messages)
+        text, matched = pl.first_input(query)
+        meta.update(pipeline=pl.name, steps=[], models=[])
+        if not matched:
+            meta["input_matched"] = False
+        for i, st in enumerate(pl.steps):
+            tpl = st.template or ("{text}" if i == 0 else self.cfg.serve.hybrid_template)
+            prompt = tpl.format(query=query, text=text, draft=text)
+            msgs = [*messages[:-1], {"role": "user", "content": prompt}]
+            last = i == len(pl.steps) - 1
+            out: list[str] = []
+            if last and live:
+                r = _Result(self._one(self._fallbacks(d, i), msgs, max_tokens, timings, True))
+                for piece in r:
+                    out.append(piece)
+                    yield piece
+                used = r.value
+            else:
+                used = _drain(self._one(self._fallbacks(d, i), msgs, max_tokens, timings, False), out)
+            text = "".join(out)
+            meta["models"].append(used)
+            meta["steps"].append({"route": st.route, "model": used, "prompt": prompt, "answer": text})
+            if last and not live:
+                yield text
 
     def _candidates(self, d: Decision, messages: list[dict[str, str]], max_tokens: int | None,
                     timings: dict[str, float]) -> tuple[list[str], list[str]]:
@@ -474,7 +508,7 @@ def create_app(service: Service) -> Any:
         iid = service.store.log(query, meta.get("distribution", {}), meta["strategy"], meta["models"],
                                 meta.get("weights", [1.0]), answer=text, latency_ms=seconds * 1000,
                                 extra={k: v for k, v in meta.items() if k in ("per_model_ms", "why", "candidates",
-                                                                               "draft")}, interaction_id=iid)
+                                                                               "draft", "pipeline", "steps")}, interaction_id=iid)
         service.m_requests.labels(meta["strategy"], "ok").inc()
         service.m_latency.labels(meta["strategy"]).observe(seconds)
         meta["latency_ms"] = round(seconds * 1000, 2)
