@@ -282,12 +282,10 @@ def test_streamed_hybrid_over_http_is_logged_whole(server):
     url, service, _ = server
     c = _client(url)
     msgs = [{"role": "user", "content": "reverse 3+4="}]
-    plain = c.chat.completions.create(model="router-hybrid", messages=msgs)
     chunks = list(c.chat.completions.create(model="router-hybrid", messages=msgs, stream=True))
     text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
-    last = chunks[-1]
-    assert text == plain.choices[0].message.content
-    assert last.model_extra["modelmix"]["strategy"] == plain.model_extra["modelmix"]["strategy"]
+    last = chunks[-1]  # (the learner's draws may pick other models per request: no comparison across requests)
+    assert last.model_extra["modelmix"]["strategy"] in ("hybrid", "single") and text
     assert service.store.interaction(last.id)["answer"] == text
 
 
