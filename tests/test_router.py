@@ -196,9 +196,11 @@ def _pcfg(model_dirs, **pipe):
                                                            **pipe}]))
 
 
+PIPE_TH = {"arithmetic": 0.6, "reverse": 0.6, "chat": 0.6, "add-then-reverse": 0.5}
+
+
 def test_pipeline_leads_then_runs_its_steps_as_a_hybrid(model_dirs):
-    cfg = _pcfg(model_dirs)
-    th = {"arithmetic": 0.6, "reverse": 0.6, "chat": 0.6, "add-then-reverse": 0.5}
+    cfg, th = _pcfg(model_dirs), PIPE_TH
     c = _c(**{"add-then-reverse": 0.7, "arithmetic": 0.2, "reverse": 0.05, "none": 0.05})
     c.query = "add 4 and 9, then reverse it"
     d = decide(cfg, c, th)
@@ -217,8 +219,7 @@ def test_pipeline_leads_then_runs_its_steps_as_a_hybrid(model_dirs):
 
 def test_pipeline_whose_input_does_not_match_is_ruled_out(model_dirs):
     """The pattern says the query is not the pipeline's: the distribution is conditioned on that."""
-    cfg = _pcfg(model_dirs)
-    th = {"arithmetic": 0.6, "reverse": 0.6, "chat": 0.6, "add-then-reverse": 0.5}
+    cfg, th = _pcfg(model_dirs), PIPE_TH
     c = _c(**{"add-then-reverse": 0.6, "arithmetic": 0.3, "reverse": 0.05, "none": 0.05})
     c.query = "add 4 and 9"
     d = decide(cfg, c, th)

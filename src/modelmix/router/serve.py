@@ -214,7 +214,7 @@ class Service:
         meta["worker_pid"] = os.getpid()
         meta["per_model_ms"] = timings
         if d is None:
-            meta.update(strategy="direct", models=[model])
+            meta["strategy"] = "direct"
             meta["models"] = [(yield from self._one([model], messages, max_tokens, timings, live))]
             return
         meta.update(distribution=d.classification.distribution, strategy=d.strategy, routes=d.routes,
@@ -285,19 +285,14 @@ class Service:
             msgs = [*messages[:-1], {"role": "user", "content": prompt}]
             last = i == len(pl.steps) - 1
             out: list[str] = []
-            if last and live:
-                r = _Result(self._one(self._fallbacks(d, i), msgs, max_tokens, timings, True))
-                for piece in r:
-                    out.append(piece)
+            r = _Result(self._one(self._fallbacks(d, i), msgs, max_tokens, timings, live and last))
+            for piece in r:
+                out.append(piece)
+                if last:
                     yield piece
-                used = r.value
-            else:
-                used = _drain(self._one(self._fallbacks(d, i), msgs, max_tokens, timings, False), out)
             text = "".join(out)
-            meta["models"].append(used)
-            meta["steps"].append({"route": st.route, "model": used, "prompt": prompt, "answer": text})
-            if last and not live:
-                yield text
+            meta["models"].append(r.value)
+            meta["steps"].append({"route": st.route, "model": r.value, "prompt": prompt, "answer": text})
 
     def _candidates(self, d: Decision, messages: list[dict[str, str]], max_tokens: int | None,
                     timings: dict[str, float]) -> tuple[list[str], list[str]]:
