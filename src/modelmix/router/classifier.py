@@ -10,8 +10,8 @@ How a query is scored (one encoder forward pass, then a few vector operations):
    utterance is scored against all the others and labelled with its route, and off-topic sentences (the
    packaged background set, plus the config's ``none.utterances``) are labelled "none". The pair that
    minimises the class-balanced negative log-likelihood on a grid wins, with the label smoothed by
-   ``1 / (utterances per route + 2)`` (the rule of succession): a handful of well-separated utterances
-   would otherwise drive the temperature to zero and every answer to 100 % confidence.
+   ``1 / (N + 2)`` for N leave-one-out trials (the rule of succession): a handful of well-separated
+   utterances would otherwise drive the temperature to zero and every answer to 100 % confidence.
 4. Each route's confidence threshold for answering alone (strategy ``single``) is calibrated on the same
    leave-one-out predictions: the lowest confidence from which at least 90 % of the utterances predicted
    as that route really belong to it (never below 0.5); the config's ``threshold`` overrides it.
@@ -126,10 +126,13 @@ class IntentClassifier:
         x = torch.cat([s, s_none])
         counts = torch.bincount(y, minlength=k + 1).double()
         w = torch.where(counts[y] > 0, 1.0 / counts[y].clamp(min=1), 0.0)  # every class counts the same
-        # Laplace-style label smoothing, eps = 1 / (utterances per route + 2): when the leave-one-out
-        # predictions are all right (few, well-separated utterances) the plain likelihood is best at T -> 0,
-        # i.e. 100 % confidence from three examples; the smoothed target keeps it to what they can show
-        eps = 1.0 / (len(self.utterances) / max(1, k) + 2)
+        # label smoothing by the rule of succession over every leave-one-out trial, eps = 1 / (N + 2): when
+        # those predictions are all right (few, well-separated utterances) the plain likelihood is best at
+        # T -> 0, i.e. 100 % confidence from a handful of examples; after N right out of N the chance that the
+        # next one is wrong is 1 / (N + 2), and the smoothed target keeps confidence to that. (Session 10
+        # measured eps = 1 / (utterances per route + 2) before: it capped confidence near 0.86 on the zoo, where
+        # 99.4 % are right, ECE 0.138; this rule gives 0.025 there and no worse anywhere it was measured.)
+        eps = 1.0 / (len(y) + 2)
         t, b = self._fit_tb(x, y, w, eps)
         thresholds = self._thresholds(self._probs(s, t, b), self.owner, fixed)
         acc = float((self._probs(s, t, b).argmax(1) == self.owner).double().mean())
