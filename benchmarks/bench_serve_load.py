@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Load on `modelmix serve`: N concurrent clients for a fixed time against in-process zoo experts.
 
-    .venv/bin/python benchmarks/bench_serve_load.py --zoo ZOO [--setups 32:float32,8:float32,32:int8]
+    .venv/bin/python benchmarks/bench_serve_load.py --zoo ZOO [--setups 32:float32,8:float32,32:bfloat16,32:int8]
         [--seconds 30] [--json out.json]
 
 Each setup ``CLIENTS:ENCODER_DTYPE`` starts a fresh real `modelmix serve` subprocess on loopback (one process,
@@ -142,7 +142,7 @@ def one(a: argparse.Namespace, z: Any, clients: int, dtype: str) -> dict[str, An
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--zoo", type=Path, required=True)
-    ap.add_argument("--setups", default="32:float32,8:float32,32:int8",
+    ap.add_argument("--setups", default="32:float32,8:float32,32:bfloat16,32:int8",
                     help="comma-separated CLIENTS:ENCODER_DTYPE runs, each against a fresh server")
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--max-concurrent", type=int, default=16, help="serve.max_concurrent (the server default)")

@@ -57,6 +57,7 @@ def provenance(report: dict[str, Any], name: str) -> str:
     dirty = b.get("dirty", report["dirty"])
     runs = {"router": "One run: the answers are deterministic (greedy decoding); the overhead percentiles are "
                       "over 50 single queries",
+            "hybrid": "One run: the answers are deterministic (greedy decoding)",
             "intent": "One run; latency over every query, one at a time, after 3 warm-up queries",
             "load": "One run of 30 s per setup; the percentiles are over every answered request",
             "feedback": "One run (the learner's draws are seeded)"}.get(
@@ -192,6 +193,25 @@ def router(report: dict[str, Any]) -> str:
         f"p50 {statistics.median(lat):.1f} ms, p95 {p95:.1f} ms ({d['batched_ms']:.2f} ms per query batched)."])
 
 
+def hybrid(report: dict[str, Any]) -> str:
+    d = report["benchmarks"]["hybrid"]["data"]
+    kinds, res = d["pipelines"], d["results"]
+    rows = ["| system | exact match | " + " | ".join(kinds) + " | strategies |", "|---|---|" + "---|" * len(kinds) + "---|"]
+    for k, v in res.items():
+        st = ", ".join(f"{s} {n}" for s, n in d["strategies"].get(k, {}).items() if n)
+        name = f"**{k}**" if k.startswith("router (auto, with") else k
+        acc = f"**{v['accuracy']:.3f}**" if k.startswith("router (auto, with") else f"{v['accuracy']:.3f}"
+        rows.append(f"| {name} | {acc} | " + " | ".join(f"{v['per_kind'][x]:.2f}" for x in kinds) + f" | {st} |")
+    one = d["single_skill"]
+    return "\n".join([
+        provenance(report, "hybrid"), "",
+        f"{d['n']} test queries over {len(kinds)} pipelines, each with 10 utterances written from validation inputs "
+        "the routes do not use; greedy answers, exact match:", "", *rows, "",
+        f"The classifier puts {d['classifier_accuracy']:.1%} of the two-skill queries on their own pipeline. The "
+        f"{d['n_single_skill']} one-skill queries of the routing stream score {one['with pipelines']['accuracy']:.3f} "
+        f"with the pipelines configured and {one['without pipelines']['accuracy']:.3f} without them."])
+
+
 def load(report: dict[str, Any]) -> str:
     d = report["benchmarks"]["load"]["data"]
     runs = d["runs"]
@@ -257,7 +277,7 @@ def feedback(report: dict[str, Any]) -> str:
 
 RENDER: dict[str, Callable[[dict[str, Any]], str]] = {
     "merge": merge, "cocktail": cocktail, "analysis": analysis, "eval": evaluation, "router": router,
-    "intent": intent, "feedback": feedback, "load": load}
+    "hybrid": hybrid, "intent": intent, "feedback": feedback, "load": load}
 
 
 def render(name: str, report: dict[str, Any]) -> str:

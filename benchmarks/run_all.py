@@ -10,12 +10,14 @@ Runs, one after another (never two at once), each as its own child process:
 * ``eval``     — ``bench_eval.py --hf-generate``: the harness's loss and greedy decoding vs ``model.generate``;
 * ``router``   — ``bench_router.py`` on the ``default`` zoo (built first, untimed): the router's answers on a
   stream of every task vs each expert, the base, every merge and the oracle; its overhead per query;
+* ``hybrid``   — ``bench_hybrid.py``: queries needing two zoo skills in sequence (config pipelines): hybrid
+  vs single, mix and the router without pipelines, with the oracle pipeline as the ceiling;
 * ``feedback`` — ``bench_feedback.py``: every route starts with the wrong expert first; correctness is the
   feedback; how many events until the router answers at 90 % of the oracle;
 * ``intent``   — ``bench_intent.py``: intent classification side by side with semantic-router 1.1.1 (same
   MiniLM encoder and utterances): accuracy, macro-F1, ECE, latency, on the zoo and a hand-written set.
 * ``load``     — ``bench_serve_load.py``: 32 and 8 concurrent clients for 30 s against ``modelmix serve`` over
-  the zoo's experts, and 32 with the int8 encoder (throughput, deliberate 429s, errors, latency, the router's
+  the zoo's experts, and 32 with the bfloat16 and the int8 encoder (throughput, deliberate 429s, errors, latency, the router's
   overhead under load, the engine's batching).
 
 Each is repeated ``--repeat`` times (default 3; median and range). The results go to one dated file,
@@ -50,7 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 HERE = ROOT / "benchmarks"
 RESULTS = HERE / "results"
 PY = sys.executable
-NAMES = ("merge", "cocktail", "analysis", "eval", "router", "intent", "feedback", "load")
+NAMES = ("merge", "cocktail", "analysis", "eval", "router", "hybrid", "intent", "feedback", "load")
 
 
 def commands(name: str, repeat: int, quick: bool, out: Path) -> list[str]:
@@ -66,6 +68,8 @@ def commands(name: str, repeat: int, quick: bool, out: Path) -> list[str]:
         return [PY, str(HERE / "bench_analyze.py"), "--size", size, "--repeat", str(repeat), "--json", str(out)]
     if name == "router":  # accuracy is deterministic; the overhead percentiles come from 50 single queries
         return [PY, str(HERE / "bench_router.py"), "--zoo", str(zoo_dir(quick)), "--json", str(out)]
+    if name == "hybrid":  # deterministic greedy answers: one run
+        return [PY, str(HERE / "bench_hybrid.py"), "--zoo", str(zoo_dir(quick)), "--json", str(out)]
     if name == "intent":
         return [PY, str(HERE / "bench_intent.py"), "--zoo", str(zoo_dir(quick)), "--json", str(out)]
     if name == "feedback":
@@ -166,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     start = dt.datetime.now(dt.timezone.utc)
     path = out_dir / f"bench-{start:%Y-%m-%d}.json"
     subprocess.run(["bash", str(HERE / "setup_peers.sh")], check=True)  # idempotent: checks the pinned versions
-    if {"router", "intent", "feedback", "load"} & set(names):
+    if {"router", "hybrid", "intent", "feedback", "load"} & set(names):
         ensure_zoo(a.quick)
     report: dict[str, Any] = {
         "date": start.isoformat(timespec="seconds"), "commit": git("rev-parse", "--short", "HEAD"),

@@ -68,6 +68,18 @@ def test_router_beats_every_single_model_and_merge(report):
     assert all(router > v["accuracy"] for k, v in res.items() if k not in ("router (auto)", "oracle (own expert)"))
 
 
+def test_hybrid_beats_single_and_mix_on_two_skill_queries(report):
+    """The router issue's hybrid target: on queries needing two zoo skills in sequence, the router with
+    pipelines beats router-single and router-mix, and the pipelines cost one-skill queries nothing."""
+    d = report["benchmarks"]["hybrid"]["data"]
+    res = d["results"]
+    auto = res["router (auto, with pipelines)"]["accuracy"]
+    assert auto > res["router-single"]["accuracy"] and auto > res["router-mix"]["accuracy"]
+    assert auto <= res["oracle pipeline"]["accuracy"] + 1e-9
+    one = d["single_skill"]
+    assert one["with pipelines"]["accuracy"] >= one["without pipelines"]["accuracy"] - 0.01
+
+
 def test_feedback_recovers_within_200_events(report):
     """The router issue's feedback target: from wrong routes back to >= 90 % of the oracle within 200 events."""
     d = report["benchmarks"]["feedback"]["data"]

@@ -168,10 +168,11 @@ def _merge(a: _Batch, b: _Batch) -> _Batch:
 
 
 class Engine:
-    """See the module docstring. ``max_batch`` caps the rows of one model's batch (more wait for a place)."""
+    """See the module docstring. ``max_batch`` caps the rows of one model's batch (more wait for a place);
+    ``threads`` is the torch threads of the engine thread (None: torch's default)."""
 
-    def __init__(self, max_batch: int = 16) -> None:
-        self.max_batch = max_batch
+    def __init__(self, max_batch: int = 16, threads: int | None = None) -> None:
+        self.max_batch, self.threads = max_batch, threads
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._batches: dict[int, _Batch] = {}  # id(backend) -> running batch
         self._pending: dict[int, list[_Request]] = {}  # id(backend) -> requests not yet prefilled
@@ -269,6 +270,8 @@ class Engine:
         return bool(self._batches or self._mixed or any(self._pending.values()) or self._classify or self._calls)
 
     def _loop(self) -> None:
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
         with torch.inference_mode():
             while True:
                 if not self._stopping:  # (a stop taken mid-round must not wait here for more work)

@@ -68,12 +68,14 @@ class Service:
 
     def __init__(self, router: Any, store: Any, backends: dict[str, Any] | None = None, learner: Any = None,
                  engine: Any = None) -> None:
+        from modelmix.router.config import engine_threads
         from modelmix.router.engine import Engine
 
         self.router, self.store = router, store
         self.cfg = router.cfg
         # every forward pass (classification, generation) runs batched in the engine's one thread
-        self.engine = engine if engine is not None else Engine(self.cfg.serve.max_batch)
+        self.engine = engine if engine is not None else Engine(self.cfg.serve.max_batch,
+                                                               engine_threads(self.cfg.serve))
         self.backends = backends if backends is not None else build_backends(self.cfg, self.engine)
         for b in self.backends.values():
             if isinstance(b, LocalBackend) and b.engine is None:
