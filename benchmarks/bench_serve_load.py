@@ -38,7 +38,7 @@ def pct(xs: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * (len(s) - 1)))] if s else float("nan")
 
 
-def one(a: argparse.Namespace, z: Any, clients: int, dtype: str) -> dict[str, Any]:
+def one(a: argparse.Namespace, z: Any, clients: int, dtype: str, threads: int | None = None) -> dict[str, Any]:
     """One server (a fresh process and store), ``clients`` clients for ``a.seconds``; the results."""
     import http.client
 
@@ -52,7 +52,8 @@ def one(a: argparse.Namespace, z: Any, clients: int, dtype: str) -> dict[str, An
     cfg = {"models": {t: {"path": str(z.model_path(m)), "max_new_tokens": 24} for t, m in experts.items()},
            "routes": [{"name": t, "models": [t], "utterances": [r["input"] for r in
                        coerce_examples(z.split_path(t, "validation"), "decoder")[:10]]} for t in experts],
-           "feedback": {"store": "router.db"}, "serve": {"max_concurrent": a.max_concurrent},
+           "feedback": {"store": "router.db"}, "serve": {"max_concurrent": a.max_concurrent,
+                                                          **({"threads": threads} if threads else {})},
            "encoder_dtype": dtype}
     (work / "router.yml").write_text(yaml.safe_dump(cfg))
     queries = [r["input"] for t in experts for r in coerce_examples(z.split_path(t, "test"), "decoder")]
@@ -135,7 +136,8 @@ def one(a: argparse.Namespace, z: Any, clients: int, dtype: str) -> dict[str, An
            "errors": len(errors), "error_samples": errors[:5], "throughput_rps": codes.get(200, 0) / elapsed,
            "latency_ms": {"p50": statistics.median(ok_lat) if ok_lat else None, "p95": pct(ok_lat, 0.95)},
            "route_ms": {"p50": statistics.median(route_ms) if route_ms else None, "p95": pct(route_ms, 0.95)},
-           "engine": engine, "max_concurrent": a.max_concurrent, "encoder_dtype": dtype, "loadavg_1m_before": load_before}
+           "engine": engine, "max_concurrent": a.max_concurrent, "encoder_dtype": dtype,
+           "threads": threads, "loadavg_1m_before": load_before}
     return res
 
 
@@ -143,7 +145,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--zoo", type=Path, required=True)
     ap.add_argument("--setups", default="32:float32,8:float32,32:bfloat16,32:int8",
-                    help="comma-separated CLIENTS:ENCODER_DTYPE runs, each against a fresh server")
+                    help="comma-separated CLIENTS:ENCODER_DTYPE[:THREADS] runs, each against a fresh server "
+                         "(THREADS: serve.threads; default the server's)")
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--max-concurrent", type=int, default=16, help="serve.max_concurrent (the server default)")
     ap.add_argument("--json", type=Path, default=None)
@@ -155,11 +158,11 @@ def main() -> int:
     runs = []
     errors = 0
     for setup in a.setups.split(","):
-        clients, dtype = setup.split(":")
-        res = one(a, z, int(clients), dtype)
+        clients, dtype, *th = setup.split(":")
+        res = one(a, z, int(clients), dtype, int(th[0]) if th else None)
         errors += res["errors"]
         runs.append(res)
-        print(f"{res['clients']} clients, encoder {dtype}, {res['seconds']:.0f} s: {res['answered']} answered "
+        print(f"{res['clients']} clients, encoder {dtype}{f', {th[0]} threads' if th else ''}, {res['seconds']:.0f} s: {res['answered']} answered "
               f"({res['throughput_rps']:.1f}/s), {res['rejected_429']} deliberate 429s, {res['errors']} other errors; "
               f"latency p50 {res['latency_ms']['p50']:.0f} ms, p95 {res['latency_ms']['p95']:.0f} ms; router overhead "
               f"p50 {res['route_ms']['p50']:.1f} ms, p95 {res['route_ms']['p95']:.1f} ms", flush=True)

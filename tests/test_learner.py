@@ -63,3 +63,42 @@ def test_history_replay_equals_live_updates():
     for e in events:
         live.update(*e)
     assert Learner.from_history({"a": ["x", "y"], "b": ["y"]}, events).beliefs() == live.beliefs()
+
+
+def test_feedback_on_a_pipeline_teaches_its_steps_routes():
+    """A query classified as a pipeline credits the models of its steps' routes, its share split evenly over
+    them; the pipeline's own name is not a route and a learner without pipelines would learn nothing."""
+    routes = {"reverse": ["rev_a", "rev_b"], "upper": ["up_a", "up_b"], "sort": ["sort_a"]}
+    plain = Learner(routes)
+    before = plain.beliefs()
+    plain.update({"reverse-upper": 1.0}, ["rev_b", "up_b"], 0.0)
+    assert plain.beliefs() == before  # the old behaviour: feedback on a pipeline answer was lost
+
+    learner = Learner(routes, pipelines={"reverse-upper": ["reverse", "upper"]})
+    learner.update({"reverse-upper": 0.8, "sort": 0.2}, ["rev_b", "up_b"], 1.0)
+    b = learner.beliefs()
+    assert b["reverse"]["rev_b"]["feedback"] == pytest.approx(0.4)
+    assert b["upper"]["up_b"]["feedback"] == pytest.approx(0.4)
+    assert b["reverse"]["rev_b"]["alpha"] == pytest.approx(1.4)
+    assert b["reverse"]["rev_a"]["feedback"] == 0.0  # not one of the answer's models
+    assert b["sort"]["sort_a"]["feedback"] == 0.0  # sort_a did not answer
+    # bad pipeline answers move the steps' routes to their other models
+    for _ in range(30):
+        learner.update({"reverse-upper": 1.0}, ["rev_b", "up_b"], 0.0)
+    picks = [learner.choose("reverse") for _ in range(200)]
+    assert picks.count("rev_a") > 150
+
+
+def test_for_config_knows_the_pipelines(tmp_path):
+    from modelmix.router.config import RouterConfig
+
+    cfg = RouterConfig.model_validate({
+        "models": {"a": {"url": "http://127.0.0.1:9/v1", "model": "a"}, "b": {"url": "http://127.0.0.1:9/v1", "model": "b"}},
+        "routes": [{"name": "x", "models": ["a"], "utterances": ["reverse abc"]},
+                   {"name": "y", "models": ["b"], "utterances": ["upper abc"]}],
+        "pipelines": [{"name": "xy", "utterances": ["reverse abc, then upper"],
+                       "steps": [{"route": "x"}, {"route": "y"}]}]})
+    learner = Learner.for_config(cfg)
+    assert learner.pipelines == {"xy": ["x", "y"]}
+    learner.update({"xy": 1.0}, ["a", "b"], 1.0)
+    assert learner.beliefs()["x"]["a"]["feedback"] == pytest.approx(0.5)

@@ -94,8 +94,9 @@ def stats(config: str, as_json: bool) -> None:
     with Store(cfg.store_url()) as s:
         per = s.stats()
         n = s.feedback_events()
-        learner = Learner.from_history({r.name: r.models for r in cfg.routes},
-                                       [ev[1:] for ev in s.events_since(0)])
+        learner = Learner.for_config(cfg)
+        for ev in s.events_since(0):
+            learner.update(*ev[1:])
     beliefs, strategies = learner.beliefs(), learner.strategy_beliefs()
     routes = {r.name: per.get(r.name, {"interactions": 0, "feedback": 0, "mean_score": None, "models": {}})
               for r in cfg.routes}

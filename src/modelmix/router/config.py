@@ -132,10 +132,9 @@ class ServeSpec(_Strict):
     max_concurrent: int = Field(16, ge=1)
     #: rows of one local model's generation batch (``router.engine``); more wait for a place
     max_batch: int = Field(16, ge=1)
-    #: torch threads of the serving engine (every forward pass runs in its one thread); default one fewer
-    #: than the usable CPU cores, at least 1, so HTTP, tokenizing and JSON keep a core. Measured on 2 cores
-    #: at 32 clients: 2 threads served 44 answers/s with a router overhead p95 of 33 ms, 1 thread 52/s and
-    #: 26 ms (OpenMP's threads wait for each other when the cores are busy with request threads)
+    #: torch threads of the serving engine's thread, which runs every forward pass (None: torch's default,
+    #: the cores). A knob for machines shared with other work; on 2 cores at 32 clients, 1 and 2 threads
+    #: measured the same in paired runs (36.5-38.9 answers/s, overhead p95 37-41 ms either way)
     threads: int | None = Field(None, ge=1)
     max_request_bytes: int = Field(1 << 20, ge=1024)
     #: how often (seconds) a worker's learner reads the feedback other workers stored
@@ -147,19 +146,6 @@ class ServeSpec(_Strict):
     ranker: Literal["agreement", "judge"] = "agreement"
     #: a local model of ``models`` that scores answers for ``ranker: judge``
     judge: str | None = None
-
-
-def engine_threads(spec: ServeSpec) -> int:
-    """The serving engine's torch threads: ``serve.threads``, else the usable cores minus one (at least 1)."""
-    import os
-
-    if spec.threads is not None:
-        return spec.threads
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    return max(1, cores - 1)
 
 
 class RouterConfig(_Strict):

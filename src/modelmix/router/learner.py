@@ -16,6 +16,10 @@ models works for a route's queries that no single route claims: feedback on an i
 ``s`` updates ``(route, s)`` with the same weights, and ``choose_strategy`` draws among the strategies the
 decision rule finds feasible, the rule's own pick getting ``RULE_PRIOR`` pseudo-successes as its prior.
 
+A config pipeline (a two-skill intent run as its steps' routes in sequence) has no posteriors of its own:
+feedback on a query classified as a pipeline teaches its steps' routes, its share spread evenly over them
+(the same split the decision rule uses), so a pipeline answer's score reaches the models that gave it.
+
 ``decay`` (default 1, no decay) shrinks every posterior of a route toward ``Beta(1, 1)`` by that factor
 before each update of it, so old evidence fades and a model that changes behaviour is re-learned within a bounded number of
 events. An update is a handful of float operations (microseconds); the state is rebuilt from the store at
@@ -27,6 +31,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 #: the strategies whose choice feedback can learn (single is decided by the calibrated threshold)
 STRATEGY_ARMS = ("hybrid", "mix", "rank")
@@ -52,10 +57,12 @@ class Arm:
 
 
 class Learner:
-    def __init__(self, routes: Mapping[str, Sequence[str]], *, decay: float = 1.0, seed: int | None = None) -> None:
+    def __init__(self, routes: Mapping[str, Sequence[str]], *, decay: float = 1.0, seed: int | None = None,
+                 pipelines: Mapping[str, Sequence[str]] | None = None) -> None:
         if not 0 < decay <= 1:
             raise ValueError(f"decay must be in (0, 1], got {decay}")
         self.decay = decay
+        self.pipelines = {k: list(v) for k, v in (pipelines or {}).items()}  # pipeline -> its steps' routes
         self.rng = random.Random(seed)
         self.arms: dict[str, dict[str, Arm]] = {
             r: {m: Arm(2.0 if i == 0 else 1.0, 1.0) for i, m in enumerate(models)} for r, models in routes.items()}
@@ -63,10 +70,16 @@ class Learner:
                                                          for r in routes}
 
     @classmethod
-    def from_history(cls, routes: Mapping[str, Sequence[str]], events: Iterable[tuple], **kw: float) -> Learner:
+    def for_config(cls, cfg: Any, **kw: Any) -> Learner:
+        """A learner over a :class:`~modelmix.router.config.RouterConfig`'s routes and pipelines."""
+        return cls({r.name: r.models for r in cfg.routes},
+                   pipelines={p.name: [st.route for st in p.steps] for p in cfg.pipelines}, **kw)
+
+    @classmethod
+    def from_history(cls, routes: Mapping[str, Sequence[str]], events: Iterable[tuple], **kw: Any) -> Learner:
         """A learner that has seen ``events`` (``(distribution, models, score)`` or ``(distribution, models,
         score, strategy)``, oldest first)."""
-        self = cls(routes, **kw)  # type: ignore[arg-type]
+        self = cls(routes, **kw)
         for ev in events:
             self.update(*ev)
         return self
@@ -100,6 +113,12 @@ class Learner:
                strategy: str | None = None) -> None:
         """One feedback event: ``score`` for an answer by ``models`` (combined by ``strategy``) to a query
         classified as ``distribution``."""
+        if self.pipelines and any(k in self.pipelines for k in distribution):
+            spread: dict[str, float] = {}
+            for k, w in distribution.items():
+                for r in self.pipelines.get(k, [k]):
+                    spread[r] = spread.get(r, 0.0) + w / len(self.pipelines.get(k, [k]))
+            distribution = spread
         for route, w in distribution.items():
             sarm = self.strategy_arms.get(route, {}).get(strategy or "")
             if sarm is not None and w > 0:

@@ -68,14 +68,13 @@ class Service:
 
     def __init__(self, router: Any, store: Any, backends: dict[str, Any] | None = None, learner: Any = None,
                  engine: Any = None) -> None:
-        from modelmix.router.config import engine_threads
         from modelmix.router.engine import Engine
 
         self.router, self.store = router, store
         self.cfg = router.cfg
         # every forward pass (classification, generation) runs batched in the engine's one thread
         self.engine = engine if engine is not None else Engine(self.cfg.serve.max_batch,
-                                                               engine_threads(self.cfg.serve))
+                                                               self.cfg.serve.threads)
         self.backends = backends if backends is not None else build_backends(self.cfg, self.engine)
         for b in self.backends.values():
             if isinstance(b, LocalBackend) and b.engine is None:
@@ -130,7 +129,7 @@ class Service:
         same_encoder = (cfg.encoder_path(), cfg.encoder_dtype) == (self.cfg.encoder_path(), self.cfg.encoder_dtype)
         router = Router(cfg, encoder=self.router.encoder if same_encoder else None)
         backends = build_backends(cfg, self.engine)
-        learner = Learner({r.name: r.models for r in cfg.routes}) if self.learner is not None else None
+        learner = Learner.for_config(cfg) if self.learner is not None else None
         with self.learn_lock:
             if learner is not None:
                 for fid, dist, models, score, strategy in self.store.events_since(0):
@@ -591,7 +590,7 @@ def build_service(config: str) -> Service:
 
     router = Router.from_config(config)
     store = Store(router.cfg.store_url())
-    service = Service(router, store, learner=Learner({r.name: r.models for r in router.cfg.routes}))
+    service = Service(router, store, learner=Learner.for_config(router.cfg))
     service.config_path = config
     service.sync_learner(force=True)
     return service
