@@ -38,7 +38,7 @@ def pct(xs: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * (len(s) - 1)))] if s else float("nan")
 
 
-def one(a: argparse.Namespace, z: Any, clients: int, dtype: str, threads: int | None = None) -> dict[str, Any]:
+def one(a: argparse.Namespace, z: Any, clients: int, dtype: str, engine_threads: int | None = None) -> dict[str, Any]:
     """One server (a fresh process and store), ``clients`` clients for ``a.seconds``; the results."""
     import http.client
 
@@ -53,7 +53,7 @@ def one(a: argparse.Namespace, z: Any, clients: int, dtype: str, threads: int | 
            "routes": [{"name": t, "models": [t], "utterances": [r["input"] for r in
                        coerce_examples(z.split_path(t, "validation"), "decoder")[:10]]} for t in experts],
            "feedback": {"store": "router.db"}, "serve": {"max_concurrent": a.max_concurrent,
-                                                          **({"threads": threads} if threads else {})},
+                                                          **({"threads": engine_threads} if engine_threads else {})},
            "encoder_dtype": dtype}
     (work / "router.yml").write_text(yaml.safe_dump(cfg))
     queries = [r["input"] for t in experts for r in coerce_examples(z.split_path(t, "test"), "decoder")]
@@ -137,7 +137,7 @@ def one(a: argparse.Namespace, z: Any, clients: int, dtype: str, threads: int | 
            "latency_ms": {"p50": statistics.median(ok_lat) if ok_lat else None, "p95": pct(ok_lat, 0.95)},
            "route_ms": {"p50": statistics.median(route_ms) if route_ms else None, "p95": pct(route_ms, 0.95)},
            "engine": engine, "max_concurrent": a.max_concurrent, "encoder_dtype": dtype,
-           "threads": threads, "loadavg_1m_before": load_before}
+           "threads": engine_threads, "loadavg_1m_before": load_before}
     return res
 
 
