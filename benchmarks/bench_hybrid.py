@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import sys
@@ -62,6 +63,7 @@ def main() -> int:
     ap.add_argument("--utterances", type=int, default=10)
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args()
+    load_before = round(os.getloadavg()[0], 2)
 
     from modelmix.eval.data import coerce_examples
     from modelmix.eval.metrics import normalize_text
@@ -179,7 +181,8 @@ def main() -> int:
     if a.json:
         a.json.write_text(json.dumps({"results": results, "strategies": strategies, "classifier_accuracy": clf_acc,
                                       "single_skill": single_skill, "n": len(two), "pipelines": kinds,
-                                      "n_single_skill": len(one)}, indent=1))
+                                      "n_single_skill": len(one),
+                                      "loadavg_1m_before": load_before}, indent=1))
     return 0
 
 
