@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """Load on `modelmix serve`: N concurrent clients for a fixed time against in-process zoo experts.
 
-    .venv/bin/python benchmarks/bench_serve_load.py --zoo ZOO [--setups 32:float32,8:float32,32:bfloat16,32:int8]
+    .venv/bin/python benchmarks/bench_serve_load.py --zoo ZOO [--setups 32:onnx,32:float32,8:onnx,32:int8]
         [--seconds 30] [--json out.json]
 
-Each setup ``CLIENTS:ENCODER_DTYPE`` starts a fresh real `modelmix serve` subprocess on loopback (one process,
-`serve.max_concurrent` 16 by default, the config's ``encoder_dtype``), routing over the zoo's five experts
+Each setup ``CLIENTS:ENCODER`` starts a fresh real `modelmix serve` subprocess on loopback (one process,
+`serve.max_concurrent` 16 by default; ENCODER ``onnx`` is the default float32 ONNX Runtime encoder, ``float32``,
+``bfloat16`` and ``int8`` the torch runtime with those weights), routing over the zoo's five experts
 (10 validation utterances per route). Each client thread sends chat completions (model "router", a random
 test query) back to back over its own keep-alive connection, and waits the ``Retry-After`` second the server
 asks for after a 429. Reported per setup: answered requests per second, the deliberate 429s (backpressure:
@@ -54,7 +55,8 @@ def one(a: argparse.Namespace, z: Any, clients: int, dtype: str, engine_threads:
                        coerce_examples(z.split_path(t, "validation"), "decoder")[:10]]} for t in experts],
            "feedback": {"store": "router.db"}, "serve": {"max_concurrent": a.max_concurrent,
                                                           **({"threads": engine_threads} if engine_threads else {})},
-           "encoder_dtype": dtype}
+           "encoder_dtype": "float32" if dtype == "onnx" else dtype,
+           "encoder_runtime": "onnx" if dtype == "onnx" else "torch"}
     (work / "router.yml").write_text(yaml.safe_dump(cfg))
     queries = [r["input"] for t in experts for r in coerce_examples(z.split_path(t, "test"), "decoder")]
     with socket.socket() as s:
@@ -136,16 +138,16 @@ def one(a: argparse.Namespace, z: Any, clients: int, dtype: str, engine_threads:
            "errors": len(errors), "error_samples": errors[:5], "throughput_rps": codes.get(200, 0) / elapsed,
            "latency_ms": {"p50": statistics.median(ok_lat) if ok_lat else None, "p95": pct(ok_lat, 0.95)},
            "route_ms": {"p50": statistics.median(route_ms) if route_ms else None, "p95": pct(route_ms, 0.95)},
-           "engine": engine, "max_concurrent": a.max_concurrent, "encoder_dtype": dtype,
-           "threads": engine_threads, "loadavg_1m_before": load_before}
+           "engine": engine, "max_concurrent": a.max_concurrent, "encoder_dtype": "float32" if dtype == "onnx" else dtype,
+           "encoder_runtime": "onnx" if dtype == "onnx" else "torch", "threads": engine_threads, "loadavg_1m_before": load_before}
     return res
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--zoo", type=Path, required=True)
-    ap.add_argument("--setups", default="32:float32,8:float32,32:bfloat16,32:int8",
-                    help="comma-separated CLIENTS:ENCODER_DTYPE[:THREADS] runs, each against a fresh server "
+    ap.add_argument("--setups", default="32:onnx,32:float32,8:onnx,32:int8",
+                    help="comma-separated CLIENTS:ENCODER[:THREADS] runs, each against a fresh server "
                          "(THREADS: serve.threads; default the server's)")
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--max-concurrent", type=int, default=16, help="serve.max_concurrent (the server default)")

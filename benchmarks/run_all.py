@@ -77,7 +77,7 @@ def commands(name: str, repeat: int, quick: bool, out: Path) -> list[str]:
                 *(["--events", "100"] if quick else [])]
     if name == "load":
         return [PY, str(HERE / "bench_serve_load.py"), "--zoo", str(zoo_dir(quick)), "--json", str(out),
-                *(["--seconds", "5", "--setups", "8:float32"] if quick else [])]
+                *(["--seconds", "5", "--setups", "8:onnx"] if quick else [])]
     if name == "eval":
         return [PY, str(HERE / "bench_eval.py"), "--hf-generate", "--repeat", str(repeat), "--json", str(out),
                 *(["--n", "100"] if quick else [])]

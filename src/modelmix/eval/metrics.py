@@ -378,7 +378,11 @@ def exact_match(
 # ---------------------------------------------------------------------------------------- retrieval
 @_threaded
 def embed(em: EvalModel, texts: Sequence[str], *, batch_size: int | None = None) -> Tensor:
-    """L2-normalised embeddings (float32, CPU) of ``texts`` with the model's pooling."""
+    """L2-normalised embeddings (float32, CPU) of ``texts`` with the model's pooling (through
+    ``em.runtime``, an :class:`~modelmix.eval.onnx_encoder.OnnxEncoder`, when one is attached)."""
+    runtime = getattr(em, "runtime", None)
+    if runtime is not None:
+        return runtime.embed(texts, batch_size=batch_size)
     tok, model, dev = em.tokenizer, em.model, em.device
     enc = tok(list(texts), truncation=True, max_length=em.max_seq_length)["input_ids"]
     lengths = [len(x) for x in enc]

@@ -267,6 +267,8 @@ class EvalModel:
         elif tokenizer.pad_token_id is None:
             raise InputError(f"Tokenizer of {self.name} has no pad token; encoder evaluation needs one.")
         self._token_classes: tuple[Tensor, Tensor, Tensor] | None = None
+        #: another forward for ``metrics.embed`` (an ``onnx_encoder.OnnxEncoder``; None: the torch model)
+        self.runtime: Any = None
         self._aliases = self._build_aliases()
         n_params = sum(p.numel() for p in model.parameters())
         #: torch intra-op threads while evaluating (None: leave torch's setting). Small models default to 1:

@@ -155,6 +155,12 @@ class RouterConfig(_Strict):
     #: move by < 1e-3), int8 (dynamic quantisation of the linear layers) quarters them (~2x faster;
     #: probabilities move by a few hundredths: measure with ``route eval``); float32 is exact
     encoder_dtype: Literal["float32", "bfloat16", "int8"] = "float32"
+    #: what runs the encoder's forward pass. "onnx": one ONNX Runtime graph built from the weights
+    #: (modelmix.eval.onnx_encoder; equal to torch's to ~1e-6), which gives Python's GIL back once per
+    #: forward instead of at each of ~700 torch calls, so a busy server's other threads no longer stretch a
+    #: classification (p95 under 32 clients: see docs/router.md). "torch": the transformers model. "auto":
+    #: onnx for a float32 BERT-family encoder when onnxruntime is installed, torch otherwise
+    encoder_runtime: Literal["auto", "onnx", "torch"] = "auto"
     models: dict[str, ModelSpec] = Field(min_length=1)
     routes: list[RouteSpec] = Field(min_length=1)
     pipelines: list[PipelineSpec] = Field(default_factory=list)
@@ -330,6 +336,9 @@ def check_router_config(cfg: RouterConfig, label: str = "router config") -> None
             read_labeled(_resolve(cfg.calibration, cfg.base_dir), [name for name, _, _ in cfg.intents()])
         except DataError as e:
             raise ConfigError(f"{label}: calibration: {e}") from None
+    if cfg.encoder_runtime == "onnx" and cfg.encoder_dtype != "float32":
+        raise ConfigError(f"{label}: encoder_runtime: onnx runs float32 weights; encoder_dtype "
+                          f"{cfg.encoder_dtype} needs encoder_runtime: torch (or auto).")
     enc = cfg.encoder_path()
     if not enc.is_dir():
         raise ConfigError(f"{label}: encoder: {enc} " + ("is not a directory." if enc.exists() else "does not exist."))

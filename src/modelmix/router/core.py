@@ -29,6 +29,7 @@ class Router:
                     warnings.simplefilter("ignore")
                     encoder.model = torch.ao.quantization.quantize_dynamic(encoder.model, {torch.nn.Linear},
                                                                            dtype=torch.qint8)
+            attach_runtime(encoder, cfg)
         self.encoder = encoder
         self.classifier = IntentClassifier(
             self.encoder, [(name, us) for name, us, _ in cfg.intents()],
@@ -69,3 +70,19 @@ class Router:
     def route_many(self, queries: Sequence[str], **kw: Any) -> list[Decision]:
         return [decide(self.cfg, c, self.thresholds, learner=self.learner, **kw)
                 for c in self.classifier.classify_many(queries)]
+
+
+def attach_runtime(encoder: Any, cfg: RouterConfig) -> None:
+    """Give ``encoder`` the ONNX Runtime forward that ``cfg.encoder_runtime`` asks for (see its comment)."""
+    if cfg.encoder_runtime == "torch" or cfg.encoder_dtype != "float32":
+        return
+    from modelmix.errors import ConfigError
+    from modelmix.eval.onnx_encoder import OnnxEncoder, unsupported
+
+    why = unsupported(encoder)
+    if why is None:
+        encoder.runtime = OnnxEncoder(encoder)
+    elif cfg.encoder_runtime == "onnx":
+        raise ConfigError(f"encoder_runtime: onnx: the encoder {cfg.encoder_path()} cannot run under ONNX Runtime "
+                          f"here: {why}. Use encoder_runtime: torch (or auto, which falls back to it).")
+
