@@ -225,7 +225,7 @@ def load(report: dict[str, Any]) -> str:
             f"{r['rejected_429']} | {r['errors']} | {r['latency_ms']['p50']:.0f} / {r['latency_ms']['p95']:.0f} ms | "
             f"{r['route_ms']['p50']:.1f} / {r['route_ms']['p95']:.1f} ms | "
             f"{(e['rows_stepped'] / steps) if steps else float('nan'):.1f} | "
-            f"{(e['classified'] / batches) if batches else float('nan'):.1f} | "
+            + (f"{e['classified'] / batches:.1f} | " if batches else "– (request threads) | ")
             + " / ".join(f"{busy.get(k, 0.0):.0f}" for k in ("classify", "prefill", "decode", "mixed")) + " |")
     return "\n".join([
         provenance(report, "load"), "",

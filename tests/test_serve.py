@@ -86,6 +86,26 @@ def test_models_health_and_metrics(server):
     assert 'modelmix_requests_total{outcome="ok",strategy="direct"}' in text and "modelmix_route_seconds" in text
 
 
+def test_onnx_encoder_classifies_in_the_request_thread_and_torch_in_the_engine(server):
+    """The default ONNX Runtime encoder classifies beside the engine (it holds the GIL for one call only); a
+    torch encoder goes through the engine's batches. Both give the same distribution."""
+    _, service, _ = server
+    enc = service.router.encoder
+    assert enc.runtime is not None
+    before = service.engine.classify_batches
+    fast = service.decide("router", "what is 4 + 4")
+    assert service.engine.classify_batches == before
+    runtime, enc.runtime = enc.runtime, None
+    try:
+        slow = service.decide("router", "what is 4 + 4")
+    finally:
+        enc.runtime = runtime
+    assert service.engine.classify_batches == before + 1
+    assert fast.classification.top[0] == slow.classification.top[0] == "arithmetic"
+    assert max(abs(fast.classification.distribution[k] - slow.classification.distribution[k])
+               for k in fast.classification.distribution) < 1e-5
+
+
 def test_routed_completion_answers_with_the_expert_in_its_convention(server):
     """A zoo model answers a zoo-format prompt: its prompt convention comes from the model directory."""
     from modelmix.eval.metrics import generate_greedy

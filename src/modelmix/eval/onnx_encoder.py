@@ -148,10 +148,12 @@ def build_graph(model: Any, pooling: str) -> Any:
 class OnnxEncoder:
     """``em``'s encoder as an ONNX Runtime session; :meth:`embed` equals ``metrics.embed`` on the torch model.
 
-    ``threads``: ONNX Runtime intra-op threads (default: ``em.num_threads``, else torch's count). The
-    session holds its own copy of the weights (the torch model can be dropped by the caller)."""
+    ``threads``: ONNX Runtime intra-op threads per call. One by default: a server runs several calls at
+    once from its request threads, and on 2 cores under 32 clients one thread per call served 61-68
+    answers/s against 48/s with two (alone, one query takes 5.2 ms with one thread, 3.4 ms with two).
+    ``run`` is thread-safe. The session holds its own copy of the weights."""
 
-    def __init__(self, em: Any, *, threads: int | None = None) -> None:
+    def __init__(self, em: Any, *, threads: int = 1) -> None:
         import onnxruntime as ort
 
         why = unsupported(em)
@@ -162,7 +164,7 @@ class OnnxEncoder:
         self.pooling = em.pooling
         self.hidden = int(em.model.config.hidden_size)
         so = ort.SessionOptions()
-        so.intra_op_num_threads = int(threads or em.num_threads or torch.get_num_threads())
+        so.intra_op_num_threads = int(threads)
         so.inter_op_num_threads = 1
         so.log_severity_level = 3
         # idle intra-op threads sleep instead of spinning: the server's other threads need the cores

@@ -9,8 +9,10 @@ Here every forward pass (the encoder's and every model's) runs in this thread, s
   arrives while it decodes is prefilled and joins it at the next step (its KV cache left-padded to the
   batch's length), and a finished row leaves at once. One forward per step serves every request on that
   model, so throughput grows with load instead of the queue;
-* **classification comes first**: queries waiting to be classified are embedded in one batch before every
-  generation step, so a query waits for at most one forward pass, never for whole answers;
+* **classification comes first** (with a torch encoder): queries waiting to be classified are embedded in
+  one batch before every generation step, so a query waits for at most one forward pass, never for whole
+  answers. An ONNX Runtime encoder (the default, ``encoder_runtime``) gives the GIL back once per forward,
+  so the server classifies in the request thread instead, in parallel with generation;
 * request threads only tokenize, wait on a :class:`Stream` and write HTTP.
 
 Rows decode greedily, exactly as :func:`modelmix.router.backends.mixed_generate` does for one model; a batch
