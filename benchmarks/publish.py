@@ -50,7 +50,7 @@ def span(xs: list[float], nd: int = 1, unit: str = "") -> str:
 def provenance(report: dict[str, Any], name: str) -> str:
     b = report["benchmarks"][name]
     loads = [b["loadavg_before"][0], b["loadavg_after"][0], *_run_loads(b.get("data"))]
-    m = report["machine"]
+    m = b.get("machine") or report["machine"]  # a benchmark rerun --into an older file records its own machine
     others = "; no other process was using CPU when it started" if not b.get("busy_before") else (
         f"; also running: {len(b['busy_before'])} other process(es), listed in the results file")
     date, commit = b.get("date", report["date"]), b.get("commit", report["commit"])

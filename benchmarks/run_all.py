@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
                                  "commit": git("rev-parse", "--short", "HEAD"),
                                  "dirty": bool(git("status", "--porcelain", "--untracked-files=no")), "cmd": [Path(c).name if c == PY else os.path.relpath(c, ROOT) if c.startswith(str(ROOT))
                                          else c for c in cmd],
-                                 "loadavg_before": loadavg(), "busy_before": busy_processes()}
+                                 "loadavg_before": loadavg(), "busy_before": busy_processes(), "machine": machine()}
         print(f"[bench] {name}: {' '.join(entry['cmd'])} (load {entry['loadavg_before'][0]})", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
         log = tmp / f"{name}.log"
