@@ -266,7 +266,12 @@ def intent(report: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|", *rows, "",
         "modelmix classifies through its default ONNX Runtime encoder (`encoder_runtime: auto`); the torch "
         "runtime's latency is in brackets. \"Best possible\" is the ECE of the temperature and none bias fitted "
-        "on the test queries themselves: no calibration of this classifier can do better on that set."])
+        "on the test queries themselves: no calibration of this classifier can do better on that set."
+        + ("" if "contended" not in d else
+           f" While another thread of the process runs Python (as a server's threads do), one query takes "
+           f"{d['contended']['onnx_p50_ms']:.1f} ms (p50) with the ONNX Runtime encoder and "
+           f"{d['contended']['torch_p50_ms']:.0f} ms with torch, whose ~700 operator calls each give the GIL "
+           "back and wait for it again.")])
 
 
 def feedback(report: dict[str, Any]) -> str:
