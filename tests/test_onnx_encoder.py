@@ -40,6 +40,20 @@ def test_onnx_embeddings_equal_torch(minilm, pooling):
     assert (embed(em, TEXTS, batch_size=2) - want).abs().max() < 1e-5
 
 
+def test_concurrent_calls_give_the_single_thread_vectors(minilm):
+    """The server classifies in its request threads, several at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    em = copy.copy(minilm)
+    em.runtime = OnnxEncoder(em)
+    want = embed(em, TEXTS)
+    jobs = [TEXTS[i % len(TEXTS)] for i in range(80)]
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda t: embed(em, [t])[0], jobs))
+    for i, g in enumerate(got):
+        assert (g - want[i % len(TEXTS)]).abs().max() < 1e-5
+
+
 def test_unsupported_architectures_are_named(minilm):
     em = copy.copy(minilm)
     em.model = copy.deepcopy(minilm.model)

@@ -18,6 +18,7 @@ GELU) are refused with the reason, and callers keep the torch forward for them.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -151,7 +152,8 @@ class OnnxEncoder:
     ``threads``: ONNX Runtime intra-op threads per call. One by default: a server runs several calls at
     once from its request threads, and on 2 cores under 32 clients one thread per call served 61-68
     answers/s against 48/s with two (alone, one query takes 5.2 ms with one thread, 3.4 ms with two).
-    ``run`` is thread-safe. The session holds its own copy of the weights."""
+    :meth:`embed` may be called from several threads at once (``run`` is thread-safe; tokenising takes a
+    lock). The session holds its own copy of the weights."""
 
     def __init__(self, em: Any, *, threads: int = 1) -> None:
         import onnxruntime as ort
@@ -172,12 +174,14 @@ class OnnxEncoder:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         proto = build_graph(em.model, em.pooling)
         self.session = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        self._tok_lock = threading.Lock()
 
     def embed(self, texts: Sequence[str], *, batch_size: int | None = None) -> torch.Tensor:
         """L2-normalised embeddings (float32, CPU) of ``texts``: batches of similar lengths, one run each."""
         from modelmix.eval.metrics import _batches
 
-        enc = self.tokenizer(list(texts), truncation=True, max_length=self.max_seq_length)["input_ids"]
+        with self._tok_lock:  # a fast tokenizer mutates its Rust state when settings change: one caller at a time
+            enc = self.tokenizer(list(texts), truncation=True, max_length=self.max_seq_length)["input_ids"]
         lengths = [len(x) for x in enc]
         out = np.zeros((len(texts), self.hidden), dtype=np.float32)
         pad = self.tokenizer.pad_token_id
