@@ -28,6 +28,7 @@ _LAZY = {
     "import-gguf": ("modelmix.gguf_cli", "import_gguf", "Convert a llama-family GGUF file into a Hugging Face model directory."),
     "serve": ("modelmix.router.cli", "serve_cmd", "Serve the router as an OpenAI-compatible endpoint (FastAPI + uvicorn)."),
     "route": ("modelmix.router.cli", "route", "Router: classify queries over routes (a calibrated distribution) and evaluate it."),
+    "agent": ("modelmix.agent.cli", "agent", "Merge agent: choose candidates and a merge recipe on your examples, confirm on held-out ones."),
 }
 
 

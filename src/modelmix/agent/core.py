@@ -1,0 +1,421 @@
+"""The merge agent: perceive, select, search, decide, act, remember (see docs/agent.md).
+
+1. **Perceive.** Every candidate (and the base) alone on every task's dev part and on the general rows; the
+   task vectors' norms, cosines and sign conflicts (``modelmix.analysis``).
+2. **Select.** Drop a candidate that beats the base on no task (it can only dilute), and the weaker of two
+   near-duplicates (task vectors with cosine >= 0.9 and dev scores within 0.05 on every task); flag
+   conflicting pairs. Every decision is kept with the numbers behind it.
+3. **Search.** Optuna's TPE over :mod:`modelmix.agent.space`, seeded, warm-started with the proposals the
+   analysis suggests (uniform soup, task arithmetic at 0.5, TIES with a density from the measured conflict
+   rate, DARE-TIES at its paper defaults). Two fidelities: every trial is scored on the first few dev rows of
+   each task; trials below the median of that score are pruned, the rest are scored on the whole dev part.
+4. **Decide.** The best few by dev objective, the uniform soup, the base and each selected candidate are
+   scored on the held-out part, never used in the search; the merge with the best held-out objective wins.
+   Routing is estimated as the held-out score of the best candidate per task (an oracle router); when it
+   beats the best merge by more than ``route_margin`` on task mean, the agent recommends routing and writes a
+   router config beside the model.
+5. **Act.** The chosen recipe through the streaming engine into the output directory, its mergekit YAML
+   (``recipe.yml``), and the report (``agent_report.json`` / ``.md``).
+6. **Remember.** Every evaluation in the trial store, committed as it is made; a rerun resumes.
+
+The objective of a merge is the weighted mean of its task scores, minus 10 x the share by which its general
+loss exceeds the base's beyond ``general_tolerance`` (so a merge that forgets general ability loses to any
+merge that keeps it, whatever its task scores).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from modelmix.agent.space import Recipe, suggest, trial_params
+from modelmix.agent.spec import AgentSpec
+from modelmix.agent.store import TrialStore
+from modelmix.errors import InputError
+
+#: a candidate must beat the base on some task by more than this (dev exact match) to be kept
+HELP_MARGIN = 0.02
+#: near-duplicates: task-vector cosine at least this and every dev task score within DUP_SCORES
+DUP_COSINE, DUP_SCORES = 0.9, 0.05
+#: pairs flagged as conflicting: cosine below this, or sign conflicts in the shared top-k above CONFLICT_RATE
+CONFLICT_COSINE, CONFLICT_RATE = 0.0, 0.4
+#: how many of the best dev recipes are confirmed on the held-out part
+SHORTLIST = 3
+PENALTY = 10.0
+
+
+@dataclass
+class Evaluation:
+    scores: dict[str, float]
+    general: float | None
+    objective: float
+    seconds: float
+    cached: bool = False
+
+
+@dataclass
+class AgentResult:
+    run: str
+    chosen: Recipe
+    holdout: dict[str, Any]
+    report: dict[str, Any]
+    out: Path | None
+    recommend_routing: bool
+    trials: int = 0
+    pruned: int = 0
+    evaluations: int = 0
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Agent:
+    def __init__(self, spec: AgentSpec, store: TrialStore, *, device: str = "cpu", route_margin: float = 0.05,
+                 log: Callable[[str], None] | None = None) -> None:
+        self.spec, self.store, self.device, self.route_margin = spec, store, device, route_margin
+        self.log = log or (lambda s: None)
+        self.run_id = spec.fingerprint()
+        self.evaluations = 0  # evaluations actually computed (not read from the store)
+        self.eval_seconds: list[float] = []
+
+    # ------------------------------------------------------------------ evaluation
+    def _score(self, em: Any, fidelity: str) -> tuple[dict[str, float], float | None]:
+        from modelmix.eval import metrics as M
+
+        scores: dict[str, float] = {}
+        for t in self.spec.tasks:
+            rows = {"low": t.dev[: self.spec.low_examples], "dev": t.dev, "holdout": t.holdout}[fidelity]
+            if t.metric == "exact_match":
+                scores[t.name] = M.exact_match(em, rows)["exact_match"]
+            else:
+                scores[t.name] = M.choice(em, rows)["accuracy"]
+        general = None
+        if self.spec.general_rows:
+            rows = self.spec.general_rows if fidelity != "low" else self.spec.general_rows[: 4 * self.spec.low_examples]
+            general = M.loss(em, rows, reduction="token")["loss"]
+        return scores, general
+
+    def objective(self, scores: dict[str, float], general: float | None, base_general: float | None) -> float:
+        w = sum(t.weight for t in self.spec.tasks)
+        mean = sum(t.weight * scores[t.name] for t in self.spec.tasks) / w
+        if general is None or base_general is None or not math.isfinite(general):
+            return mean if general is None or math.isfinite(general) else -PENALTY
+        excess = general / base_general - 1 - self.spec.general_tolerance
+        return mean - PENALTY * max(0.0, excess)
+
+    def evaluate(self, c: Any, em: Any, recipe: Recipe, fidelity: str, base_general: dict[str, float | None]) -> Evaluation:
+        """Scores of ``recipe`` at ``fidelity``, from the store when this run measured it before."""
+        key = recipe.key()
+        hit = self.store.get(self.run_id, key, fidelity)
+        if hit is not None:
+            s = hit["scores"]
+            return Evaluation(s["tasks"], s["general"], hit["objective"], hit["seconds"], cached=True)
+        t0 = time.perf_counter()
+        if recipe.method == "single":
+            c.load(em, self._index[recipe.models[0]] if recipe.models[0] != "base" else "base")
+        else:
+            c.merge_into(em, recipe.method, **recipe.merge_kwargs(self._index))
+        scores, general = self._score(em, fidelity)
+        seconds = time.perf_counter() - t0
+        obj = self.objective(scores, general, base_general.get(fidelity))
+        self.store.put(self.run_id, key, fidelity, recipe.to_dict(), {"tasks": scores, "general": general},
+                       obj, seconds, self.spec.seed)
+        self.evaluations += 1
+        self.eval_seconds.append(seconds)
+        return Evaluation(scores, general, obj, seconds)
+
+    # ------------------------------------------------------------------ the run
+    def run(self, out: Path | None = None, *, overwrite: bool = False) -> AgentResult:
+        from modelmix.candidates import Candidates
+
+        t_start = time.perf_counter()
+        spec = self.spec
+        models = [str(m) for m in spec.models]
+        self._index = {m: i for i, m in enumerate(models)}
+        if out is not None:
+            from modelmix.io.outputs import check_output_dir
+
+            out = check_output_dir(out, overwrite=overwrite, inputs=[("base model", spec.base), *[
+                ("candidate model", m) for m in spec.models], *[("task examples", t.path) for t in spec.tasks]])
+        self.store.start_run(self.run_id, {"base": str(spec.base), "models": models,
+                                           "tasks": {t.name: str(t.path) for t in spec.tasks},
+                                           "seed": spec.seed, "budget": spec.budget})
+        try:
+            c = Candidates(models, base=spec.base, purpose="The agent merging these models")
+        except InputError as e:
+            raise InputError(f"{e} These candidates cannot be merged in weight space; route between them instead "
+                             "(`modelmix serve` with a router config: docs/router.md).") from None
+        with c:
+            em = c.skeleton(self.device)
+            report: dict[str, Any] = {"run": self.run_id, "split": self._split_report()}
+            base_general: dict[str, float | None] = {}
+            matrix = self._perceive(c, em, models, base_general, report)
+            selected = self._select(models, matrix, report)
+            best, study = self._search(c, em, selected, base_general, report)
+            chosen, holdout, routing = self._decide(c, em, models, selected, best, base_general, report)
+        report["seconds"] = time.perf_counter() - t_start
+        report["evaluations"] = {"computed": self.evaluations, "per_candidate_s": _mean(self.eval_seconds)}
+        if out is not None:
+            self._act(chosen, out, overwrite, report, routing)
+        self.store.finish_run(self.run_id, {"chosen": chosen.to_dict(), "holdout": holdout,
+                                            "recommend_routing": routing is not None})
+        return AgentResult(self.run_id, chosen, holdout, report, out, routing is not None,
+                           trials=report["search"]["trials"], pruned=report["search"]["pruned"],
+                           evaluations=self.evaluations, seconds=report["seconds"])
+
+    def _split_report(self) -> dict[str, Any]:
+        return {t.name: {"dev": len(t.dev), "holdout": len(t.holdout), "low": min(self.spec.low_examples, len(t.dev)),
+                         "metric": t.metric, "weight": t.weight, "file": str(t.path)} for t in self.spec.tasks}
+
+    # 1. perceive ------------------------------------------------------
+    def _perceive(self, c: Any, em: Any, models: list[str], base_general: dict[str, float | None],
+                  report: dict[str, Any]) -> dict[str, Evaluation]:
+        from modelmix.analysis import analyze
+
+        self.log(f"perceive: {len(models)} candidates and the base on {len(self.spec.tasks)} task(s)")
+        for fid in ("low", "dev", "holdout"):  # the base's general loss at each fidelity, the constraint's anchor
+            ev = self.evaluate(c, em, Recipe("single", ("base",)), fid, {})
+            base_general[fid] = ev.general
+        matrix = {m: self.evaluate(c, em, Recipe("single", (m,)), "dev", base_general) for m in models}
+        matrix["base"] = self.evaluate(c, em, Recipe("single", ("base",)), "dev", base_general)
+        a = analyze(self.spec.base, [Path(m) for m in models], workers=1)
+        names = [d["name"] for d in a.data["models"]]
+        by_name = dict(zip(names, models, strict=True))
+        pairs = [{**p, "a": by_name[p["a"]], "b": by_name[p["b"]]} for p in a.data["pairs"]]
+        self._pairs = pairs
+        report["matrix"] = {m: {"scores": e.scores, "general": e.general, "objective": e.objective}
+                            for m, e in matrix.items()}
+        report["task_vectors"] = {"norms": {by_name[d["name"]]: d["norm"] for d in a.data["models"]},
+                                  "pairs": [{k: p[k] for k in ("a", "b", "cosine", "conflict_rate", "jaccard")}
+                                            for p in pairs]}
+        return matrix
+
+    # 2. select --------------------------------------------------------
+    def _select(self, models: list[str], matrix: dict[str, Evaluation], report: dict[str, Any]) -> list[str]:
+        base = matrix["base"].scores
+        decisions: list[dict[str, Any]] = []
+        keep = []
+        for m in models:
+            gains = {t: matrix[m].scores[t] - base[t] for t in base}
+            helped = [t for t, g in gains.items() if g > HELP_MARGIN]
+            if helped:
+                keep.append(m)
+            else:
+                decisions.append({"model": m, "action": "drop", "why": (
+                    f"{Path(m).name} beats the base on no task by more than {HELP_MARGIN:.2f} (dev gains: "
+                    + ", ".join(f"{t} {g:+.2f}" for t, g in gains.items()) + "); merged in, it can only dilute.")})
+        for p in sorted(self._pairs, key=lambda p: -(p["cosine"] or 0)):
+            a, b = p["a"], p["b"]
+            if a not in keep or b not in keep or p["cosine"] is None:
+                continue
+            diff = max(abs(matrix[a].scores[t] - matrix[b].scores[t]) for t in base)
+            if p["cosine"] >= DUP_COSINE and diff <= DUP_SCORES:
+                weaker = a if matrix[a].objective < matrix[b].objective else b
+                other = b if weaker == a else a
+                keep.remove(weaker)
+                decisions.append({"model": weaker, "action": "drop", "why": (
+                    f"{Path(weaker).name} duplicates {Path(other).name}: task-vector cosine {p['cosine']:.2f}, dev "
+                    f"scores within {diff:.2f} on every task; {Path(other).name} scores higher "
+                    f"({matrix[other].objective:.3f} vs {matrix[weaker].objective:.3f}).")})
+        conflicts = []
+        for p in self._pairs:
+            if p["a"] in keep and p["b"] in keep and p["cosine"] is not None and (
+                    p["cosine"] < CONFLICT_COSINE or (p["conflict_rate"] or 0) > CONFLICT_RATE):
+                conflicts.append(p)
+                decisions.append({"model": f"{p['a']} + {p['b']}", "action": "flag", "why": (
+                    f"{Path(p['a']).name} and {Path(p['b']).name} conflict: cosine {p['cosine']:.2f}, sign "
+                    f"conflicts on {100 * (p['conflict_rate'] or 0):.0f} % of their shared top weights; TIES-style "
+                    "sign election is proposed first.")})
+        if not keep:  # nothing beats the base: keep the best candidate so there is still something to tune
+            best = max(models, key=lambda m: matrix[m].objective)
+            keep = [best]
+            decisions.append({"model": best, "action": "keep", "why": (
+                f"no candidate beats the base on any task; {Path(best).name} is kept as the best of them "
+                f"(objective {matrix[best].objective:.3f} vs the base's {matrix['base'].objective:.3f}).")})
+        for m in keep:
+            helped = [t for t in base if matrix[m].scores[t] - base[t] > HELP_MARGIN]
+            if helped:
+                decisions.append({"model": m, "action": "keep", "why": f"{Path(m).name} helps on " + ", ".join(
+                    f"{t} ({matrix[m].scores[t]:.2f} vs base {base[t]:.2f})" for t in helped) + "."})
+        report["selection"] = {"kept": keep, "decisions": decisions, "conflicts": len(conflicts)}
+        self.log(f"select: kept {len(keep)} of {len(models)}: " + ", ".join(Path(m).name for m in keep))
+        self._conflict_rate = _mean([p["conflict_rate"] or 0.0 for p in self._pairs
+                                     if p["a"] in keep and p["b"] in keep]) if len(keep) > 1 else 0.0
+        return keep
+
+    # 3. search --------------------------------------------------------
+    def proposals(self, keep: list[str]) -> list[Recipe]:
+        """Analysis-driven starting points (enqueued before TPE samples on its own)."""
+        from modelmix.methods import get_method
+
+        n, s = len(keep), self.spec.seed
+        ones = tuple(1.0 for _ in keep)
+        density = min(0.9, max(0.1, 1.0 - 2.0 * self._conflict_rate))  # more conflict: keep fewer weights
+        out = [Recipe("linear", tuple(keep), {}, {"weight": ones}, s),
+               Recipe("task_arithmetic", tuple(keep), {"lambda": 0.5}, {"weight": ones}, s),
+               Recipe("ties", tuple(keep), {}, {"weight": ones, "density": tuple(density for _ in keep)}, s),
+               Recipe("dare_ties", tuple(keep), {"lambda": round(1.0 / max(1, n) ** 0.5, 3)},
+                      {"weight": ones, "density": tuple(0.5 for _ in keep)}, s)]
+        return [r for r in out if r.method in self.methods(keep) and n >= get_method(r.method).min_models]
+
+    def methods(self, keep: list[str]) -> list[str]:
+        from modelmix.methods import get_method
+
+        out = []
+        for name in self.spec.methods:
+            m = get_method(name)
+            if m.min_models <= len(keep) and (m.max_models is None or len(keep) <= m.max_models):
+                out.append(name)
+        return out
+
+    def _search(self, c: Any, em: Any, keep: list[str], base_general: dict[str, float | None],
+                report: dict[str, Any]) -> tuple[list[tuple[float, Recipe]], Any]:
+        import optuna
+
+        import warnings
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        methods = self.methods(keep)
+        sampler = optuna.samplers.TPESampler(seed=self.spec.seed, multivariate=True, group=True,
+                                             n_startup_trials=min(10, max(1, self.spec.budget // 4)))
+        pruner = optuna.pruners.PercentilePruner(50.0, n_startup_trials=5, n_warmup_steps=0)
+        study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
+        for r in self.proposals(keep):
+            study.enqueue_trial(trial_params(r, keep), skip_if_exists=True)
+        dev: list[tuple[float, Recipe]] = []
+        trajectory: list[dict[str, Any]] = []
+
+        def objective(trial: Any) -> float:
+            r = suggest(trial, keep, methods, self.spec.seed)
+            low = self.evaluate(c, em, r, "low", base_general)
+            trial.report(low.objective, 0)
+            if trial.should_prune():
+                trajectory.append({"trial": trial.number, "recipe": r.describe(), "low": low.objective,
+                                   "dev": None})
+                raise optuna.TrialPruned()
+            full = self.evaluate(c, em, r, "dev", base_general)
+            dev.append((full.objective, r))
+            trajectory.append({"trial": trial.number, "recipe": r.describe(), "low": low.objective,
+                               "dev": full.objective, "general": full.general, "scores": full.scores})
+            return full.objective
+
+        self.log(f"search: {self.spec.budget} trials over {', '.join(methods)}")
+        study.optimize(objective, n_trials=self.spec.budget, catch=())
+        dev.sort(key=lambda x: -x[0])
+        states = optuna.trial.TrialState
+        ran = [t for t in study.trials if t.state in (states.COMPLETE, states.PRUNED)]  # not the enqueued-only
+        pruned = sum(t.state == states.PRUNED for t in ran)
+        report["search"] = {"methods": methods, "trials": len(ran), "pruned": pruned,
+                            "trajectory": trajectory, "proposals": [r.describe() for r in self.proposals(keep)],
+                            "best_dev": [{"objective": o, "recipe": r.describe()} for o, r in dev[:SHORTLIST]],
+                            "pareto": _pareto([t for t in trajectory if t["dev"] is not None])}
+        return dev, study
+
+    # 4. decide --------------------------------------------------------
+    def _decide(self, c: Any, em: Any, models: list[str], keep: list[str], dev: list[tuple[float, Recipe]],
+                base_general: dict[str, float | None], report: dict[str, Any]) -> tuple[Recipe, dict[str, Any], Any]:
+        short: list[Recipe] = []
+        for _, r in dev:
+            if r.key() not in {x.key() for x in short}:
+                short.append(r)
+            if len(short) == SHORTLIST:
+                break
+        soup = Recipe("linear", tuple(keep), {}, {"weight": tuple(1.0 for _ in keep)}, self.spec.seed)
+        if soup.key() not in {x.key() for x in short}:
+            short.append(soup)
+        rows: list[dict[str, Any]] = []
+        for r in short:
+            e = self.evaluate(c, em, r, "holdout", base_general)
+            rows.append({"kind": "merge", "recipe": r, "eval": e})
+        singles = {m: self.evaluate(c, em, Recipe("single", (m,)), "holdout", base_general) for m in models}
+        base_e = self.evaluate(c, em, Recipe("single", ("base",)), "holdout", base_general)
+        merges = [x for x in rows if x["kind"] == "merge"]
+        win = max(merges, key=lambda x: x["eval"].objective)
+        chosen: Recipe = win["recipe"]
+        tasks = self.spec.tasks
+        w = sum(t.weight for t in tasks)
+        oracle = {t.name: max(singles, key=lambda m: singles[m].scores[t.name]) for t in tasks}
+        route_mean = sum(t.weight * singles[oracle[t.name]].scores[t.name] for t in tasks) / w
+        merge_mean = sum(t.weight * win["eval"].scores[t.name] for t in tasks) / w
+        best_single = max(singles, key=lambda m: singles[m].objective)
+        routing = None
+        if route_mean - merge_mean > self.route_margin:
+            routing = {"routes": oracle, "route_mean": route_mean, "merge_mean": merge_mean}
+        holdout = {"chosen": chosen.describe(), "objective": win["eval"].objective, "scores": win["eval"].scores,
+                   "general": win["eval"].general, "base": {"scores": base_e.scores, "general": base_e.general,
+                                                            "objective": base_e.objective},
+                   "singles": {m: {"scores": e.scores, "general": e.general, "objective": e.objective}
+                               for m, e in singles.items()},
+                   "shortlist": [{"recipe": x["recipe"].describe(), "objective": x["eval"].objective,
+                                  "scores": x["eval"].scores, "general": x["eval"].general} for x in merges],
+                   "uniform_soup": soup.describe(), "best_single": best_single,
+                   "routing_estimate": route_mean, "merge_task_mean": merge_mean}
+        report["holdout"] = holdout
+        report["decision"] = _decision_text(chosen, win["eval"], singles[best_single], best_single, base_e, route_mean,
+                                            merge_mean, routing, self.route_margin, self.spec.general_tolerance)
+        report["chosen"] = chosen.to_dict()
+        self.log(f"decide: {len(short)} recipes and {len(models) + 1} single models on the held-out part")
+        return chosen, holdout, routing
+
+    # 5. act -----------------------------------------------------------
+    def _act(self, chosen: Recipe, out: Path, overwrite: bool, report: dict[str, Any], routing: Any) -> None:
+        import yaml
+
+        from modelmix.agent.report import write_report
+        from modelmix.api import merge
+        from modelmix.config import load_config
+
+        cfg = load_config(chosen.to_mergekit(self.spec.base))
+        protect = [("examples", t.path) for t in self.spec.tasks]
+        merge(cfg, out, overwrite=overwrite, protect=protect)
+        (out / "recipe.yml").write_text(cfg.to_yaml())
+        if routing is not None:
+            router = {"models": {Path(m).name: {"path": str(m)} for m in set(routing["routes"].values())},
+                      "routes": [{"name": t.name, "models": [Path(routing["routes"][t.name]).name],
+                                  "utterances": [r["input"] for r in t.dev[:10]]} for t in self.spec.tasks],
+                      "feedback": {"store": "router.db"}}
+            (out / "router.yml").write_text(yaml.safe_dump(router, sort_keys=False))
+            report["router_config"] = str(out / "router.yml")
+        write_report(report, out)
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else 0.0
+
+
+def _pareto(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Trials no other trial beats on both task mean (higher) and general loss (lower)."""
+    pts = [p for p in points if p.get("general") is not None]
+    front = []
+    for p in pts:
+        pm = sum(p["scores"].values()) / len(p["scores"])
+        dominated = False
+        for q in pts:
+            qm = sum(q["scores"].values()) / len(q["scores"])
+            if q is not p and qm >= pm and q["general"] <= p["general"] and (qm > pm or q["general"] < p["general"]):
+                dominated = True
+                break
+        if not dominated:
+            front.append({"trial": p["trial"], "recipe": p["recipe"], "task_mean": pm, "general": p["general"]})
+    return sorted(front, key=lambda p: -p["task_mean"])
+
+
+def _decision_text(chosen: Recipe, e: Evaluation, single: Evaluation, single_name: str, base: Evaluation,
+                   route_mean: float, merge_mean: float, routing: Any, margin: float, tol: float) -> str:
+    s = (f"Chose {chosen.describe()}: held-out objective {e.objective:.3f} (task mean {merge_mean:.3f}"
+         + (f", general loss {e.general:.3f} vs the base's {base.general:.3f}" if e.general is not None
+            and base.general is not None else "") + f"), against {single.objective:.3f} for the best single "
+         f"candidate ({Path(single_name).name}) and {base.objective:.3f} for the base.")
+    if routing is not None:
+        s += (f" Routing would do better: sending each task to its best candidate scores {route_mean:.3f} on the "
+              f"held-out part against the merge's {merge_mean:.3f} (more than {margin:.2f} apart), so the agent "
+              "recommends routing and wrote router.yml beside the model.")
+    else:
+        s += (f" Routing each task to its best candidate would score {route_mean:.3f}, within {margin:.2f} of the "
+              "merge, so one merged model is the better deal.")
+    return s
+

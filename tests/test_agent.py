@@ -1,0 +1,186 @@
+"""The merge agent on the test zoo: the whole run, what it writes, resuming, selection, and bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from conftest import run_cli
+from modelmix.agent import Agent, Recipe, TrialStore, load_spec, parse_task
+from modelmix.errors import ConfigError, DataError, InputError, OutputError
+
+pytest.importorskip("optuna")
+
+TASKS = ("addition", "reverse")
+
+
+def _spec(zoo: Path, models=None, budget: int = 6, **kw):
+    models = models or [zoo / "experts" / t for t in TASKS]
+    tasks = [(t, zoo / "tasks" / t / "validation.jsonl", "exact_match", 1.0) for t in TASKS]
+    return load_spec(zoo / "base", models, tasks, general=zoo / "tasks" / "general" / "validation.jsonl",
+                     budget=budget, seed=0, low_examples=4, **kw)
+
+
+@pytest.fixture(scope="module")
+def first_run(zoo_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("agent")
+    with TrialStore(tmp / "agent.db") as store:
+        res = Agent(_spec(zoo_dir), store).run(tmp / "out")
+    return tmp, res
+
+
+def test_run_writes_the_model_its_recipe_and_a_report(first_run, zoo_dir, tmp_path):
+    tmp, res = first_run
+    out = tmp / "out"
+    for f in ("model.safetensors", "config.json", "recipe.yml", "agent_report.json", "agent_report.md"):
+        assert (out / f).is_file(), f
+    # the recipe, merged by `modelmix merge`, is the model the agent wrote, bit for bit
+    code, _, err = run_cli("merge", str(out / "recipe.yml"), str(tmp_path / "again"))
+    assert code == 0, err
+    a, b = load_file(out / "model.safetensors"), load_file(tmp_path / "again" / "model.safetensors")
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    rep = json.loads((out / "agent_report.json").read_text())
+    assert rep["chosen"] == res.chosen.to_dict() and rep["decision"].startswith("Chose ")
+    assert set(rep["matrix"]) == {*map(str, [zoo_dir / "experts" / t for t in TASKS]), "base"}
+    assert rep["search"]["trials"] == 6 and len(rep["task_vectors"]["pairs"]) == 1
+    md = (out / "agent_report.md").read_text()
+    assert "## Held-out part" in md and "## Selection" in md and "Routing estimate" in md
+    # the choice is the shortlist's best on the held-out part
+    best = max(rep["holdout"]["shortlist"], key=lambda x: x["objective"])
+    assert best["recipe"] == rep["holdout"]["chosen"]
+
+
+def test_the_search_never_scores_the_held_out_part(first_run, zoo_dir):
+    tmp, res = first_run
+    spec = _spec(zoo_dir)
+    from collections import Counter
+
+    from modelmix.eval.data import load_examples
+
+    for t in spec.tasks:  # every row of the file in exactly one part (the file may repeat a row)
+        key = lambda rows: Counter(json.dumps(r, sort_keys=True) for r in rows)  # noqa: E731
+        assert key(t.dev) + key(t.holdout) == key(load_examples(t.path)) and len(t.holdout) >= 2
+    with TrialStore(tmp / "agent.db") as store:
+        rows = store.history(res.run)
+    held = [r for r in rows if r["fidelity"] == "holdout"]
+    searched = {r["recipe_hash"] for r in rows if r["fidelity"] in ("low", "dev") and r["recipe"]["method"] != "single"}
+    held_merges = [r for r in held if r["recipe"]["method"] != "single"]
+    assert 1 <= len(held_merges) <= 4  # the shortlist and the uniform soup only
+    assert all(r["recipe_hash"] in searched or r["recipe"]["method"] == "linear" for r in held_merges)
+
+
+def test_rerun_resumes_without_evaluating_again_and_a_seed_reproduces_the_choice(first_run, zoo_dir, tmp_path):
+    tmp, res = first_run
+    with TrialStore(tmp / "agent.db") as store:
+        again = Agent(_spec(zoo_dir), store).run(None)
+    assert again.evaluations == 0 and again.chosen.key() == res.chosen.key()
+    with TrialStore(tmp_path / "fresh.db") as store:
+        fresh = Agent(_spec(zoo_dir), store).run(None)
+    assert fresh.evaluations > 0 and fresh.chosen.key() == res.chosen.key()
+
+
+def test_interrupted_search_keeps_what_it_measured(zoo_dir, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = Agent.evaluate
+
+    def flaky(self, *a, **k):
+        ev = real(self, *a, **k)
+        calls["n"] += 0 if ev.cached else 1
+        if calls["n"] == 12:
+            raise KeyboardInterrupt
+        return ev
+
+    monkeypatch.setattr(Agent, "evaluate", flaky)
+    with TrialStore(tmp_path / "a.db") as store, pytest.raises(KeyboardInterrupt):
+        Agent(_spec(zoo_dir), store).run(None)
+    monkeypatch.setattr(Agent, "evaluate", real)
+    with TrialStore(tmp_path / "a.db") as store:
+        assert len(store.history()) == 12
+        resumed = Agent(_spec(zoo_dir), store).run(None)
+    with TrialStore(tmp_path / "b.db") as store:
+        whole = Agent(_spec(zoo_dir), store).run(None)
+    assert resumed.evaluations == whole.evaluations - 12 and resumed.chosen.key() == whole.chosen.key()
+
+
+def test_selection_drops_a_copy_of_the_base_and_a_duplicate(zoo_dir, tmp_path):
+    same = tmp_path / "base-copy"
+    shutil.copytree(zoo_dir / "base", same)
+    twin = tmp_path / "addition-twin"
+    shutil.copytree(zoo_dir / "experts" / "addition", twin)
+    models = [zoo_dir / "experts" / t for t in TASKS] + [same, twin]
+    with TrialStore(tmp_path / "s.db") as store:
+        res = Agent(_spec(zoo_dir, models=models, budget=2), store).run(None)
+    sel = res.report["selection"]
+    assert str(same) not in sel["kept"] and str(zoo_dir / "experts" / "reverse") in sel["kept"]
+    assert (str(twin) in sel["kept"]) != (str(zoo_dir / "experts" / "addition") in sel["kept"])
+    why = " ".join(d["why"] for d in sel["decisions"])
+    assert "beats the base on no task" in why and "duplicates" in why and "cosine 1.00" in why
+
+
+def test_recipe_round_trip_and_key():
+    r = Recipe("ties", ("/m/a", "/m/b"), {"lambda": 0.5}, {"weight": (1.0, 0.5), "density": (0.3, 0.3)}, 0)
+    assert Recipe.from_dict(r.to_dict()) == r and Recipe.from_dict(r.to_dict()).key() == r.key()
+    assert r.describe() == "ties(a, b; lambda=0.5; density=0.3; weight=[a:1, b:0.5])"
+    y = r.to_mergekit(Path("/m/base"))
+    assert y["base_model"] == "/m/base" and y["models"][1]["parameters"] == {"weight": 0.5, "density": 0.3}
+    assert "base_model" not in Recipe("linear", ("/m/a", "/m/b"), {}, {"weight": (1.0, 1.0)}).to_mergekit(Path("/b"))
+
+
+@pytest.mark.parametrize("arg,match", [
+    ("math", "expected NAME=PATH"), ("=x.jsonl", "needs a name"), ("m=x.jsonl:bleu", "metric 'bleu'"),
+    ("m=x.jsonl:exact_match:heavy", "weight 'heavy'"), ("m=x.jsonl:exact_match:0", "must be positive")])
+def test_task_argument_errors(arg, match):
+    with pytest.raises(ConfigError, match=match):
+        parse_task(arg)
+
+
+def test_bad_input_is_refused_before_any_work(zoo_dir, tmp_path):
+    z = zoo_dir
+    tasks = [("addition", z / "tasks" / "addition" / "validation.jsonl", "exact_match", 1.0)]
+    with pytest.raises(InputError, match="at least two models"):
+        load_spec(z / "base", [z / "experts" / "addition"], tasks)
+    with pytest.raises(ConfigError, match="--budget 0"):
+        load_spec(z / "base", [z / "experts" / "addition", z / "experts" / "reverse"], tasks, budget=0)
+    with pytest.raises(InputError, match="twice"):
+        load_spec(z / "base", [z / "experts" / "addition"] * 2, tasks)
+    with pytest.raises(InputError, match="does not exist"):
+        load_spec(z / "base", [z / "experts" / "addition", tmp_path / "nope"], tasks)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"input": "1+1=", "output": "2"}\n{"input": 3\n')
+    with pytest.raises(DataError, match="bad.jsonl:2"):
+        load_spec(z / "base", [z / "experts" / "addition", z / "experts" / "reverse"], [("t", bad, "exact_match", 1.0)])
+    few = tmp_path / "few.jsonl"
+    few.write_text('{"input": "1+1=", "output": "2"}\n' * 3)
+    with pytest.raises(DataError, match="at least 4"):
+        load_spec(z / "base", [z / "experts" / "addition", z / "experts" / "reverse"], [("t", few, "exact_match", 1.0)])
+    spec = _spec(z)
+    with TrialStore(tmp_path / "x.db") as store, pytest.raises(OutputError):
+        Agent(spec, store).run(z / "experts" / "addition", overwrite=True)  # the output on top of an input
+
+
+def test_incompatible_candidates_are_explained_with_routing_proposed(zoo_dir, tmp_path):
+    spec = _spec(zoo_dir, models=[zoo_dir / "experts" / "addition", zoo_dir / "embedders" / "base"])
+    with TrialStore(tmp_path / "x.db") as store, pytest.raises(InputError, match="route between them instead"):
+        Agent(spec, store).run(None)
+
+
+def test_cli_run_and_history(zoo_dir, tmp_path):
+    z = zoo_dir
+    args = ["agent", "run", "--base", str(z / "base"), "--models", str(z / "experts" / "addition"),
+            "--models", str(z / "experts" / "reverse"), "--tasks", f"addition={z / 'tasks/addition/validation.jsonl'}",
+            "--tasks", f"reverse={z / 'tasks/reverse/validation.jsonl'}", "--budget", "3",
+            "--db", str(tmp_path / "a.db"), "--out", str(tmp_path / "out"), "--json"]
+    code, out, err = run_cli(*args)
+    assert code == 0, err
+    res = json.loads(out.strip().splitlines()[-1])
+    assert res["trials"] == 3 and res["chosen"]["method"] and (tmp_path / "out" / "recipe.yml").is_file()
+    code, out, err = run_cli("agent", "history", "--db", str(tmp_path / "a.db"))
+    assert code == 0 and "holdout" in out and "dev" in out
+    code, _, err = run_cli(*args[:-3], "--out", str(tmp_path / "out"))  # exists, no --overwrite
+    assert code == 2 and "Traceback" not in err and err.startswith("error: ")
+    code, _, err = run_cli("agent", "history", "--db", str(tmp_path / "none.db"))
+    assert code == 2 and "no trial store" in err
