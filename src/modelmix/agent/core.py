@@ -273,9 +273,9 @@ class Agent:
 
     def _search(self, c: Any, em: Any, keep: list[str], base_general: dict[str, float | None],
                 report: dict[str, Any]) -> tuple[list[tuple[float, Recipe]], Any]:
-        import optuna
-
         import warnings
+
+        import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
