@@ -138,7 +138,9 @@ def test_markdown_and_png(run: dict[str, Any]) -> None:
         assert all(0.0 <= float(c) <= 100.0 for c in cells[1:-2])
         name = cells[0].strip("*")
         if name in run["json"]["normalized"]:
-            assert float(cells[-2]) == pytest.approx(run["json"]["normalized"][name], abs=0.005)
+            # the table shows 2 decimals of the value the JSON rounds to 3: half a unit apart at most (0.135 in
+            # the JSON can be 0.14 in the table), plus float error at exactly half
+            assert float(cells[-2]) == pytest.approx(run["json"]["normalized"][name], abs=0.005 + 1e-9)
         else:
             assert cells[-2] == ""
     assert "**What the table shows.** Best merge by task mean (ties: lower loss): **" in md

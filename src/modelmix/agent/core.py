@@ -74,8 +74,14 @@ class AgentResult:
 
 class Agent:
     def __init__(self, spec: AgentSpec, store: TrialStore, *, device: str = "cpu", route_margin: float = 0.05,
-                 log: Callable[[str], None] | None = None) -> None:
+                 sampler: str = "tpe", log: Callable[[str], None] | None = None) -> None:
+        """``sampler``: "tpe" (the agent) or "random" (plain random search over the same space, no warm
+        start, no pruning: the baseline the benchmark compares against)."""
+        if sampler not in ("tpe", "random"):
+            raise ValueError(f"sampler must be 'tpe' or 'random', got {sampler!r}")
         self.spec, self.store, self.device, self.route_margin = spec, store, device, route_margin
+        self.sampler = sampler
+        self.trial_rss: list[int] = []  # resident bytes after each trial (memory must stay flat)
         self.log = log or (lambda s: None)
         self.run_id = spec.fingerprint()
         self.evaluations = 0  # evaluations actually computed (not read from the store)
@@ -280,12 +286,16 @@ class Agent:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
         methods = self.methods(keep)
-        sampler = optuna.samplers.TPESampler(seed=self.spec.seed, multivariate=True, group=True,
-                                             n_startup_trials=min(10, max(1, self.spec.budget // 4)))
-        pruner = optuna.pruners.PercentilePruner(50.0, n_startup_trials=5, n_warmup_steps=0)
+        if self.sampler == "tpe":
+            sampler = optuna.samplers.TPESampler(seed=self.spec.seed, multivariate=True, group=True,
+                                                 n_startup_trials=min(10, max(1, self.spec.budget // 4)))
+            pruner: Any = optuna.pruners.PercentilePruner(50.0, n_startup_trials=5, n_warmup_steps=0)
+        else:
+            sampler, pruner = optuna.samplers.RandomSampler(seed=self.spec.seed), optuna.pruners.NopPruner()
         study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
-        for r in self.proposals(keep):
-            study.enqueue_trial(trial_params(r, keep), skip_if_exists=True)
+        if self.sampler == "tpe":
+            for r in self.proposals(keep):
+                study.enqueue_trial(trial_params(r, keep), skip_if_exists=True)
         dev: list[tuple[float, Recipe]] = []
         trajectory: list[dict[str, Any]] = []
 
@@ -298,18 +308,22 @@ class Agent:
                                    "dev": None})
                 raise optuna.TrialPruned()
             full = self.evaluate(c, em, r, "dev", base_general)
+            self.trial_rss.append(_rss())
             dev.append((full.objective, r))
             trajectory.append({"trial": trial.number, "recipe": r.describe(), "low": low.objective,
                                "dev": full.objective, "general": full.general, "scores": full.scores})
             return full.objective
 
         self.log(f"search: {self.spec.budget} trials over {', '.join(methods)}")
+        t0 = time.perf_counter()
         study.optimize(objective, n_trials=self.spec.budget, catch=())
+        search_seconds = time.perf_counter() - t0
         dev.sort(key=lambda x: -x[0])
         states = optuna.trial.TrialState
         ran = [t for t in study.trials if t.state in (states.COMPLETE, states.PRUNED)]  # not the enqueued-only
         pruned = sum(t.state == states.PRUNED for t in ran)
-        report["search"] = {"methods": methods, "trials": len(ran), "pruned": pruned,
+        report["search"] = {"methods": methods, "trials": len(ran), "pruned": pruned, "seconds": search_seconds,
+                            "sampler": self.sampler,
                             "trajectory": trajectory, "proposals": [r.describe() for r in self.proposals(keep)],
                             "best_dev": [{"objective": o, "recipe": r.describe()} for o, r in dev[:SHORTLIST]],
                             "pareto": _pareto([t for t in trajectory if t["dev"] is not None])}
@@ -381,6 +395,16 @@ class Agent:
             (out / "router.yml").write_text(yaml.safe_dump(router, sort_keys=False))
             report["router_config"] = str(out / "router.yml")
         write_report(report, out)
+
+
+def _rss() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            import os
+
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def _mean(xs: list[float]) -> float:
