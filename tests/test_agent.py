@@ -36,7 +36,8 @@ def first_run(zoo_dir, tmp_path_factory):
 def test_run_writes_the_model_its_recipe_and_a_report(first_run, zoo_dir, tmp_path):
     tmp, res = first_run
     out = tmp / "out"
-    for f in ("model.safetensors", "config.json", "recipe.yml", "agent_report.json", "agent_report.md"):
+    for f in ("model.safetensors", "config.json", "recipe.yml", "agent_report.json", "agent_report.md",
+              "agent_report.html"):
         assert (out / f).is_file(), f
     # the recipe, merged by `modelmix merge`, is the model the agent wrote, bit for bit
     code, _, err = run_cli("merge", str(out / "recipe.yml"), str(tmp_path / "again"))
@@ -49,6 +50,8 @@ def test_run_writes_the_model_its_recipe_and_a_report(first_run, zoo_dir, tmp_pa
     assert rep["search"]["trials"] == 6 and len(rep["task_vectors"]["pairs"]) == 1
     md = (out / "agent_report.md").read_text()
     assert "## Held-out part" in md and "## Selection" in md and "Routing estimate" in md
+    page = (out / "agent_report.html").read_text()
+    assert page.count("data:image/png;base64,") == 4 and "<table>" in page  # matrix, similarity, trajectory, Pareto
     # the choice is the shortlist's best on the held-out part
     best = max(rep["holdout"]["shortlist"], key=lambda x: x["objective"])
     assert best["recipe"] == rep["holdout"]["chosen"]
@@ -184,3 +187,28 @@ def test_cli_run_and_history(zoo_dir, tmp_path):
     assert code == 2 and "Traceback" not in err and err.startswith("error: ")
     code, _, err = run_cli("agent", "history", "--db", str(tmp_path / "none.db"))
     assert code == 2 and "no trial store" in err
+
+
+def test_yaml_config_form_and_its_errors(zoo_dir, tmp_path):
+    import yaml
+
+    z = zoo_dir
+    cfg = {"base": str(z / "base"), "models": [str(z / "experts" / t) for t in TASKS],
+           "tasks": {"addition": {"path": str(z / "tasks/addition/validation.jsonl"), "weight": 2},
+                     "reverse": str(z / "tasks/reverse/validation.jsonl")},
+           "budget": 2, "db": "a.db", "out": "merged"}
+    (tmp_path / "agent.yml").write_text(yaml.safe_dump(cfg))
+    code, out, err = run_cli("agent", "run", "--config", str(tmp_path / "agent.yml"), "--json")
+    assert code == 0, err
+    res = json.loads(out.strip().splitlines()[-1])
+    assert res["trials"] == 2 and (tmp_path / "merged" / "recipe.yml").is_file() and (tmp_path / "a.db").is_file()
+    rep = json.loads((tmp_path / "merged" / "agent_report.json").read_text())
+    assert rep["split"]["addition"]["weight"] == 2.0 and rep["split"]["reverse"]["weight"] == 1.0
+    (tmp_path / "bad.yml").write_text(yaml.safe_dump({**cfg, "budgett": 3}))
+    code, _, err = run_cli("agent", "run", "--config", str(tmp_path / "bad.yml"))
+    assert code == 2 and 'unknown key "budgett"' in err and 'Did you mean "budget"?' in err
+    (tmp_path / "bad2.yml").write_text(yaml.safe_dump({**cfg, "tasks": {"a": {"path": "x.jsonl", "metric": "bleu"}}}))
+    code, _, err = run_cli("agent", "run", "--config", str(tmp_path / "bad2.yml"))
+    assert code == 2 and "tasks.a.metric: 'bleu'" in err
+    code, _, err = run_cli("agent", "run", "--base", str(z / "base"))
+    assert code == 2 and "needs --models, --tasks, --out" in err

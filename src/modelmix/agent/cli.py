@@ -14,46 +14,63 @@ def agent() -> None:
 
 
 @agent.command("run")
-@click.option("--base", required=True, type=click.Path(file_okay=False), help="The base model directory.")
-@click.option("--models", required=True, multiple=True, type=click.Path(file_okay=False),
-              help="Candidate model directories (fine-tunes of the base); repeat or list several.")
-@click.option("--tasks", "tasks", required=True, multiple=True, metavar="NAME=PATH[:METRIC[:WEIGHT]]",
+@click.option("--config", "config", type=click.Path(dir_okay=False), default=None,
+              help="An agent YAML (base, models, tasks, general, general_tolerance, budget, seed, db, out); flags "
+                   "given on the command line override it.")
+@click.option("--base", type=click.Path(file_okay=False), default=None, help="The base model directory.")
+@click.option("--models", multiple=True, type=click.Path(file_okay=False),
+              help="Candidate model directories (fine-tunes of the base); repeat the flag for each.")
+@click.option("--tasks", "tasks", multiple=True, metavar="NAME=PATH[:METRIC[:WEIGHT]]",
               help="A task's JSONL examples ({'input','output'} rows; metric exact_match or choice).")
 @click.option("--general", type=click.Path(dir_okay=False), default=None,
               help="JSONL rows whose token loss measures general ability; the merge may exceed the base's by "
                    "--general-tolerance at most.")
-@click.option("--general-tolerance", type=float, default=0.05, show_default=True)
-@click.option("--budget", type=int, default=50, show_default=True, help="Search trials (Optuna).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--db", default="agent.db", show_default=True, help="Trial store: an SQLite file or an SQLAlchemy URL.")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Where the chosen model is written.")
+@click.option("--general-tolerance", type=float, default=None, help="Default 0.05 (5 %).")
+@click.option("--budget", type=int, default=None, help="Search trials (Optuna); default 50.")
+@click.option("--seed", type=int, default=None, help="Default 0.")
+@click.option("--db", default=None, help="Trial store: an SQLite file or an SQLAlchemy URL; default agent.db.")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Where the chosen model is written.")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier output directory.")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON line.")
-def run_cmd(base: str, models: tuple[str, ...], tasks: tuple[str, ...], general: str | None,
-            general_tolerance: float, budget: int, seed: int, db: str, out: str, overwrite: bool, device: str,
-            as_json: bool) -> None:
+def run_cmd(config: str | None, base: str | None, models: tuple[str, ...], tasks: tuple[str, ...],
+            general: str | None, general_tolerance: float | None, budget: int | None, seed: int | None,
+            db: str | None, out: str | None, overwrite: bool, device: str, as_json: bool) -> None:
     """Perceive, select, search, confirm on held-out examples, write the model, its recipe and a report.
 
-    Example: modelmix agent run --base zoo/base --models zoo/experts/* --tasks add=add.jsonl
-    --tasks rev=rev.jsonl --general general.jsonl --budget 50 --out merged
+    Example: modelmix agent run --base zoo/base --models zoo/experts/addition --models zoo/experts/reverse
+    --tasks add=add.jsonl --tasks rev=rev.jsonl --general general.jsonl --budget 50 --out merged
     """
     from pathlib import Path
 
     from modelmix.agent import Agent, TrialStore, load_spec, parse_task
+    from modelmix.agent.spec import load_agent_config
+    from modelmix.errors import ConfigError
 
-    spec = load_spec(base, list(models), [parse_task(t) for t in tasks], general=general, budget=budget,
-                     seed=seed, general_tolerance=general_tolerance)
+    kw: dict = {"general_tolerance": 0.05, "budget": 50, "seed": 0, "db": "agent.db", "general": None,
+                "base": None, "models": [], "tasks": [], "out": None}
+    if config is not None:
+        kw.update(load_agent_config(config))
+    given = {"base": base, "general": general, "general_tolerance": general_tolerance, "budget": budget,
+             "seed": seed, "db": db, "out": out, "models": list(models) or None,
+             "tasks": [parse_task(t) for t in tasks] or None}
+    kw.update({k: v for k, v in given.items() if v is not None})
+    missing = [f"--{k}" for k in ("base", "models", "tasks", "out") if not kw[k]]
+    if missing:
+        raise ConfigError(f"agent run needs {', '.join(missing)} (as flags or in --config).")
+    spec = load_spec(kw["base"], kw["models"], kw["tasks"], general=kw["general"], budget=kw["budget"],
+                     seed=kw["seed"], general_tolerance=kw["general_tolerance"])
     log = (lambda s: None) if as_json else (lambda s: click.echo(s, err=True))
-    with TrialStore(db) as store:
-        res = Agent(spec, store, device=device, log=log).run(Path(out), overwrite=overwrite)
+    with TrialStore(kw["db"]) as store:
+        res = Agent(spec, store, device=device, log=log).run(Path(kw["out"]), overwrite=overwrite)
     if as_json:
         click.echo(json.dumps({"run": res.run, "chosen": res.chosen.to_dict(), "holdout": res.holdout,
                                "recommend_routing": res.recommend_routing, "trials": res.trials,
                                "pruned": res.pruned, "evaluations": res.evaluations, "seconds": res.seconds}))
         return
     click.echo(res.report["decision"])
-    click.echo(f"wrote {out} (recipe.yml, agent_report.md, agent_report.json)")
+    click.echo(f"wrote {kw['out']} (recipe.yml, agent_report.md/.html/.json"
+               + (", router.yml" if res.recommend_routing else "") + ")")
 
 
 @agent.command("history")

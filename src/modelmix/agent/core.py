@@ -260,11 +260,19 @@ class Agent:
         n, s = len(keep), self.spec.seed
         ones = tuple(1.0 for _ in keep)
         density = min(0.9, max(0.1, 1.0 - 2.0 * self._conflict_rate))  # more conflict: keep fewer weights
-        out = [Recipe("linear", tuple(keep), {}, {"weight": ones}, s),
-               Recipe("task_arithmetic", tuple(keep), {"lambda": 0.5}, {"weight": ones}, s),
-               Recipe("ties", tuple(keep), {}, {"weight": ones, "density": tuple(density for _ in keep)}, s),
+        def each(v: float) -> tuple[float, ...]:
+            return tuple(v for _ in keep)
+
+        out = [Recipe("linear", tuple(keep), {}, {"weight": ones}, s),  # the uniform soup
+               # the papers' defaults (the zoo report's fixed recipes): task arithmetic at 0.3 (Ilharco et al.),
+               # breadcrumbs beta 0.9 / gamma 0.01 at 0.3 (Davari & Belilovsky)
+               Recipe("task_arithmetic", tuple(keep), {"lambda": 0.3}, {"weight": ones}, s),
+               Recipe("breadcrumbs", tuple(keep), {"lambda": 0.3}, {"weight": ones, "density": each(0.9),
+                                                                     "gamma": each(0.01)}, s),
+               # TIES with a density from the measured sign conflicts, and DARE-TIES scaled for n models
+               Recipe("ties", tuple(keep), {}, {"weight": ones, "density": each(density)}, s),
                Recipe("dare_ties", tuple(keep), {"lambda": round(1.0 / max(1, n) ** 0.5, 3)},
-                      {"weight": ones, "density": tuple(0.5 for _ in keep)}, s)]
+                      {"weight": ones, "density": each(0.5)}, s)]
         return [r for r in out if r.method in self.methods(keep) and n >= get_method(r.method).min_models]
 
     def methods(self, keep: list[str]) -> list[str]:
@@ -316,13 +324,18 @@ class Agent:
 
         self.log(f"search: {self.spec.budget} trials over {', '.join(methods)}")
         t0 = time.perf_counter()
-        study.optimize(objective, n_trials=self.spec.budget, catch=())
+        from modelmix.errors import ModelmixError
+
+        study.optimize(objective, n_trials=self.spec.budget, catch=(ModelmixError,))  # a recipe the method refuses
         search_seconds = time.perf_counter() - t0
         dev.sort(key=lambda x: -x[0])
         states = optuna.trial.TrialState
-        ran = [t for t in study.trials if t.state in (states.COMPLETE, states.PRUNED)]  # not the enqueued-only
+        ran = [t for t in study.trials if t.state in (states.COMPLETE, states.PRUNED, states.FAIL)]  # not enqueued
         pruned = sum(t.state == states.PRUNED for t in ran)
+        failed = [t for t in ran if t.state == states.FAIL]
         report["search"] = {"methods": methods, "trials": len(ran), "pruned": pruned, "seconds": search_seconds,
+                            "failed": len(failed), "failures": [str(t.system_attrs.get("fail_reason", ""))[:300]
+                                                                for t in failed[:3]],
                             "sampler": self.sampler,
                             "trajectory": trajectory, "proposals": [r.describe() for r in self.proposals(keep)],
                             "best_dev": [{"objective": o, "recipe": r.describe()} for o, r in dev[:SHORTLIST]],

@@ -60,5 +60,135 @@ def markdown(r: dict[str, Any]) -> str:
 
 
 def write_report(r: dict[str, Any], out: Path) -> None:
+    """``agent_report.json``, ``.md`` and ``.html`` (with the plots) in ``out``."""
     (out / "agent_report.json").write_text(json.dumps(r, indent=1, default=str))
     (out / "agent_report.md").write_text(markdown(r))
+    (out / "agent_report.html").write_text(html(r))
+
+
+def _png(fig: Any) -> str:
+    import base64
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def figures(r: dict[str, Any]) -> dict[str, str]:
+    """The report's plots as base64 PNGs: evaluation matrix, task-vector cosines, search trajectory, Pareto."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out: dict[str, str] = {}
+    tasks = list(r["split"])
+    rows = list(r["matrix"])
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(tasks), 0.8 + 0.45 * len(rows)))
+    data = [[r["matrix"][m]["scores"][t] for t in tasks] for m in rows]
+    im = ax.imshow(data, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(tasks)), tasks, rotation=30, ha="right")
+    ax.set_yticks(range(len(rows)), [_n(m) for m in rows])
+    for i, row in enumerate(data):
+        for j, v in enumerate(row):
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="w" if v < 0.6 else "k", fontsize=8)
+    fig.colorbar(im, ax=ax, label="dev score")
+    ax.set_title("Candidates alone (dev part)")
+    out["matrix"] = _png(fig)
+    plt.close(fig)
+
+    pairs = r["task_vectors"]["pairs"]
+    names = sorted({p["a"] for p in pairs} | {p["b"] for p in pairs}, key=rows.index)
+    if len(names) > 1:
+        idx = {m: i for i, m in enumerate(names)}
+        cos = [[1.0 if i == j else 0.0 for j in range(len(names))] for i in range(len(names))]
+        for p in pairs:
+            cos[idx[p["a"]]][idx[p["b"]]] = cos[idx[p["b"]]][idx[p["a"]]] = p["cosine"] or 0.0
+        fig, ax = plt.subplots(figsize=(1.5 + 0.6 * len(names), 1.2 + 0.5 * len(names)))
+        im = ax.imshow(cos, vmin=-1, vmax=1, cmap="RdBu_r")
+        ax.set_xticks(range(len(names)), [_n(m) for m in names], rotation=30, ha="right")
+        ax.set_yticks(range(len(names)), [_n(m) for m in names])
+        fig.colorbar(im, ax=ax, label="task-vector cosine")
+        ax.set_title("Task-vector similarity")
+        out["similarity"] = _png(fig)
+        plt.close(fig)
+
+    traj = r["search"]["trajectory"]
+    if traj:
+        fig, ax = plt.subplots(figsize=(6, 3.2))
+        done = [t for t in traj if t["dev"] is not None]
+        cut = [t for t in traj if t["dev"] is None]
+        floor = -0.2  # general loss far past the constraint scores far below 0: drawn on the floor, as "v"
+        ok = [t for t in done if t["dev"] >= floor]
+        ax.scatter([t["trial"] for t in ok], [t["dev"] for t in ok], s=14, label="dev objective")
+        ax.scatter([t["trial"] for t in cut], [max(floor, t["low"]) for t in cut], s=14, marker="x",
+                   label="pruned (cheap score)")
+        off = [t for t in done if t["dev"] < floor]
+        if off:
+            ax.scatter([t["trial"] for t in off], [floor] * len(off), s=18, marker="v", color="r",
+                       label=f"below {floor} (general loss past the constraint)")
+        best, run = [], float("-inf")
+        for t in sorted(done, key=lambda t: t["trial"]):
+            run = max(run, t["dev"])
+            best.append((t["trial"], run))
+        if best:
+            ax.step(*zip(*best, strict=True), where="post", color="k", lw=1, label="best so far")
+        ax.set_xlabel("trial")
+        ax.set_ylabel("objective")
+        ax.legend(fontsize=8)
+        ax.set_title("Search trajectory")
+        out["trajectory"] = _png(fig)
+        plt.close(fig)
+        pts = [t for t in done if t.get("general") is not None]
+        if pts:
+            fig, ax = plt.subplots(figsize=(5, 3.2))
+            ax.scatter([t["general"] for t in pts], [sum(t["scores"].values()) / len(t["scores"]) for t in pts],
+                       s=12, alpha=0.6, label="trials")
+            front = r["search"]["pareto"]
+            ax.plot([p["general"] for p in front], [p["task_mean"] for p in front], "r.-", label="Pareto front")
+            ax.set_xlabel("general loss (lower is better)")
+            ax.set_ylabel("task mean")
+            ax.legend(fontsize=8)
+            ax.set_title("Task mean vs general ability (dev)")
+            out["pareto"] = _png(fig)
+            plt.close(fig)
+    return out
+
+
+def html(r: dict[str, Any]) -> str:
+    """The Markdown report as a self-contained page (tables and lists rendered by hand), with the plots."""
+    import html as h
+
+    body: list[str] = []
+    table: list[str] = []
+
+    def flush() -> None:
+        if table:
+            rows = [ln.strip("|").split("|") for ln in table if not set(ln) <= set("|-")]
+            head, *rest = rows
+            body.append("<table><tr>" + "".join(f"<th>{h.escape(c.strip())}</th>" for c in head) + "</tr>"
+                        + "".join("<tr>" + "".join(f"<td>{h.escape(c.strip())}</td>" for c in row) + "</tr>"
+                                  for row in rest) + "</table>")
+            table.clear()
+
+    for ln in markdown(r).splitlines():
+        if ln.startswith("|"):
+            table.append(ln)
+            continue
+        flush()
+        if ln.startswith("# "):
+            body.append(f"<h1>{h.escape(ln[2:])}</h1>")
+        elif ln.startswith("## "):
+            body.append(f"<h2>{h.escape(ln[3:])}</h2>")
+        elif ln.startswith("- "):
+            body.append(f"<p>• {h.escape(ln[2:]).replace('**', '')}</p>")
+        elif ln.strip():
+            body.append(f"<p>{h.escape(ln).replace('`', '')}</p>")
+    flush()
+    figs = figures(r)
+    body.append("<h2>Plots</h2>" + "".join(f'<img alt="{k}" src="data:image/png;base64,{v}">' for k, v in figs.items()))
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.4}"
+             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;font-size:90%}"
+             "img{max-width:100%;margin:1em 0;display:block}")
+    return f"<!doctype html><html><head><meta charset='utf-8'><title>Merge agent report</title><style>{style}</style></head><body>{''.join(body)}</body></html>"

@@ -108,7 +108,7 @@ def suggest(trial: Any, models: list[str], methods: list[str], seed: int) -> Rec
     if method == "della":
         e = trial.suggest_float("epsilon", 0.0, 0.2)
         mp["epsilon"] = tuple(min(e, 0.99 * min(mp["density"][0], 1 - mp["density"][0])) for _ in models)
-    if method == "breadcrumbs_ties":
+    if method in ("breadcrumbs", "breadcrumbs_ties"):
         g = trial.suggest_float("gamma", 0.0, 0.1)
         mp["gamma"] = tuple(g for _ in models)
     return Recipe(method, tuple(models), params, mp, seed)

@@ -45,8 +45,8 @@ class AgentSpec:
     seed: int = 0
     holdout_fraction: float = 1 / 3
     low_examples: int = 8
-    methods: tuple[str, ...] = ("linear", "task_arithmetic", "ties", "dare_ties", "breadcrumbs_ties", "della",
-                                "model_stock")
+    methods: tuple[str, ...] = ("linear", "task_arithmetic", "ties", "dare_ties", "breadcrumbs", "breadcrumbs_ties",
+                                "della", "model_stock")
     general_rows: list[dict[str, Any]] = field(default_factory=list)
 
     def fingerprint(self) -> str:
@@ -131,3 +131,71 @@ def load_spec(base: str | Path, models: list[str | Path], tasks: list[tuple[str,
         if not spec.general_rows:
             raise DataError(f"{general}: the general-ability file has no rows.")
     return spec
+
+
+def load_agent_config(path: str | Path) -> dict[str, Any]:
+    """The YAML form of ``agent run`` for repeatable runs, checked like a recipe (unknown keys with a
+    did-you-mean). Relative paths are relative to the file. Returns ``run``'s keyword arguments::
+
+        base: zoo/base
+        models: [zoo/experts/addition, zoo/experts/reverse]
+        tasks:
+          addition: {path: add.jsonl, metric: exact_match, weight: 2}
+          reverse: rev.jsonl
+        general: general.jsonl
+        general_tolerance: 0.05       # general loss <= base's + 5 %
+        budget: 50
+        seed: 0
+        db: agent.db
+        out: merged
+    """
+    from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+    from modelmix.config.loading import _parse_yaml
+    from modelmix.config.messages import format_validation_error
+
+    class _Strict(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+    class TaskEntry(_Strict):
+        path: str
+        metric: str = "exact_match"
+        weight: float = Field(1.0, gt=0)
+
+    class AgentConfig(_Strict):
+        base: str
+        models: list[str] = Field(min_length=2)
+        tasks: dict[str, TaskEntry | str] = Field(min_length=1)
+        general: str | None = None
+        general_tolerance: float = Field(0.05, ge=0)
+        budget: int = Field(50, ge=1)
+        seed: int = 0
+        db: str = "agent.db"
+        out: str | None = None
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: agent config not found." if not p.exists() else f"{p}: not a file.")
+    raw = _parse_yaml(p.read_text(encoding="utf-8"), str(p))
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: expected a mapping of keys (base, models, tasks, ...), got {type(raw).__name__}.")
+    try:
+        cfg = AgentConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, str(p), root=AgentConfig)) from None
+
+    def rel(x: str) -> Path:
+        q = Path(x).expanduser()
+        return q if q.is_absolute() else p.resolve().parent / q
+
+    tasks = []
+    for name, t in cfg.tasks.items():
+        entry = TaskEntry(path=t) if isinstance(t, str) else t
+        if entry.metric not in TASK_METRICS:
+            raise ConfigError(f"{p}: tasks.{name}.metric: {entry.metric!r} is not one the agent optimises; use one "
+                              f"of {', '.join(TASK_METRICS)}.")
+        tasks.append((name, rel(entry.path), entry.metric, entry.weight))
+    return {"base": rel(cfg.base), "models": [rel(m) for m in cfg.models], "tasks": tasks,
+            "general": rel(cfg.general) if cfg.general else None, "general_tolerance": cfg.general_tolerance,
+            "budget": cfg.budget, "seed": cfg.seed, "db": str(rel(cfg.db)) if "://" not in cfg.db else cfg.db,
+            "out": rel(cfg.out) if cfg.out else None}
