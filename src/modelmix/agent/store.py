@@ -14,15 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from modelmix.dbutil import sqlite_pragmas
 from modelmix.errors import InputError
-
-
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=FULL")
-    cur.execute("PRAGMA busy_timeout=30000")
-    cur.close()
 
 
 class TrialStore:
@@ -60,7 +53,7 @@ class TrialStore:
         try:
             self.engine = sa.create_engine(u, future=True)
             if u.startswith("sqlite"):
-                sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+                sa.event.listen(self.engine, "connect", sqlite_pragmas)
             md.create_all(self.engine)
         except (sa.exc.SQLAlchemyError, ValueError) as e:
             raise InputError(f"--db {url}: cannot open the trial store ({type(e).__name__}: {e}).") from None

@@ -21,6 +21,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from modelmix.dbutil import sqlite_pragmas
 from modelmix.errors import DataError, InputError
 
 SCHEMA_VERSION = 1
@@ -59,15 +60,6 @@ def _tables() -> tuple[Any, Any, Any]:
     return md, interactions, feedback
 
 
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=FULL")
-    cur.execute("PRAGMA busy_timeout=30000")
-    cur.execute("PRAGMA foreign_keys=ON")
-    cur.close()
-
-
 class Store:
     """Interactions and feedback in one database (see the module docstring for the write policy)."""
 
@@ -83,7 +75,7 @@ class Store:
         except Exception as e:  # noqa: BLE001 - an unknown dialect or a malformed URL
             raise InputError(f"feedback store {url}: cannot open it ({type(e).__name__}: {e}).") from None
         if self.engine.dialect.name == "sqlite":
-            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+            sa.event.listen(self.engine, "connect", sqlite_pragmas)
         self._md, self.interactions, self.feedback_table = _tables()
         try:
             self._md.create_all(self.engine)
