@@ -1,8 +1,9 @@
-"""`make demo`: build the offline model zoo, merge its experts, measure everything, then route instead.
+"""`make demo`: build the offline model zoo, merge its experts, let the agent choose a merge, then route.
 
 Everything is local: the zoo (a small Llama base + one expert per task, trained here on CPU) is built once
 and cached; each merge runs through the `modelmix merge` command exactly as a user would run it; each model
-is then evaluated on every zoo task. Then the alternative to merging: `modelmix serve` routes each query to
+is then evaluated on every zoo task. The merge agent then chooses candidates, method and weights itself on
+the validation rows, and compares its best merge with routing. Then the alternative to merging: `modelmix serve` routes each query to
 its expert over HTTP (the official openai client talks to it), feedback goes back, and `modelmix route stats`
 shows what the learner now believes. Set MODELMIX_DEMO_PRESET=test for a faster, weaker zoo.
 """
@@ -64,7 +65,23 @@ def main() -> int:
     print("\nEach merge combines the addition, reverse and upper experts (examples/*.yml). Numbers are measured,")
     print("not curated: docs/zoo_report.md compares every method (`modelmix zoo report --zoo demo-out/default/zoo`).")
     print()
+    agent(zoo, WORK, modelmix)
     return route(zoo, WORK, modelmix)
+
+
+def agent(zoo, work: Path, modelmix: list[str]) -> None:  # noqa: ANN001
+    """4. The merge agent chooses the merge itself, on the validation rows, and says whether to route instead."""
+    experts = {task: m for m, task in zoo.experts().items()}
+    tasks = [t for t in zoo.decoder_tasks() if t in experts]
+    print("== 4. the merge agent: which experts, which method, which weights (budget 20 trials)", flush=True)
+    cmd = [*modelmix, "agent", "run", "--base", "zoo/base", "--general", "zoo/tasks/general/validation.jsonl",
+           "--budget", "20", "--db", "agent.db", "--out", "merged-agent", "--overwrite"]
+    for t in tasks:
+        cmd += ["--models", f"zoo/{experts[t]}", "--tasks", f"{t}=zoo/tasks/{t}/validation.jsonl"]
+    print("   $ modelmix " + " ".join(cmd[3:]), flush=True)
+    subprocess.run(cmd, check=True, cwd=work)
+    print(f"   report: {work.relative_to(ROOT)}/merged-agent/agent_report.html (rerun: resumes from agent.db)\n",
+          flush=True)
 
 
 def route(zoo, work: Path, modelmix: list[str]) -> int:  # noqa: ANN001 - the demo's second half
@@ -77,7 +94,7 @@ def route(zoo, work: Path, modelmix: list[str]) -> int:  # noqa: ANN001 - the de
 
     from modelmix.eval.data import coerce_examples
 
-    print("== 4. routing instead of merging: `modelmix serve` over the five experts", flush=True)
+    print("== 5. routing instead of merging: `modelmix serve` over the five experts", flush=True)
     experts = {task: m for m, task in zoo.experts().items()}
     cfg = {"models": {t: {"path": str(zoo.model_path(m)), "max_new_tokens": 24} for t, m in experts.items()},
            "routes": [{"name": t, "models": [t], "utterances": [r["input"] for r in
