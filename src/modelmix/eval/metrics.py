@@ -359,8 +359,10 @@ def exact_match(
     *,
     batch_size: int | None = None,
     max_new_tokens: int | None = None,
-) -> dict[str, float]:
-    """Fraction of examples whose normalised greedy completion equals the normalised ``output``."""
+    per_row: bool = False,
+) -> dict[str, Any]:
+    """Fraction of examples whose normalised greedy completion equals the normalised ``output``; with
+    ``per_row``, also ``hits``: 1/0 per example, in order (for paired comparisons of two models)."""
     _require(em, "decoder", "exact_match")
     if max_new_tokens is not None and max_new_tokens < 1:
         raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
@@ -371,8 +373,11 @@ def exact_match(
     else:
         budgets = [max_new_tokens] * len(refs)
     preds = generate_greedy(em, [e["input"] for e in examples], budgets, batch_size=batch_size)
-    hits = sum(normalize_text(p) == normalize_text(r) for p, r in zip(preds, refs, strict=True))
-    return {"exact_match": hits / len(examples)}
+    row = [int(normalize_text(p) == normalize_text(r)) for p, r in zip(preds, refs, strict=True)]
+    out: dict[str, Any] = {"exact_match": sum(row) / len(examples)}
+    if per_row:
+        out["hits"] = row
+    return out
 
 
 # ---------------------------------------------------------------------------------------- retrieval
