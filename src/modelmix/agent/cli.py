@@ -7,6 +7,8 @@ import sys
 
 import click
 
+from modelmix.cli_common import device_option
+
 
 @click.group("agent")
 def agent() -> None:
@@ -31,7 +33,7 @@ def agent() -> None:
 @click.option("--db", default=None, help="Trial store: an SQLite file or an SQLAlchemy URL; default agent.db.")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Where the chosen model is written.")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier output directory.")
-@click.option("--device", default="cpu", show_default=True)
+@device_option("Where candidates are merged and scored.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON line.")
 def run_cmd(config: str | None, base: str | None, models: tuple[str, ...], tasks: tuple[str, ...],
             general: str | None, general_tolerance: float | None, budget: int | None, seed: int | None,
