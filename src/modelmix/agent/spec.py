@@ -98,8 +98,10 @@ def load_spec(base: str | Path, models: list[str | Path], tasks: list[tuple[str,
     if len(models) < 2:
         raise InputError(f"The agent chooses among candidates and needs at least two models; got {len(models)}. "
                          "To evaluate one model use `modelmix eval`.")
-    paths = [Path(m) for m in models]
-    for p in [Path(base), *paths]:
+    # absolute from here on: recipe.yml and router.yml are read relative to their own directory
+    paths = [Path(m).expanduser().resolve() for m in models]
+    base = Path(base).expanduser().resolve()
+    for p in [base, *paths]:
         if not (p / "config.json").is_file():
             raise InputError(f"{p}: " + ("does not exist." if not p.exists() else
                                          "has no config.json; not a Hugging Face model directory."))
@@ -111,10 +113,11 @@ def load_spec(base: str | Path, models: list[str | Path], tasks: list[tuple[str,
     names = [t[0] for t in tasks]
     if len(set(names)) != len(names):
         raise ConfigError(f"Task names must be unique; got {', '.join(names)}.")
-    spec = AgentSpec(Path(base), paths, [], budget=budget, seed=seed, **kw)
+    spec = AgentSpec(base, paths, [], budget=budget, seed=seed, **kw)
     if not 0 < spec.holdout_fraction < 1:
         raise ConfigError(f"holdout_fraction {spec.holdout_fraction} must be between 0 and 1.")
     for name, path, metric, weight in tasks:
+        path = Path(path).expanduser().resolve()
         kind = "choice" if metric == "choice" else "decoder"
         rows = load_examples(path, kind)  # DataError naming file:line on a malformed row
         if len(rows) < 4:
@@ -126,7 +129,7 @@ def load_spec(base: str | Path, models: list[str | Path], tasks: list[tuple[str,
         spec.tasks.append(Task(name, path, metric, weight, dev=[rows[i] for i in order[n_hold:]],
                                holdout=[rows[i] for i in order[:n_hold]]))
     if general is not None:
-        spec.general = Path(general)
+        spec.general = Path(general).expanduser().resolve()
         spec.general_rows = load_examples(spec.general, "decoder")
         if not spec.general_rows:
             raise DataError(f"{general}: the general-ability file has no rows.")
