@@ -6,16 +6,18 @@
    near-duplicates (task vectors with cosine >= 0.9 and dev scores within 0.05 on every task); flag
    conflicting pairs. Every decision is kept with the numbers behind it.
 3. **Search.** Optuna's TPE over :mod:`modelmix.agent.space`, seeded, warm-started with the proposals the
-   analysis suggests (uniform soup, task arithmetic at 0.5, TIES with a density from the measured conflict
-   rate, DARE-TIES at its paper defaults). Two fidelities: every trial is scored on the first few dev rows of
-   each task; trials below the median of that score are pruned, the rest are scored on the whole dev part.
-4. **Decide.** The best few by dev objective, the uniform soup, the base and each selected candidate are
-   scored on the held-out part, never used in the search; the merge with the best held-out objective wins.
-   Routing is estimated as the held-out score of the best candidate per task (an oracle router); when it
+   analysis suggests (uniform soup, the papers' defaults for task arithmetic and breadcrumbs, TIES with a
+   density from the measured conflict rate, DARE-TIES). Two fidelities: every trial is scored on the first
+   few dev rows of each task; trials below the median of that score are pruned, the rest are scored on the
+   whole dev part.
+4. **Decide.** The best proposal on dev is the default. It, the best few searched recipes, the uniform soup,
+   the base and each candidate are scored on the held-out part, never used in the search; a searched recipe
+   replaces the default only when a paired bootstrap over the held-out rows shows it better with 95 %
+   probability. Routing is estimated as the held-out score of the best candidate per task (an oracle router); when it
    beats the best merge by more than ``route_margin`` on task mean, the agent recommends routing and writes a
    router config beside the model.
 5. **Act.** The chosen recipe through the streaming engine into the output directory, its mergekit YAML
-   (``recipe.yml``), and the report (``agent_report.json`` / ``.md``).
+   (``recipe.yml``), and the report (``agent_report.json`` / ``.md`` / ``.html``).
 6. **Remember.** Every evaluation in the trial store, committed as it is made; a rerun resumes.
 
 The objective of a merge is the weighted mean of its task scores, minus 10 x the share by which its general
@@ -26,16 +28,17 @@ merge that keeps it, whatever its task scores).
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from modelmix.agent.space import Recipe, suggest, trial_params
 from modelmix.agent.spec import AgentSpec
 from modelmix.agent.store import TrialStore
-from modelmix.errors import InputError
+from modelmix.errors import InputError, ModelmixError
 
 #: a candidate must beat the base on some task by more than this (dev exact match) to be kept
 HELP_MARGIN = 0.02
@@ -72,7 +75,6 @@ class AgentResult:
     pruned: int = 0
     evaluations: int = 0
     seconds: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Agent:
@@ -109,13 +111,17 @@ class Agent:
             general = M.loss(em, rows, reduction="token")["loss"]
         return scores, general, hits
 
+    def task_mean(self, scores: dict[str, float]) -> float:
+        """The tasks' scores averaged with their weights."""
+        return sum(t.weight * scores[t.name] for t in self.spec.tasks) / sum(t.weight for t in self.spec.tasks)
+
     def objective(self, scores: dict[str, float], general: float | None, base_general: float | None) -> float:
-        w = sum(t.weight for t in self.spec.tasks)
-        mean = sum(t.weight * scores[t.name] for t in self.spec.tasks) / w
-        if general is None or base_general is None or not math.isfinite(general):
-            return mean if general is None or math.isfinite(general) else -PENALTY
-        excess = general / base_general - 1 - self.spec.general_tolerance
-        return mean - PENALTY * max(0.0, excess)
+        if general is not None and not math.isfinite(general):
+            return -PENALTY
+        mean = self.task_mean(scores)
+        if general is None or base_general is None:
+            return mean
+        return mean - PENALTY * max(0.0, general / base_general - 1 - self.spec.general_tolerance)
 
     def evaluate(self, c: Any, em: Any, recipe: Recipe, fidelity: str, base_general: dict[str, float | None]) -> Evaluation:
         """Scores of ``recipe`` at ``fidelity``, from the store when this run measured it before."""
@@ -190,11 +196,10 @@ class Agent:
         from modelmix.analysis import analyze
 
         self.log(f"perceive: {len(models)} candidates and the base on {len(self.spec.tasks)} task(s)")
-        for fid in ("low", "dev", "holdout"):  # the base's general loss at each fidelity, the constraint's anchor
-            ev = self.evaluate(c, em, Recipe("single", ("base",)), fid, {})
-            base_general[fid] = ev.general
+        base = {fid: self.evaluate(c, em, Recipe("single", ("base",)), fid, {}) for fid in ("low", "dev", "holdout")}
+        base_general.update({fid: ev.general for fid, ev in base.items()})  # the constraint's anchor per fidelity
         matrix = {m: self.evaluate(c, em, Recipe("single", (m,)), "dev", base_general) for m in models}
-        matrix["base"] = self.evaluate(c, em, Recipe("single", ("base",)), "dev", base_general)
+        matrix["base"] = base["dev"]
         a = analyze(self.spec.base, [Path(m) for m in models], workers=1)
         names = [d["name"] for d in a.data["models"]]
         by_name = dict(zip(names, models, strict=True))
@@ -263,13 +268,13 @@ class Agent:
     # 3. search --------------------------------------------------------
     def proposals(self, keep: list[str]) -> list[Recipe]:
         """Analysis-driven starting points (enqueued before TPE samples on its own)."""
-        from modelmix.methods import get_method
-
         n, s = len(keep), self.spec.seed
-        ones = tuple(1.0 for _ in keep)
         density = min(0.9, max(0.1, 1.0 - 2.0 * self._conflict_rate))  # more conflict: keep fewer weights
+
         def each(v: float) -> tuple[float, ...]:
             return tuple(v for _ in keep)
+
+        ones = each(1.0)
 
         out = [Recipe("linear", tuple(keep), {}, {"weight": ones}, s),  # the uniform soup
                # the papers' defaults (the zoo report's fixed recipes): task arithmetic at 0.3 (Ilharco et al.),
@@ -281,7 +286,7 @@ class Agent:
                Recipe("ties", tuple(keep), {}, {"weight": ones, "density": each(density)}, s),
                Recipe("dare_ties", tuple(keep), {"lambda": round(1.0 / max(1, n) ** 0.5, 3)},
                       {"weight": ones, "density": each(0.5)}, s)]
-        return [r for r in out if r.method in self.methods(keep) and n >= get_method(r.method).min_models]
+        return [r for r in out if r.method in self.methods(keep)]
 
     def methods(self, keep: list[str]) -> list[str]:
         from modelmix.methods import get_method
@@ -332,8 +337,6 @@ class Agent:
 
         self.log(f"search: {self.spec.budget} trials over {', '.join(methods)}")
         t0 = time.perf_counter()
-        from modelmix.errors import ModelmixError
-
         study.optimize(objective, n_trials=self.spec.budget, catch=(ModelmixError,))  # a recipe the method refuses
         search_seconds = time.perf_counter() - t0
         dev.sort(key=lambda x: -x[0])
@@ -368,24 +371,18 @@ class Agent:
                 short.append(r)
         if soup.key() not in {x.key() for x in short}:
             short.append(soup)
-        rows: list[dict[str, Any]] = []
-        for r in short:
-            e = self.evaluate(c, em, r, "holdout", base_general)
-            rows.append({"kind": "merge", "recipe": r, "eval": e})
+        merges = [{"recipe": r, "eval": self.evaluate(c, em, r, "holdout", base_general)} for r in short]
         singles = {m: self.evaluate(c, em, Recipe("single", (m,)), "holdout", base_general) for m in models}
         base_e = self.evaluate(c, em, Recipe("single", ("base",)), "holdout", base_general)
-        merges = [x for x in rows if x["kind"] == "merge"]
         d_eval = merges[0]["eval"]
         for x in merges:
             x["p_better"] = None if x is merges[0] else self.p_better(x["eval"], d_eval)
         better = [x for x in merges[1:] if x["p_better"] >= CONFIDENCE]
         win = max(better, key=lambda x: x["eval"].objective) if better else merges[0]
         chosen: Recipe = win["recipe"]
-        tasks = self.spec.tasks
-        w = sum(t.weight for t in tasks)
-        oracle = {t.name: max(singles, key=lambda m: singles[m].scores[t.name]) for t in tasks}
-        route_mean = sum(t.weight * singles[oracle[t.name]].scores[t.name] for t in tasks) / w
-        merge_mean = sum(t.weight * win["eval"].scores[t.name] for t in tasks) / w
+        oracle = {t.name: max(singles, key=lambda m: singles[m].scores[t.name]) for t in self.spec.tasks}
+        route_mean = self.task_mean({t: singles[m].scores[t] for t, m in oracle.items()})
+        merge_mean = self.task_mean(win["eval"].scores)
         best_single = max(singles, key=lambda m: singles[m].objective)
         routing = None
         if route_mean - merge_mean > self.route_margin:
@@ -403,7 +400,7 @@ class Agent:
                    "routing_estimate": route_mean, "merge_task_mean": merge_mean}
         report["holdout"] = holdout
         report["decision"] = _decision_text(chosen, win["eval"], singles[best_single], best_single, base_e, route_mean,
-                                            merge_mean, routing, self.route_margin, self.spec.general_tolerance)
+                                            merge_mean, routing, self.route_margin)
         challengers = merges[1:]
         if win is merges[0]:
             top = max(challengers, key=lambda x: x["p_better"], default=None)
@@ -427,8 +424,7 @@ class Agent:
 
         rng = np.random.default_rng(self.spec.seed)
         w = sum(t.weight for t in self.spec.tasks)
-        mean = lambda e: sum(t.weight * e.scores[t.name] for t in self.spec.tasks) / w  # noqa: E731
-        total = np.full(n, (a.objective - mean(a)) - (b.objective - mean(b)))
+        total = np.full(n, (a.objective - self.task_mean(a.scores)) - (b.objective - self.task_mean(b.scores)))
         for t in self.spec.tasks:
             ha, hb = (a.hits or {}).get(t.name), (b.hits or {}).get(t.name)
             if ha is None or hb is None:
@@ -463,8 +459,6 @@ class Agent:
 def _rss() -> int:
     try:
         with open("/proc/self/statm") as f:
-            import os
-
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return 0
@@ -492,7 +486,7 @@ def _pareto(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _decision_text(chosen: Recipe, e: Evaluation, single: Evaluation, single_name: str, base: Evaluation,
-                   route_mean: float, merge_mean: float, routing: Any, margin: float, tol: float) -> str:
+                   route_mean: float, merge_mean: float, routing: Any, margin: float) -> str:
     s = (f"Chose {chosen.describe()}: held-out objective {e.objective:.3f} (task mean {merge_mean:.3f}"
          + (f", general loss {e.general:.3f} vs the base's {base.general:.3f}" if e.general is not None
             and base.general is not None else "") + f"), against {single.objective:.3f} for the best single "

@@ -67,11 +67,15 @@ def write_report(r: dict[str, Any], out: Path) -> None:
 
 
 def _png(fig: Any) -> str:
+    """The figure as a base64 PNG; the figure is closed."""
     import base64
     import io
 
+    import matplotlib.pyplot as plt
+
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
     return base64.b64encode(buf.getvalue()).decode()
 
 
@@ -96,7 +100,6 @@ def figures(r: dict[str, Any]) -> dict[str, str]:
     fig.colorbar(im, ax=ax, label="dev score")
     ax.set_title("Candidates alone (dev part)")
     out["matrix"] = _png(fig)
-    plt.close(fig)
 
     pairs = r["task_vectors"]["pairs"]
     names = sorted({p["a"] for p in pairs} | {p["b"] for p in pairs}, key=rows.index)
@@ -112,7 +115,6 @@ def figures(r: dict[str, Any]) -> dict[str, str]:
         fig.colorbar(im, ax=ax, label="task-vector cosine")
         ax.set_title("Task-vector similarity")
         out["similarity"] = _png(fig)
-        plt.close(fig)
 
     traj = r["search"]["trajectory"]
     if traj:
@@ -139,7 +141,6 @@ def figures(r: dict[str, Any]) -> dict[str, str]:
         ax.legend(fontsize=8)
         ax.set_title("Search trajectory")
         out["trajectory"] = _png(fig)
-        plt.close(fig)
         pts = [t for t in done if t.get("general") is not None]
         if pts:
             fig, ax = plt.subplots(figsize=(5, 3.2))
@@ -152,7 +153,6 @@ def figures(r: dict[str, Any]) -> dict[str, str]:
             ax.legend(fontsize=8)
             ax.set_title("Task mean vs general ability (dev)")
             out["pareto"] = _png(fig)
-            plt.close(fig)
     return out
 
 

@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import torch
@@ -381,6 +381,24 @@ def exact_match(
 
 
 # ---------------------------------------------------------------------------------------- retrieval
+def encoder_batches(tok: Any, texts: Sequence[str], max_length: int, hidden: int,
+                    batch_size: int | None) -> Iterator[tuple[list[int], Any, Any]]:
+    """``(indices, input_ids, attention_mask)`` per batch of ``texts`` (numpy int64, padded to the batch's
+    longest row; rows of similar length batched together), for every encoder forward (torch or ONNX)."""
+    import numpy as np
+
+    enc = tok(list(texts), truncation=True, max_length=max_length)["input_ids"]
+    lengths = [len(x) for x in enc]
+    for idx in _batches(lengths, batch_size, hidden // 8, max_padding=0.1):
+        width = max(lengths[i] for i in idx)
+        ids = np.full((len(idx), width), tok.pad_token_id, dtype=np.int64)
+        attn = np.zeros((len(idx), width), dtype=np.int64)
+        for r, i in enumerate(idx):
+            ids[r, : lengths[i]] = enc[i]
+            attn[r, : lengths[i]] = 1
+        yield idx, ids, attn
+
+
 @_threaded
 def embed(em: EvalModel, texts: Sequence[str], *, batch_size: int | None = None) -> Tensor:
     """L2-normalised embeddings (float32, CPU) of ``texts`` with the model's pooling (through
@@ -388,21 +406,12 @@ def embed(em: EvalModel, texts: Sequence[str], *, batch_size: int | None = None)
     runtime = getattr(em, "runtime", None)
     if runtime is not None:
         return runtime.embed(texts, batch_size=batch_size)
-    tok, model, dev = em.tokenizer, em.model, em.device
-    enc = tok(list(texts), truncation=True, max_length=em.max_seq_length)["input_ids"]
-    lengths = [len(x) for x in enc]
+    model, dev = em.model, em.device
     hidden = getattr(model.config, "hidden_size", 1)
     out = torch.zeros((len(texts), hidden), dtype=torch.float32)
-    pad = tok.pad_token_id
     with torch.inference_mode():
-        for idx in _batches(lengths, batch_size, hidden // 8, max_padding=0.1):
-            width = max(lengths[i] for i in idx)
-            ids = torch.full((len(idx), width), pad, dtype=torch.long)
-            attn = torch.zeros((len(idx), width), dtype=torch.long)
-            for r, i in enumerate(idx):
-                ids[r, : lengths[i]] = torch.tensor(enc[i], dtype=torch.long)
-                attn[r, : lengths[i]] = 1
-            ids, attn = ids.to(dev), attn.to(dev)
+        for idx, ids_np, attn_np in encoder_batches(em.tokenizer, texts, em.max_seq_length, hidden, batch_size):
+            ids, attn = torch.from_numpy(ids_np).to(dev), torch.from_numpy(attn_np).to(dev)
             h = model(input_ids=ids, attention_mask=attn).last_hidden_state.float()
             m = attn.unsqueeze(-1).to(h.dtype)
             if em.pooling == "cls":

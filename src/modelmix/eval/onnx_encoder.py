@@ -178,19 +178,12 @@ class OnnxEncoder:
 
     def embed(self, texts: Sequence[str], *, batch_size: int | None = None) -> torch.Tensor:
         """L2-normalised embeddings (float32, CPU) of ``texts``: batches of similar lengths, one run each."""
-        from modelmix.eval.metrics import _batches
+        from modelmix.eval.metrics import encoder_batches
 
-        with self._tok_lock:  # a fast tokenizer mutates its Rust state when settings change: one caller at a time
-            enc = self.tokenizer(list(texts), truncation=True, max_length=self.max_seq_length)["input_ids"]
-        lengths = [len(x) for x in enc]
         out = np.zeros((len(texts), self.hidden), dtype=np.float32)
-        pad = self.tokenizer.pad_token_id
-        for idx in _batches(lengths, batch_size, self.hidden // 8, max_padding=0.1):
-            width = max(lengths[i] for i in idx)
-            ids = np.full((len(idx), width), pad, dtype=np.int64)
-            attn = np.zeros((len(idx), width), dtype=np.int64)
-            for r, i in enumerate(idx):
-                ids[r, : lengths[i]] = enc[i]
-                attn[r, : lengths[i]] = 1
+        # a fast tokenizer mutates its Rust state when settings change: one caller tokenises at a time
+        with self._tok_lock:
+            batches = list(encoder_batches(self.tokenizer, texts, self.max_seq_length, self.hidden, batch_size))
+        for idx, ids, attn in batches:
             out[idx] = self.session.run(None, {"input_ids": ids, "attention_mask": attn})[0]
         return torch.from_numpy(out)

@@ -85,4 +85,3 @@ def attach_runtime(encoder: Any, cfg: RouterConfig) -> None:
     elif cfg.encoder_runtime == "onnx":
         raise ConfigError(f"encoder_runtime: onnx: the encoder {cfg.encoder_path()} cannot run under ONNX Runtime "
                           f"here: {why}. Use encoder_runtime: torch (or auto, which falls back to it).")
-
