@@ -17,7 +17,8 @@ def agent() -> None:
 
 @agent.command("run")
 @click.option("--config", "config", type=click.Path(dir_okay=False), default=None,
-              help="An agent YAML (base, models, tasks, general, general_tolerance, budget, seed, db, out); flags "
+              help="An agent YAML (base, models, tasks, general, general_tolerance, budget, seed, db, out, executor, "
+                   "workers, batch); flags "
                    "given on the command line override it.")
 @click.option("--base", type=click.Path(file_okay=False), default=None, help="The base model directory.")
 @click.option("--models", multiple=True, type=click.Path(file_okay=False),
@@ -33,11 +34,21 @@ def agent() -> None:
 @click.option("--db", default=None, help="Trial store: an SQLite file or an SQLAlchemy URL; default agent.db.")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Where the chosen model is written.")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier output directory.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default=None,
+              help="Where candidates are evaluated: this process (default) or Ray workers (pip install "
+                   "'modelmix[ray]'; a local cluster unless --ray-address or RAY_ADDRESS names one).")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Ray workers, each holding the skeleton and the opened candidates (default: the cluster's CPUs).")
+@click.option("--ray-address", default=None, help="A running Ray cluster to join (e.g. auto, or ray://host:10001).")
+@click.option("--batch", type=click.IntRange(min=1), default=None,
+              help="Trials asked at once and evaluated together (default: the number of workers; a seed gives "
+                   "the same choice for the same batch on either executor).")
 @device_option("Where candidates are merged and scored.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON line.")
 def run_cmd(config: str | None, base: str | None, models: tuple[str, ...], tasks: tuple[str, ...],
             general: str | None, general_tolerance: float | None, budget: int | None, seed: int | None,
-            db: str | None, out: str | None, overwrite: bool, device: str, as_json: bool) -> None:
+            db: str | None, out: str | None, overwrite: bool, executor: str | None, workers: int | None,
+            ray_address: str | None, batch: int | None, device: str, as_json: bool) -> None:
     """Perceive, select, search, confirm on held-out examples, write the model, its recipe and a report.
 
     Example: modelmix agent run --base zoo/base --models zoo/experts/addition --models zoo/experts/reverse
@@ -50,11 +61,13 @@ def run_cmd(config: str | None, base: str | None, models: tuple[str, ...], tasks
     from modelmix.errors import ConfigError
 
     kw: dict = {"general_tolerance": 0.05, "budget": 50, "seed": 0, "db": "agent.db", "general": None,
-                "base": None, "models": [], "tasks": [], "out": None}
+                "base": None, "models": [], "tasks": [], "out": None, "executor": "local", "workers": None,
+                "batch": None}
     if config is not None:
         kw.update(load_agent_config(config))
     given = {"base": base, "general": general, "general_tolerance": general_tolerance, "budget": budget,
-             "seed": seed, "db": db, "out": out, "models": list(models) or None,
+             "seed": seed, "db": db, "out": out, "models": list(models) or None, "executor": executor,
+             "workers": workers, "batch": batch,
              "tasks": [parse_task(t) for t in tasks] or None}
     kw.update({k: v for k, v in given.items() if v is not None})
     missing = [f"--{k}" for k in ("base", "models", "tasks", "out") if not kw[k]]
@@ -64,7 +77,8 @@ def run_cmd(config: str | None, base: str | None, models: tuple[str, ...], tasks
                      seed=kw["seed"], general_tolerance=kw["general_tolerance"])
     log = (lambda s: None) if as_json else (lambda s: click.echo(s, err=True))
     with TrialStore(kw["db"]) as store:
-        res = Agent(spec, store, device=device, log=log).run(Path(kw["out"]), overwrite=overwrite)
+        res = Agent(spec, store, device=device, log=log, executor=kw["executor"], workers=kw["workers"],
+                    address=ray_address, batch=kw["batch"]).run(Path(kw["out"]), overwrite=overwrite)
     if as_json:
         click.echo(json.dumps({"run": res.run, "chosen": res.chosen.to_dict(), "holdout": res.holdout,
                                "recommend_routing": res.recommend_routing, "trials": res.trials,

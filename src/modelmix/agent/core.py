@@ -79,13 +79,21 @@ class AgentResult:
 
 class Agent:
     def __init__(self, spec: AgentSpec, store: TrialStore, *, device: str = "cpu", route_margin: float = 0.05,
-                 sampler: str = "tpe", log: Callable[[str], None] | None = None) -> None:
+                 sampler: str = "tpe", executor: str = "local", workers: int | None = None,
+                 address: str | None = None, batch: int | None = None,
+                 log: Callable[[str], None] | None = None) -> None:
         """``sampler``: "tpe" (the agent) or "random" (plain random search over the same space, no warm
-        start, no pruning: the baseline the benchmark compares against)."""
+        start, no pruning: the baseline the benchmark compares against). ``executor``: "local" or "ray"
+        (``workers`` actors; ``address`` of a running cluster, else a local one). ``batch``: trials asked of
+        Optuna at once and evaluated together (default: the executor's workers); the same batch gives the same
+        trials, and so the same choice, on either executor."""
         if sampler not in ("tpe", "random"):
             raise ValueError(f"sampler must be 'tpe' or 'random', got {sampler!r}")
+        if batch is not None and batch < 1:
+            raise InputError(f"--batch {batch}: at least one trial at a time.")
         self.spec, self.store, self.device, self.route_margin = spec, store, device, route_margin
         self.sampler = sampler
+        self.executor_kind, self.workers, self.address, self.batch = executor, workers, address, batch
         self.trial_rss: list[int] = []  # resident bytes after each trial (memory must stay flat)
         self.log = log or (lambda s: None)
         self.run_id = spec.fingerprint()
@@ -93,24 +101,6 @@ class Agent:
         self.eval_seconds: list[float] = []
 
     # ------------------------------------------------------------------ evaluation
-    def _score(self, em: Any, fidelity: str) -> tuple[dict[str, float], float | None, dict[str, list[int]]]:
-        from modelmix.eval import metrics as M
-
-        scores: dict[str, float] = {}
-        hits: dict[str, list[int]] = {}
-        for t in self.spec.tasks:
-            rows = {"low": t.dev[: self.spec.low_examples], "dev": t.dev, "holdout": t.holdout}[fidelity]
-            if t.metric == "exact_match":
-                r = M.exact_match(em, rows, per_row=True)
-                scores[t.name], hits[t.name] = r["exact_match"], r["hits"]
-            else:
-                scores[t.name] = M.choice(em, rows)["accuracy"]
-        general = None
-        if self.spec.general_rows:
-            rows = self.spec.general_rows if fidelity != "low" else self.spec.general_rows[: 4 * self.spec.low_examples]
-            general = M.loss(em, rows, reduction="token")["loss"]
-        return scores, general, hits
-
     def task_mean(self, scores: dict[str, float]) -> float:
         """The tasks' scores averaged with their weights."""
         return sum(t.weight * scores[t.name] for t in self.spec.tasks) / sum(t.weight for t in self.spec.tasks)
@@ -123,34 +113,56 @@ class Agent:
             return mean
         return mean - PENALTY * max(0.0, general / base_general - 1 - self.spec.general_tolerance)
 
-    def evaluate(self, c: Any, em: Any, recipe: Recipe, fidelity: str, base_general: dict[str, float | None]) -> Evaluation:
-        """Scores of ``recipe`` at ``fidelity``, from the store when this run measured it before."""
-        key = recipe.key()
-        hit = self.store.get(self.run_id, key, fidelity)
-        if hit is not None:
+    def evaluate_many(self, jobs: list[tuple[Recipe, str]], base_general: dict[str, float | None], *,
+                      errors: str = "raise") -> list[Evaluation | ModelmixError]:
+        """Each ``(recipe, fidelity)``'s evaluation: from the store when this run measured it before, else
+        computed by the executor (one batch, in order) and recorded as each result arrives. A recipe the method
+        refuses raises, or with ``errors="return"`` comes back as its error (it fails its trial)."""
+        out: list[Evaluation | ModelmixError | None] = []
+        todo: list[int] = []
+        for i, (recipe, fidelity) in enumerate(jobs):
+            hit = self.store.get(self.run_id, recipe.key(), fidelity)
+            if hit is None:
+                out.append(None)
+                if not any(jobs[j][0].key() == recipe.key() and jobs[j][1] == fidelity for j in todo):
+                    todo.append(i)
+                continue
             s = hit["scores"]
-            return Evaluation(s["tasks"], s["general"], hit["objective"], hit["seconds"], cached=True,
-                              hits=s.get("hits"))
-        t0 = time.perf_counter()
-        if recipe.method == "single":
-            c.load(em, self._index[recipe.models[0]] if recipe.models[0] != "base" else "base")
-        else:
-            c.merge_into(em, recipe.method, **recipe.merge_kwargs(self._index))
-        scores, general, hits = self._score(em, fidelity)
-        seconds = time.perf_counter() - t0
+            out.append(Evaluation(s["tasks"], s["general"], hit["objective"], hit["seconds"], cached=True,
+                                  hits=s.get("hits")))
+        for i, res in zip(todo, self.executor.map([jobs[i] for i in todo]), strict=True):
+            recipe, fidelity = jobs[i]
+            out[i] = self._record(recipe, fidelity, res, base_general)
+        for i, (recipe, fidelity) in enumerate(jobs):  # a duplicate in the batch: its twin's result
+            if out[i] is None:
+                j = next(j for j in todo if jobs[j][0].key() == recipe.key() and jobs[j][1] == fidelity)
+                out[i] = out[j]
+        if errors == "raise":
+            for e in out:
+                if isinstance(e, ModelmixError):
+                    raise e
+        return out  # type: ignore[return-value]
+
+    def evaluate(self, recipe: Recipe, fidelity: str, base_general: dict[str, float | None]) -> Evaluation:
+        return self.evaluate_many([(recipe, fidelity)], base_general)[0]  # type: ignore[return-value]
+
+    def _record(self, recipe: Recipe, fidelity: str, res: dict[str, Any],
+                base_general: dict[str, float | None]) -> Evaluation | ModelmixError:
+        """One computed result into the store (committed before the search goes on)."""
+        if "error" in res:
+            return ModelmixError(res["error"])
+        scores, general, hits = res["scores"], res["general"], res["hits"]
         obj = self.objective(scores, general, base_general.get(fidelity))
         keep = hits if fidelity == "holdout" else None  # only the decision compares rows
-        self.store.put(self.run_id, key, fidelity, recipe.to_dict(),
+        self.store.put(self.run_id, recipe.key(), fidelity, recipe.to_dict(),
                        {"tasks": scores, "general": general, **({"hits": keep} if keep else {})},
-                       obj, seconds, self.spec.seed)
+                       obj, res["seconds"], self.spec.seed)
         self.evaluations += 1
-        self.eval_seconds.append(seconds)
-        return Evaluation(scores, general, obj, seconds, hits=keep)
+        self.eval_seconds.append(res["seconds"])
+        return Evaluation(scores, general, obj, res["seconds"], hits=keep)
 
     # ------------------------------------------------------------------ the run
     def run(self, out: Path | None = None, *, overwrite: bool = False) -> AgentResult:
-        from modelmix.candidates import Candidates
-
         t_start = time.perf_counter()
         spec = self.spec
         models = [str(m) for m in spec.models]
@@ -163,19 +175,20 @@ class Agent:
         self.store.start_run(self.run_id, {"base": str(spec.base), "models": models,
                                            "tasks": {t.name: str(t.path) for t in spec.tasks},
                                            "seed": spec.seed, "budget": spec.budget})
+        from modelmix.agent.executor import make_executor
+
+        self.executor = make_executor(self.executor_kind, spec, self.device, workers=self.workers,
+                                      address=self.address)
         try:
-            c = Candidates(models, base=spec.base, purpose="The agent merging these models")
-        except InputError as e:
-            raise InputError(f"{e} These candidates cannot be merged in weight space; route between them instead "
-                             "(`modelmix serve` with a router config: docs/router.md).") from None
-        with c:
-            em = c.skeleton(self.device)
-            report: dict[str, Any] = {"run": self.run_id, "split": self._split_report()}
+            report: dict[str, Any] = {"run": self.run_id, "split": self._split_report(),
+                                      "executor": {"kind": self.executor.name, "workers": self.executor.workers}}
             base_general: dict[str, float | None] = {}
-            matrix = self._perceive(c, em, models, base_general, report)
+            matrix = self._perceive(models, base_general, report)
             selected = self._select(models, matrix, report)
-            best, study = self._search(c, em, selected, base_general, report)
-            chosen, holdout, routing = self._decide(c, em, models, selected, best, base_general, report)
+            best, study = self._search(selected, base_general, report)
+            chosen, holdout, routing = self._decide(models, selected, best, base_general, report)
+        finally:
+            self.executor.close()
         report["seconds"] = time.perf_counter() - t_start
         report["evaluations"] = {"computed": self.evaluations, "per_candidate_s": _mean(self.eval_seconds)}
         if out is not None:
@@ -191,14 +204,17 @@ class Agent:
                          "metric": t.metric, "weight": t.weight, "file": str(t.path)} for t in self.spec.tasks}
 
     # 1. perceive ------------------------------------------------------
-    def _perceive(self, c: Any, em: Any, models: list[str], base_general: dict[str, float | None],
+    def _perceive(self, models: list[str], base_general: dict[str, float | None],
                   report: dict[str, Any]) -> dict[str, Evaluation]:
         from modelmix.analysis import analyze
 
         self.log(f"perceive: {len(models)} candidates and the base on {len(self.spec.tasks)} task(s)")
-        base = {fid: self.evaluate(c, em, Recipe("single", ("base",)), fid, {}) for fid in ("low", "dev", "holdout")}
+        fids = ("low", "dev", "holdout")
+        evs = self.evaluate_many([(Recipe("single", ("base",)), f) for f in fids], {})
+        base = dict(zip(fids, evs, strict=True))
         base_general.update({fid: ev.general for fid, ev in base.items()})  # the constraint's anchor per fidelity
-        matrix = {m: self.evaluate(c, em, Recipe("single", (m,)), "dev", base_general) for m in models}
+        matrix = dict(zip(models, self.evaluate_many([(Recipe("single", (m,)), "dev") for m in models],
+                                                     base_general), strict=True))
         matrix["base"] = base["dev"]
         a = analyze(self.spec.base, [Path(m) for m in models], workers=1)
         names = [d["name"] for d in a.data["models"]]
@@ -298,7 +314,7 @@ class Agent:
                 out.append(name)
         return out
 
-    def _search(self, c: Any, em: Any, keep: list[str], base_general: dict[str, float | None],
+    def _search(self, keep: list[str], base_general: dict[str, float | None],
                 report: dict[str, Any]) -> tuple[list[tuple[float, Recipe]], Any]:
         import warnings
 
@@ -307,8 +323,11 @@ class Agent:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
         methods = self.methods(keep)
+        batch = self.batch or self.executor.workers
         if self.sampler == "tpe":
+            # constant liar: trials asked together (a batch) are steered away from each other
             sampler = optuna.samplers.TPESampler(seed=self.spec.seed, multivariate=True, group=True,
+                                                 constant_liar=batch > 1,
                                                  n_startup_trials=min(10, max(1, self.spec.budget // 4)))
             pruner: Any = optuna.pruners.PercentilePruner(50.0, n_startup_trials=5, n_warmup_steps=0)
         else:
@@ -319,42 +338,58 @@ class Agent:
                 study.enqueue_trial(trial_params(r, keep), skip_if_exists=True)
         dev: list[tuple[float, Recipe]] = []
         trajectory: list[dict[str, Any]] = []
+        failures: list[str] = []
+        states = optuna.trial.TrialState
+        counts = {"trials": 0, "pruned": 0, "failed": 0}
 
-        def objective(trial: Any) -> float:
-            r = suggest(trial, keep, methods, self.spec.seed)
-            low = self.evaluate(c, em, r, "low", base_general)
-            trial.report(low.objective, 0)
-            if trial.should_prune():
-                trajectory.append({"trial": trial.number, "recipe": r.describe(), "low": low.objective,
-                                   "dev": None})
-                raise optuna.TrialPruned()
-            full = self.evaluate(c, em, r, "dev", base_general)
-            self.trial_rss.append(_rss())
-            dev.append((full.objective, r))
-            trajectory.append({"trial": trial.number, "recipe": r.describe(), "low": low.objective,
-                               "dev": full.objective, "general": full.general, "scores": full.scores})
-            return full.objective
+        def fail(trial: Any, e: ModelmixError) -> None:
+            study.tell(trial, state=states.FAIL)
+            counts["failed"] += 1
+            failures.append(str(e)[:300])
 
-        self.log(f"search: {self.spec.budget} trials over {', '.join(methods)}")
+        self.log(f"search: {self.spec.budget} trials over {', '.join(methods)} "
+                 f"({self.executor.name}, {batch} at a time)")
         t0 = time.perf_counter()
-        study.optimize(objective, n_trials=self.spec.budget, catch=(ModelmixError,))  # a recipe the method refuses
+        while counts["trials"] < self.spec.budget:
+            # a batch: asked in order, scored cheaply together, pruned in order, the rest scored fully together
+            trials = [study.ask() for _ in range(min(batch, self.spec.budget - counts["trials"]))]
+            counts["trials"] += len(trials)
+            recipes = [suggest(t, keep, methods, self.spec.seed) for t in trials]
+            lows = self.evaluate_many([(r, "low") for r in recipes], base_general, errors="return")
+            go = []
+            for t, r, low in zip(trials, recipes, lows, strict=True):
+                if isinstance(low, ModelmixError):  # a recipe the method refuses fails its trial, not the run
+                    fail(t, low)
+                    continue
+                t.report(low.objective, 0)
+                if t.should_prune():
+                    trajectory.append({"trial": t.number, "recipe": r.describe(), "low": low.objective, "dev": None})
+                    study.tell(t, state=states.PRUNED)
+                    counts["pruned"] += 1
+                    continue
+                go.append((t, r, low))
+            fulls = self.evaluate_many([(r, "dev") for _, r, _ in go], base_general, errors="return")
+            for (t, r, low), full in zip(go, fulls, strict=True):
+                if isinstance(full, ModelmixError):
+                    fail(t, full)
+                    continue
+                self.trial_rss.append(_rss())
+                dev.append((full.objective, r))
+                trajectory.append({"trial": t.number, "recipe": r.describe(), "low": low.objective,
+                                   "dev": full.objective, "general": full.general, "scores": full.scores})
+                study.tell(t, full.objective)
         search_seconds = time.perf_counter() - t0
         dev.sort(key=lambda x: -x[0])
-        states = optuna.trial.TrialState
-        ran = [t for t in study.trials if t.state in (states.COMPLETE, states.PRUNED, states.FAIL)]  # not enqueued
-        pruned = sum(t.state == states.PRUNED for t in ran)
-        failed = [t for t in ran if t.state == states.FAIL]
-        report["search"] = {"methods": methods, "trials": len(ran), "pruned": pruned, "seconds": search_seconds,
-                            "failed": len(failed), "failures": [str(t.system_attrs.get("fail_reason", ""))[:300]
-                                                                for t in failed[:3]],
-                            "sampler": self.sampler,
+        report["search"] = {"methods": methods, "trials": counts["trials"], "pruned": counts["pruned"],
+                            "seconds": search_seconds, "failed": counts["failed"], "failures": failures[:3],
+                            "sampler": self.sampler, "batch": batch,
                             "trajectory": trajectory, "proposals": [r.describe() for r in self.proposals(keep)],
                             "best_dev": [{"objective": o, "recipe": r.describe()} for o, r in dev[:SHORTLIST]],
                             "pareto": _pareto([t for t in trajectory if t["dev"] is not None])}
         return dev, study
 
     # 4. decide --------------------------------------------------------
-    def _decide(self, c: Any, em: Any, models: list[str], keep: list[str], dev: list[tuple[float, Recipe]],
+    def _decide(self, models: list[str], keep: list[str], dev: list[tuple[float, Recipe]],
                 base_general: dict[str, float | None], report: dict[str, Any]) -> tuple[Recipe, dict[str, Any], Any]:
         # the default: the analysis' best proposal on dev (the papers' defaults, the soup, ...); a searched
         # recipe replaces it only when the held-out rows show it better with 95 % (paired bootstrap): 33 rows
@@ -371,9 +406,11 @@ class Agent:
                 short.append(r)
         if soup.key() not in {x.key() for x in short}:
             short.append(soup)
-        merges = [{"recipe": r, "eval": self.evaluate(c, em, r, "holdout", base_general)} for r in short]
-        singles = {m: self.evaluate(c, em, Recipe("single", (m,)), "holdout", base_general) for m in models}
-        base_e = self.evaluate(c, em, Recipe("single", ("base",)), "holdout", base_general)
+        evs = self.evaluate_many([(r, "holdout") for r in short] + [(Recipe("single", (m,)), "holdout")
+                                                                    for m in [*models, "base"]], base_general)
+        merges = [{"recipe": r, "eval": e} for r, e in zip(short, evs, strict=False)]
+        singles = dict(zip(models, evs[len(short):len(short) + len(models)], strict=True))
+        base_e = evs[-1]
         d_eval = merges[0]["eval"]
         for x in merges:
             x["p_better"] = None if x is merges[0] else self.p_better(x["eval"], d_eval)

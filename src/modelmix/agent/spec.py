@@ -151,7 +151,10 @@ def load_agent_config(path: str | Path) -> dict[str, Any]:
         seed: 0
         db: agent.db
         out: merged
+        executor: local               # or ray (workers: N; batch: trials evaluated together)
     """
+    from typing import Literal
+
     from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
     from modelmix.config.loading import _parse_yaml
@@ -175,6 +178,9 @@ def load_agent_config(path: str | Path) -> dict[str, Any]:
         seed: int = 0
         db: str = "agent.db"
         out: str | None = None
+        executor: Literal["local", "ray"] = "local"
+        workers: int | None = Field(None, ge=1)
+        batch: int | None = Field(None, ge=1)
 
     p = Path(path)
     if not p.is_file():
@@ -201,4 +207,5 @@ def load_agent_config(path: str | Path) -> dict[str, Any]:
     return {"base": rel(cfg.base), "models": [rel(m) for m in cfg.models], "tasks": tasks,
             "general": rel(cfg.general) if cfg.general else None, "general_tolerance": cfg.general_tolerance,
             "budget": cfg.budget, "seed": cfg.seed, "db": str(rel(cfg.db)) if "://" not in cfg.db else cfg.db,
-            "out": rel(cfg.out) if cfg.out else None}
+            "out": rel(cfg.out) if cfg.out else None, "executor": cfg.executor, "workers": cfg.workers,
+            "batch": cfg.batch}
