@@ -278,3 +278,32 @@ def test_ray_executor_without_ray_is_a_clear_error(zoo_dir, tmp_path, monkeypatc
     monkeypatch.setattr(builtins, "__import__", no_ray)
     with TrialStore(tmp_path / "x.db") as store, pytest.raises(InputError, match=r"modelmix\[ray\]"):
         Agent(_spec(zoo_dir), store, executor="ray").run(None)
+
+
+def test_on_conflicting_experts_the_agent_recommends_routing_and_its_router_scores_higher(first_run, zoo_dir):
+    """The test zoo's addition and reverse experts cannot be merged well (every merge loses most of both skills):
+    the agent measures the router it would write on the held-out rows (each query routed by its text, scored
+    with the candidate it was sent to), finds it better than its best merge, and writes it."""
+    from modelmix.router.config import load_router_config
+    from modelmix.router.core import Router
+
+    tmp, res = first_run
+    h = res.holdout
+    measured = h["router_measured"]
+    assert res.recommend_routing and measured["task_mean"] > h["merge_task_mean"] + 0.05
+    assert measured["routed_right"] >= 0.9 and measured["task_mean"] <= h["routing_estimate"] + 1e-9
+    cfg = load_router_config(tmp / "out" / "router.yml")  # what `modelmix serve --config` reads
+    assert cfg.strategy == "single" and [r.name for r in cfg.routes] == list(TASKS)
+    assert {cfg.model_path(n) for n in cfg.models} == {zoo_dir / "experts" / t for t in TASKS}
+    router = Router(cfg)
+    spec = _spec(zoo_dir)
+    with TrialStore(tmp / "agent.db") as store:
+        hits = {r["recipe"]["models"][0]: r["scores"]["hits"] for r in store.history(res.run)
+                if r["fidelity"] == "holdout" and r["recipe"]["method"] == "single"}
+    for t in spec.tasks:  # the measured score, recomputed from the written file and the stored per-row hits
+        ds = router.route_many([r["input"] for r in t.holdout], strategy="single")
+        assert sum(d.routes[0] == t.name for d in ds) / len(ds) >= 0.9
+        got = [hits[str(cfg.model_path(d.models[0]))][t.name][i] for i, d in enumerate(ds)]
+        assert sum(got) / len(got) == pytest.approx(measured["scores"][t.name])
+    assert "router sending each query by its text alone" in res.report["decision"]
+    assert "Router measured" in (tmp / "out" / "agent_report.md").read_text()

@@ -71,6 +71,7 @@ class AgentResult:
     report: dict[str, Any]
     out: Path | None
     recommend_routing: bool
+    router: dict[str, Any] | None  # the router config written (router.yml) when routing is recommended
     trials: int = 0
     pruned: int = 0
     evaluations: int = 0
@@ -195,7 +196,7 @@ class Agent:
             self._act(chosen, out, overwrite, report, routing)
         self.store.finish_run(self.run_id, {"chosen": chosen.to_dict(), "holdout": holdout,
                                             "recommend_routing": routing is not None})
-        return AgentResult(self.run_id, chosen, holdout, report, out, routing is not None,
+        return AgentResult(self.run_id, chosen, holdout, report, out, routing is not None, self.router_config,
                            trials=report["search"]["trials"], pruned=report["search"]["pruned"],
                            evaluations=self.evaluations, seconds=report["seconds"])
 
@@ -421,9 +422,20 @@ class Agent:
         route_mean = self.task_mean({t: singles[m].scores[t] for t, m in oracle.items()})
         merge_mean = self.task_mean(win["eval"].scores)
         best_single = max(singles, key=lambda m: singles[m].objective)
-        routing = None
-        if route_mean - merge_mean > self.route_margin:
-            routing = {"routes": oracle, "route_mean": route_mean, "merge_mean": merge_mean}
+        routing, measured, router_mean = None, None, None
+        if route_mean - merge_mean > self.route_margin:  # the upper bound says a router might win: measure one
+            from modelmix.agent.routing import measure_router, router_config
+
+            cfg = router_config(self.spec, oracle)
+            try:
+                measured = measure_router(cfg, self.spec, singles)
+                router_mean = self.task_mean(measured["scores"])
+            except (ModelmixError, ImportError, OSError) as e:  # no encoder here: the estimate alone, said so
+                measured = {"error": str(e)[:300]}
+            if (router_mean if router_mean is not None else route_mean) - merge_mean > self.route_margin:
+                routing = {"routes": oracle, "route_mean": route_mean, "merge_mean": merge_mean,
+                           "router_mean": router_mean, "config": cfg}
+        self.router_config = routing["config"] if routing else None
         holdout = {"chosen": chosen.describe(), "objective": win["eval"].objective, "scores": win["eval"].scores,
                    "general": win["eval"].general, "base": {"scores": base_e.scores, "general": base_e.general,
                                                             "objective": base_e.objective},
@@ -434,10 +446,11 @@ class Agent:
                                   "scores": x["eval"].scores, "general": x["eval"].general,
                                   "p_better": x["p_better"]} for x in merges],
                    "uniform_soup": soup.describe(), "best_single": best_single,
-                   "routing_estimate": route_mean, "merge_task_mean": merge_mean}
+                   "routing_estimate": route_mean, "merge_task_mean": merge_mean,
+                   "router_measured": None if measured is None else {**measured, "task_mean": router_mean}}
         report["holdout"] = holdout
         report["decision"] = _decision_text(chosen, win["eval"], singles[best_single], best_single, base_e, route_mean,
-                                            merge_mean, routing, self.route_margin)
+                                            merge_mean, routing, self.route_margin, measured, router_mean)
         challengers = merges[1:]
         if win is merges[0]:
             top = max(challengers, key=lambda x: x["p_better"], default=None)
@@ -484,11 +497,7 @@ class Agent:
         merge(cfg, out, overwrite=overwrite, protect=protect)
         (out / "recipe.yml").write_text(cfg.to_yaml())
         if routing is not None:
-            router = {"models": {Path(m).name: {"path": str(m)} for m in set(routing["routes"].values())},
-                      "routes": [{"name": t.name, "models": [Path(routing["routes"][t.name]).name],
-                                  "utterances": [r["input"] for r in t.dev[:10]]} for t in self.spec.tasks],
-                      "feedback": {"store": "router.db"}}
-            (out / "router.yml").write_text(yaml.safe_dump(router, sort_keys=False))
+            (out / "router.yml").write_text(yaml.safe_dump(routing["config"], sort_keys=False))
             report["router_config"] = str(out / "router.yml")
         write_report(report, out)
 
@@ -523,17 +532,28 @@ def _pareto(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _decision_text(chosen: Recipe, e: Evaluation, single: Evaluation, single_name: str, base: Evaluation,
-                   route_mean: float, merge_mean: float, routing: Any, margin: float) -> str:
+                   route_mean: float, merge_mean: float, routing: Any, margin: float,
+                   measured: dict[str, Any] | None = None, router_mean: float | None = None) -> str:
     s = (f"Chose {chosen.describe()}: held-out objective {e.objective:.3f} (task mean {merge_mean:.3f}"
          + (f", general loss {e.general:.3f} vs the base's {base.general:.3f}" if e.general is not None
             and base.general is not None else "") + f"), against {single.objective:.3f} for the best single "
          f"candidate ({Path(single_name).name}) and {base.objective:.3f} for the base.")
+    if router_mean is not None and measured is not None:
+        got = (f" A router sending each query by its text alone (the config the agent would write) scores "
+               f"{router_mean:.3f} on the held-out part ({100 * measured['routed_right']:.0f} % of the queries "
+               f"sent to their own task's route; a perfect router, {route_mean:.3f}),")
+    elif measured is not None:
+        got = (f" The router could not be measured here ({measured['error']}); a perfect router would score "
+               f"{route_mean:.3f},")
+    else:
+        got = None
     if routing is not None:
-        s += (f" Routing would do better: sending each task to its best candidate scores {route_mean:.3f} on the "
-              f"held-out part against the merge's {merge_mean:.3f} (more than {margin:.2f} apart), so the agent "
-              "recommends routing and wrote router.yml beside the model.")
+        s += (got or f" Routing would do better: sending each task to its best candidate scores {route_mean:.3f},")
+        s += (f" against the merge's {merge_mean:.3f} (more than {margin:.2f} apart), so the agent recommends "
+              "routing and wrote router.yml beside the model.")
+    elif got is not None:
+        s += got + f" not more than {margin:.2f} above the merge's {merge_mean:.3f}, so one merged model is the better deal."
     else:
         s += (f" Routing each task to its best candidate would score {route_mean:.3f}, within {margin:.2f} of the "
               "merge, so one merged model is the better deal.")
     return s
-

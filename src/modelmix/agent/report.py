@@ -54,6 +54,13 @@ def markdown(r: dict[str, Any]) -> str:
     lines.append(row("base", h["base"]))
     lines += ["", f"Routing estimate (each task to its best candidate): {h['routing_estimate']:.3f} task mean; "
               f"the chosen merge: {h['merge_task_mean']:.3f}."]
+    rm = h.get("router_measured")
+    if rm and rm.get("task_mean") is not None:
+        lines += ["", f"Router measured (the config the agent would write, each held-out query routed by its text): "
+                  f"{rm['task_mean']:.3f} task mean, {100 * rm['routed_right']:.0f} % of queries sent to their own "
+                  "task's route; per task: " + ", ".join(f"{t} {v:.2f}" for t, v in rm["scores"].items()) + "."]
+    elif rm and rm.get("error"):
+        lines += ["", f"Router not measured: {rm['error']}"]
     if r.get("router_config"):
         lines += ["", f"Router config written: `{r['router_config']}`."]
     return "\n".join(lines) + "\n"
