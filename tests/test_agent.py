@@ -307,3 +307,43 @@ def test_on_conflicting_experts_the_agent_recommends_routing_and_its_router_scor
         assert sum(got) / len(got) == pytest.approx(measured["scores"][t.name])
     assert "router sending each query by its text alone" in res.report["decision"]
     assert "Router measured" in (tmp / "out" / "agent_report.md").read_text()
+
+
+def test_memory_stays_flat_in_the_number_of_candidates_evaluated(zoo_dir, tmp_path):
+    """Every trial merges into the same skeleton: resident memory after the 24th trial is within a fraction of
+    one model of the memory after the 6th. Models of 28 MB (float32) so that a copy per trial would show:
+    18 leaked copies would be ~500 MB."""
+    import shutil
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    src = zoo_dir / "base"
+    cfg = LlamaConfig.from_pretrained(src)
+    cfg.update({"hidden_size": 384, "intermediate_size": 1024, "num_attention_heads": 6, "num_key_value_heads": 6,
+                "head_dim": 64, "num_hidden_layers": 4})
+    torch.manual_seed(0)
+    base = LlamaForCausalLM(cfg)
+    paths = []
+    for name in ("base", "a", "b", "c"):
+        d = tmp_path / name
+        model = base if name == "base" else LlamaForCausalLM(cfg)
+        if name != "base":
+            model.load_state_dict({k: v + 0.01 * torch.randn_like(v) for k, v in base.state_dict().items()})
+        model.save_pretrained(d)
+        for f in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+            shutil.copy(src / f, d / f)
+        paths.append(d)
+    size = sum(p.numel() * 4 for p in base.parameters())
+    assert size > 25e6
+    rows = "".join(json.dumps({"input": f"{i}+{i}=", "output": str(2 * i)}) + "\n" for i in range(6))
+    (tmp_path / "t.jsonl").write_text(rows)
+    spec = load_spec(paths[0], paths[1:], [("t", tmp_path / "t.jsonl", "exact_match", 1.0)], budget=24, seed=0,
+                     low_examples=2)
+    with TrialStore(tmp_path / "m.db") as store:
+        agent = Agent(spec, store)
+        agent.run(None)
+    rss = agent.trial_rss
+    assert len(rss) >= 12  # trials scored in full (the rest pruned)
+    growth = rss[-1] - rss[5]
+    assert growth < 0.5 * size, f"resident memory grew {growth / 2**20:.0f} MB over {len(rss) - 6} trials"
