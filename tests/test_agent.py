@@ -347,3 +347,38 @@ def test_memory_stays_flat_in_the_number_of_candidates_evaluated(zoo_dir, tmp_pa
     assert len(rss) >= 12  # trials scored in full (the rest pruned)
     growth = rss[-1] - rss[5]
     assert growth < 0.5 * size, f"resident memory grew {growth / 2**20:.0f} MB over {len(rss) - 6} trials"
+
+
+def test_slerp_and_cocktail_proposals_for_a_pair(first_run, zoo_dir, tmp_path):
+    """A pair gets SLERP halfway and LM-Cocktail's weights among the proposals; a SLERP recipe's YAML (the first
+    candidate as base_model) merges to exactly the model the agent scored in memory."""
+    import yaml
+
+    from modelmix.candidates import Candidates
+    from modelmix.weighting.cocktail import compute_weights
+
+    tmp, res = first_run
+    rep = res.report
+    props = rep["search"]["proposals"]
+    assert any(p.startswith("slerp(addition, reverse; t=0.5)") for p in props)
+    spec = _spec(zoo_dir)
+    rows = [{"input": r["input"], "output": r["output"]} for t in spec.tasks for r in t.dev[: spec.low_examples]]
+    want = compute_weights([str(m) for m in spec.models], rows, type="decoder").weights
+    assert list(rep["cocktail"]["weights"].values()) == pytest.approx(want)
+    assert sum(p.startswith("linear(") for p in props) == 2  # the uniform soup and the cocktail
+    r = Recipe("slerp", tuple(str(m) for m in spec.models), {"t": 0.3}, {}, 0)
+    cfg = r.to_mergekit(spec.base)
+    assert cfg["base_model"] == str(spec.models[0]) and cfg["parameters"] == {"t": 0.3}
+    (tmp_path / "s.yml").write_text(yaml.safe_dump(cfg))
+    code, _, err = run_cli("merge", str(tmp_path / "s.yml"), str(tmp_path / "s"))
+    assert code == 0, err
+    written = load_file(tmp_path / "s" / "model.safetensors")
+    with Candidates([str(m) for m in spec.models], base=spec.base) as c:
+        em = c.skeleton()
+        c.merge_into(em, r.method, **r.merge_kwargs({str(m): i for i, m in enumerate(spec.models)}))
+        sd = em.model.state_dict()
+    assert all(torch_equal(sd[k], written[k]) for k in written)
+
+
+def torch_equal(a, b) -> bool:
+    return bool((a == b).all())

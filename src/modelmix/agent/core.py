@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modelmix.agent.space import Recipe, suggest, trial_params
+from modelmix.agent.space import ENDPOINT, Recipe, suggest, trial_params
 from modelmix.agent.spec import AgentSpec
 from modelmix.agent.store import TrialStore
 from modelmix.errors import InputError, ModelmixError
@@ -280,11 +280,32 @@ class Agent:
         self.log(f"select: kept {len(keep)} of {len(models)}: " + ", ".join(Path(m).name for m in keep))
         self._conflict_rate = _mean([p["conflict_rate"] or 0.0 for p in self._pairs
                                      if p["a"] in keep and p["b"] in keep]) if len(keep) > 1 else 0.0
+        self._cocktail = self._cocktail_weights(keep, report)
         return keep
+
+    def _cocktail_weights(self, keep: list[str], report: dict[str, Any]) -> tuple[float, ...] | None:
+        """LM-Cocktail's weights for the kept candidates: softmax(-loss / 5) of each one's loss on the cheap
+        fidelity's rows of every task (``modelmix.weighting.cocktail``), a proposal for the linear merge."""
+        from modelmix.weighting.cocktail import compute_weights
+
+        rows = [{"input": r["input"], "output": r["output"]} for t in self.spec.tasks
+                for r in t.dev[: self.spec.low_examples] if isinstance(r.get("output"), str)]
+        if len(keep) < 2 or not rows:
+            return None
+        try:
+            res = compute_weights(keep, rows, type="decoder", device=self.device)
+        except ModelmixError as e:  # an encoder, or examples it cannot score: no proposal, said so
+            report["cocktail"] = {"error": str(e)[:300]}
+            return None
+        report["cocktail"] = {"weights": dict(zip(keep, res.weights, strict=True)),
+                              "losses": dict(zip(keep, res.losses, strict=True)), "rows": len(rows)}
+        return tuple(round(w, 6) for w in res.weights)
 
     # 3. search --------------------------------------------------------
     def proposals(self, keep: list[str]) -> list[Recipe]:
-        """Analysis-driven starting points (enqueued before TPE samples on its own)."""
+        """Analysis-driven starting points (enqueued before TPE samples on its own): the uniform soup, the
+        papers' defaults, TIES at the conflict-driven density, DARE-TIES, LM-Cocktail's weights, and SLERP
+        halfway for a pair."""
         n, s = len(keep), self.spec.seed
         density = min(0.9, max(0.1, 1.0 - 2.0 * self._conflict_rate))  # more conflict: keep fewer weights
 
@@ -303,6 +324,10 @@ class Agent:
                Recipe("ties", tuple(keep), {}, {"weight": ones, "density": each(density)}, s),
                Recipe("dare_ties", tuple(keep), {"lambda": round(1.0 / max(1, n) ** 0.5, 3)},
                       {"weight": ones, "density": each(0.5)}, s)]
+        if self._cocktail is not None:  # LM-Cocktail's weights from the cheap rows' losses
+            out.append(Recipe("linear", tuple(keep), {}, {"weight": self._cocktail}, s))
+        if n == 2:  # SLERP halfway between the pair
+            out.append(Recipe("slerp", tuple(keep), {"t": 0.5}, {}, s))
         return [r for r in out if r.method in self.methods(keep)]
 
     def methods(self, keep: list[str]) -> list[str]:
@@ -311,7 +336,8 @@ class Agent:
         out = []
         for name in self.spec.methods:
             m = get_method(name)
-            if m.min_models <= len(keep) and (m.max_models is None or len(keep) <= m.max_models):
+            n = len(keep) - (1 if name in ENDPOINT else 0)  # SLERP's first candidate is its base endpoint
+            if m.min_models <= n and (m.max_models is None or n <= m.max_models):
                 out.append(name)
         return out
 

@@ -8,7 +8,8 @@ The space (define-by-run, for Optuna): the method family; one weight per selecte
 density shared by the candidates for the sparsifying methods; ``lambda`` (the task-vector scale) for methods
 that add task vectors without normalising, where weights that sum past 1 would overshoot (dare_ties at
 weight 1 on five zoo experts scored 0); ``epsilon`` for DELLA, ``gamma`` for breadcrumbs. model_stock has no
-knob: its weights come from the geometry of the models.
+knob: its weights come from the geometry of the models. SLERP (two candidates only) has one: ``t``, from the
+first candidate (0) to the second (1).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from typing import Any
 
 #: methods whose task vectors add up (normalize=False by default): searched with a lambda below ~1.5
 _ADDITIVE = {"task_arithmetic", "dare_ties", "dare_linear", "breadcrumbs", "breadcrumbs_ties", "della_linear"}
+#: methods between two candidates, the first one the method's "base" endpoint (SLERP: t=0 is the first model)
+ENDPOINT = {"slerp"}
 _DENSITY = {"ties", "dare_ties", "dare_linear", "breadcrumbs", "breadcrumbs_ties", "della", "della_linear"}
 
 
@@ -62,6 +65,9 @@ class Recipe:
 
     def merge_kwargs(self, index: dict[str, int]) -> dict[str, Any]:
         """Keyword arguments of ``Candidates.merge_into`` (``lambda`` included, a keyword in Python)."""
+        if self.method in ENDPOINT:
+            return {"models": [index[m] for m in self.models], "base": index[self.models[0]], "seed": self.seed,
+                    **self.params}
         return {"models": [index[m] for m in self.models], "seed": self.seed, **self.params,
                 **{k: list(v) for k, v in self.model_params.items()}}
 
@@ -80,7 +86,10 @@ class Recipe:
                                "random_seed": self.seed}
         if self.params:
             cfg["parameters"] = dict(self.params)
-        if m.uses_base or m.needs_base:  # a base the method does not use would be averaged in as a model
+        if self.method in ENDPOINT:  # the first candidate is the method's base endpoint
+            cfg["base_model"] = str(self.models[0])
+            cfg["tokenizer_source"] = "base"
+        elif m.uses_base or m.needs_base:  # a base the method does not use would be averaged in as a model
             cfg["base_model"] = str(base)
             cfg["tokenizer_source"] = "base"
         return cfg
@@ -95,6 +104,8 @@ def suggest(trial: Any, models: list[str], methods: list[str], seed: int) -> Rec
     method = trial.suggest_categorical("method", methods)
     if method == "model_stock":
         return Recipe(method, tuple(models), seed=seed)
+    if method in ENDPOINT:  # offered for two candidates only: SLERP from the first to the second
+        return Recipe(method, tuple(models), {"t": trial.suggest_float("t", 0.0, 1.0)}, {}, seed)
     weights = tuple(trial.suggest_float(f"w{i}", 0.0, 1.0) for i in range(len(models)))
     if sum(weights) <= 1e-6:
         weights = tuple(1.0 for _ in models)
@@ -119,6 +130,8 @@ def trial_params(r: Recipe, models: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {"method": r.method}
     if r.method == "model_stock":
         return out
+    if r.method in ENDPOINT:
+        return {**out, "t": float(r.params["t"])}
     w = dict(zip(r.models, r.model_params.get("weight", (1.0,) * len(r.models)), strict=True))
     out.update({f"w{i}": float(w.get(m, 0.0)) for i, m in enumerate(models)})
     if "density" in r.model_params:

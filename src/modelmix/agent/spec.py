@@ -46,7 +46,7 @@ class AgentSpec:
     holdout_fraction: float = 1 / 3
     low_examples: int = 8
     methods: tuple[str, ...] = ("linear", "task_arithmetic", "ties", "dare_ties", "breadcrumbs", "breadcrumbs_ties",
-                                "della", "model_stock")
+                                "della", "model_stock", "slerp")
     general_rows: list[dict[str, Any]] = field(default_factory=list)
 
     def fingerprint(self) -> str:
