@@ -38,6 +38,34 @@ def test_scores(zoo: Any, recipe: Any, tasks: dict[str, Any]) -> dict[str, float
         return score_tasks(em, tasks, None)
 
 
+def router_test_scores(cfg: dict[str, Any], tasks: dict[str, Any]) -> dict[str, Any]:
+    """The router the agent wrote (router.yml), on the test split: each query classified by its text and
+    answered by the model it was sent to (strategy single, as written)."""
+    from modelmix.eval import metrics as M
+    from modelmix.eval.models import EvalModel
+    from modelmix.router.config import load_router_config
+    from modelmix.router.core import Router
+
+    router = Router(load_router_config(cfg))
+    sent: dict[str, list[tuple[str, int]]] = {}  # model name -> (task, row)
+    right = total = 0
+    for t, (_, rows) in tasks.items():
+        if t == "general":
+            continue
+        for i, d in enumerate(router.route_many([r["input"] for r in rows], strategy="single")):
+            sent.setdefault(d.models[0], []).append((t, i))
+            right += d.routes[0] == t
+            total += 1
+    hits: dict[str, list[int]] = {t: [0] * len(rows) for t, (_, rows) in tasks.items() if t != "general"}
+    for name, items in sent.items():
+        em = EvalModel.from_pretrained(cfg["models"][name]["path"])
+        r = M.exact_match(em, [tasks[t][1][i] for t, i in items], per_row=True)
+        for (t, i), h in zip(items, r["hits"], strict=True):
+            hits[t][i] = h
+    scores = {t: sum(h) / len(h) for t, h in hits.items()}
+    return {"scores": scores, "task_mean": statistics.mean(scores.values()), "routed_right": right / total}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--zoo", type=Path, required=True)
@@ -79,7 +107,9 @@ def main() -> int:
                    "rss_mb_last": agent.trial_rss[-1] / 2**20 if agent.trial_rss else None,
                    "recommend_routing": res.recommend_routing,
                    "holdout_routing_estimate": res.holdout["routing_estimate"],
-                   "holdout_merge_mean": res.holdout["merge_task_mean"]}
+                   "holdout_merge_mean": res.holdout["merge_task_mean"],
+                   "holdout_router": (res.holdout.get("router_measured") or {}).get("task_mean"),
+                   "router_test": router_test_scores(res.router, test) if res.router else None}
             runs[sampler].append(row)
             print(f"{sampler} seed {seed}: test task mean {row['task_mean']:.3f}, general {row['general']:.3f}, "
                   f"{seconds:.0f} s, {row['evaluations']} evaluations ({row['per_evaluation_s']:.2f} s each), "
@@ -96,6 +126,11 @@ def main() -> int:
               f"({min(r['task_mean'] for r in rs):.3f}–{max(r['task_mean'] for r in rs):.3f}) | "
               + " | ".join(f"{statistics.mean(r['scores'][t] for r in rs):.2f}" for t in names)
               + f" | {statistics.mean(r['general'] for r in rs):.3f} |")
+    routers = [r["router_test"] for r in runs["agent"] if r["router_test"]]
+    if routers:
+        print(f"| router written by the agent (mean of {len(routers)}) | "
+              f"{statistics.mean(r['task_mean'] for r in routers):.3f} | " + " | ".join(
+                  f"{statistics.mean(r['scores'][t] for r in routers):.2f}" for t in names) + " | – |")
     for f in fixed:
         print(f"| {f['name']} ({f['kind']}) | {f['task_mean']:.3f} | " + " | ".join(
             f"{f['scores'][t]:.2f}" for t in names) + f" | {f['general']:.3f} |")

@@ -382,3 +382,64 @@ def test_slerp_and_cocktail_proposals_for_a_pair(first_run, zoo_dir, tmp_path):
 
 def torch_equal(a, b) -> bool:
     return bool((a == b).all())
+
+
+def test_the_last_part_of_the_budget_refines_the_best_method_with_cma_es(zoo_dir, tmp_path):
+    with TrialStore(tmp_path / "c.db") as store:
+        res = Agent(_spec(zoo_dir, budget=10), store).run(None)
+    s = res.report["search"]
+    assert s["trials"] == 10 and s["refined"]["trials"] == 3
+    tpe = [t for t in s["trajectory"] if t["phase"] == "tpe"]
+    cma = [t for t in s["trajectory"] if t["phase"] == "cmaes"]
+    assert len(cma) + sum(t["phase"] == "cmaes" for t in s["trajectory"] if t["dev"] is None) <= 3
+    # CMA-ES starts from the best TPE recipe's method, scores on the whole dev part (no cheap fidelity)
+    best_tpe = max((t for t in tpe if t["dev"] is not None), key=lambda t: t["dev"])
+    assert s["refined"]["from"] == best_tpe["recipe"]
+    assert cma and all(t["recipe"].startswith(s["refined"]["method"] + "(") and t["low"] is None for t in cma)
+
+
+@pytest.mark.parametrize("method", ["task_arithmetic", "ties"])
+def test_per_layer_group_weights_merge_in_memory_as_the_engine_merges_their_yaml(zoo_dir, tmp_path, method):
+    """A weight per group of layers is a mergekit gradient (weight: [a, b, c]); the in-memory merge the agent
+    scores samples it at each tensor's layer exactly as `modelmix merge` does with the YAML it writes."""
+    import yaml
+
+    from modelmix.candidates import Candidates
+
+    spec = _spec(zoo_dir)
+    models = tuple(str(m) for m in spec.models)
+    mp = {"weight": ((0.2, 0.9, 0.5), (1.0, 0.1, 0.6))}
+    if method == "ties":
+        mp["density"] = (0.5, 0.7)
+    r = Recipe(method, models, {"lambda": 0.8} if method != "ties" else {}, mp, 0)
+    assert Recipe.from_dict(json.loads(json.dumps(r.to_dict()))) == r and "[0.2 0.9 0.5]" in r.describe()
+    cfg = r.to_mergekit(spec.base)
+    assert cfg["models"][0]["parameters"]["weight"] == [0.2, 0.9, 0.5]
+    (tmp_path / "g.yml").write_text(yaml.safe_dump(cfg))
+    code, _, err = run_cli("merge", str(tmp_path / "g.yml"), str(tmp_path / "g"))
+    assert code == 0, err
+    written = load_file(tmp_path / "g" / "model.safetensors")
+    with Candidates(list(models), base=spec.base) as c:
+        em = c.skeleton()
+        c.merge_into(em, r.method, **r.merge_kwargs({m: i for i, m in enumerate(models)}))
+        sd = {k: v.clone() for k, v in em.model.state_dict().items()}
+        flat = Recipe(method, models, r.params, {**mp, "weight": (0.2, 1.0)}, 0)  # the first group's values
+        c.merge_into(em, flat.method, **flat.merge_kwargs({m: i for i, m in enumerate(models)}))
+        sd_flat = em.model.state_dict()
+    assert all(torch_equal(sd[k], written[k]) for k in written)
+    layer = next(k for k in written if ".layers.1." in k and "q_proj" in k)
+    embed = next(k for k in written if "embed_tokens" in k)
+    assert torch_equal(sd[embed], sd_flat[embed]) and not torch_equal(sd[layer], sd_flat[layer])
+
+
+def test_search_with_layer_groups(zoo_dir, tmp_path):
+    with TrialStore(tmp_path / "g.db") as store:
+        res = Agent(_spec(zoo_dir, budget=10, layer_groups=3), store).run(tmp_path / "out")
+    graded = [t for t in res.report["search"]["trajectory"] if "weight=[addition:[" in t["recipe"]]
+    assert graded  # searched recipes carry a gradient per candidate (describe: weight=[addition:[a b c], ...])
+    code, _, err = run_cli("merge", str(tmp_path / "out" / "recipe.yml"), str(tmp_path / "again"))
+    assert code == 0, err
+    a, b = load_file(tmp_path / "out" / "model.safetensors"), load_file(tmp_path / "again" / "model.safetensors")
+    assert all(torch_equal(a[k], b[k]) for k in a)
+    with pytest.raises(ConfigError, match="layer-groups"):
+        _spec(zoo_dir, layer_groups=0)

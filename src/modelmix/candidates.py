@@ -231,14 +231,35 @@ class Candidates:
             most = "" if m.max_models is None else f" and at most {m.max_models}"
             raise InputError(f'Merge method "{m.name}" needs at least {m.min_models}{most} models besides the '
                              f"base; got {len(idx)}.")
-        kwargs = resolve_params(m, len(idx), params)
+        # a per-model value may be a gradient (a list per model, as in a mergekit recipe's `weight: [0.2, 0.8]`):
+        # sampled at each tensor's layer position exactly as the engine does (layer i of L at i/(L-1), tensors
+        # outside the layers at 0); resolved once per distinct position
+        grads = {k: v for k, v in params.items() if isinstance(v, (list, tuple))
+                 and any(isinstance(x, (list, tuple)) for x in v)}
+        kwargs = resolve_params(m, len(idx), {k: v for k, v in params.items() if k not in grads}
+                                | {k: [x if isinstance(x, (int, float)) else x[0] for x in v] for k, v in grads.items()})
         todo = self.names if names is None else list(names)
+        at_t: dict[float, dict[str, Any]] = {}
+
+        def kwargs_for(name: str) -> dict[str, Any]:
+            if not grads:
+                return kwargs
+            from modelmix.config.params import evaluate, layer_t
+            from modelmix.planner import count_layers, layer_index
+
+            t = layer_t(layer_index(name), count_layers(self.names) or 1)
+            if t not in at_t:
+                at_t[t] = resolve_params(m, len(idx), {**params, **{k: [
+                    x if isinstance(x, (int, float)) else evaluate(list(x), name, t) for x in v]
+                    for k, v in grads.items()}})
+            return at_t[t]
 
         def run() -> Iterable[tuple[str, torch.Tensor]]:
             for name in todo:
                 xs = [self._tensor(i, name) for i in idx]
                 bt = self._tensor(b, name) if b is not None else None
-                kw = {**kwargs, "seed": tensor_seed(seed, name)} if m.random else kwargs
+                kw = kwargs_for(name)
+                kw = {**kw, "seed": tensor_seed(seed, name)} if m.random else kw
                 yield name, m.fn(xs, base=bt, **kw)
 
         return run()

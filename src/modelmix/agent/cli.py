@@ -18,7 +18,7 @@ def agent() -> None:
 @agent.command("run")
 @click.option("--config", "config", type=click.Path(dir_okay=False), default=None,
               help="An agent YAML (base, models, tasks, general, general_tolerance, budget, seed, db, out, executor, "
-                   "workers, batch); flags "
+                   "workers, batch, layer_groups); flags "
                    "given on the command line override it.")
 @click.option("--base", type=click.Path(file_okay=False), default=None, help="The base model directory.")
 @click.option("--models", multiple=True, type=click.Path(file_okay=False),
@@ -43,12 +43,16 @@ def agent() -> None:
 @click.option("--batch", type=click.IntRange(min=1), default=None,
               help="Trials asked at once and evaluated together (default: the number of workers; a seed gives "
                    "the same choice for the same batch on either executor).")
+@click.option("--layer-groups", type=click.IntRange(min=1), default=None,
+              help="Per-layer-group weights: each candidate's weight becomes a gradient of this many values over "
+                   "the layers (mergekit's weight: [a, b, c]); default 1, one weight per candidate.")
 @device_option("Where candidates are merged and scored.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON line.")
 def run_cmd(config: str | None, base: str | None, models: tuple[str, ...], tasks: tuple[str, ...],
             general: str | None, general_tolerance: float | None, budget: int | None, seed: int | None,
             db: str | None, out: str | None, overwrite: bool, executor: str | None, workers: int | None,
-            ray_address: str | None, batch: int | None, device: str, as_json: bool) -> None:
+            ray_address: str | None, batch: int | None, layer_groups: int | None, device: str,
+            as_json: bool) -> None:
     """Perceive, select, search, confirm on held-out examples, write the model, its recipe and a report.
 
     Example: modelmix agent run --base zoo/base --models zoo/experts/addition --models zoo/experts/reverse
@@ -62,19 +66,19 @@ def run_cmd(config: str | None, base: str | None, models: tuple[str, ...], tasks
 
     kw: dict = {"general_tolerance": 0.05, "budget": 50, "seed": 0, "db": "agent.db", "general": None,
                 "base": None, "models": [], "tasks": [], "out": None, "executor": "local", "workers": None,
-                "batch": None}
+                "batch": None, "layer_groups": 1}
     if config is not None:
         kw.update(load_agent_config(config))
     given = {"base": base, "general": general, "general_tolerance": general_tolerance, "budget": budget,
              "seed": seed, "db": db, "out": out, "models": list(models) or None, "executor": executor,
-             "workers": workers, "batch": batch,
+             "workers": workers, "batch": batch, "layer_groups": layer_groups,
              "tasks": [parse_task(t) for t in tasks] or None}
     kw.update({k: v for k, v in given.items() if v is not None})
     missing = [f"--{k}" for k in ("base", "models", "tasks", "out") if not kw[k]]
     if missing:
         raise ConfigError(f"agent run needs {', '.join(missing)} (as flags or in --config).")
     spec = load_spec(kw["base"], kw["models"], kw["tasks"], general=kw["general"], budget=kw["budget"],
-                     seed=kw["seed"], general_tolerance=kw["general_tolerance"])
+                     seed=kw["seed"], general_tolerance=kw["general_tolerance"], layer_groups=kw["layer_groups"])
     log = (lambda s: None) if as_json else (lambda s: click.echo(s, err=True))
     with TrialStore(kw["db"]) as store:
         res = Agent(spec, store, device=device, log=log, executor=kw["executor"], workers=kw["workers"],

@@ -46,6 +46,9 @@ HELP_MARGIN = 0.02
 DUP_COSINE, DUP_SCORES = 0.9, 0.05
 #: pairs flagged as conflicting: cosine below this, or sign conflicts in the shared top-k above CONFLICT_RATE
 CONFLICT_COSINE, CONFLICT_RATE = 0.0, 0.4
+#: the share of the budget spent refining the best method's continuous knobs with CMA-ES (after TPE), and
+#: CMA-ES's initial step in the knobs' own units (weights and densities live in [0, 1])
+REFINE, REFINE_SIGMA = 0.3, 0.1
 #: how many of the best dev recipes are confirmed on the held-out part
 SHORTLIST = 3
 #: a searched recipe replaces the default proposal when it is better on the held-out rows with this probability
@@ -362,54 +365,83 @@ class Agent:
         study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
         if self.sampler == "tpe":
             for r in self.proposals(keep):
-                study.enqueue_trial(trial_params(r, keep), skip_if_exists=True)
+                study.enqueue_trial(trial_params(r, keep, self.spec.layer_groups), skip_if_exists=True)
         dev: list[tuple[float, Recipe]] = []
         trajectory: list[dict[str, Any]] = []
         failures: list[str] = []
         states = optuna.trial.TrialState
         counts = {"trials": 0, "pruned": 0, "failed": 0}
 
-        def fail(trial: Any, e: ModelmixError) -> None:
-            study.tell(trial, state=states.FAIL)
-            counts["failed"] += 1
-            failures.append(str(e)[:300])
+        def run_phase(study: Any, n: int, methods: list[str], phase: str, two_fidelities: bool) -> None:
+            """``n`` trials of ``study``, ``batch`` at a time: asked in order, scored cheaply together, pruned
+            in order, the rest scored on the whole dev part together."""
+            def fail(trial: Any, e: ModelmixError) -> None:
+                study.tell(trial, state=states.FAIL)
+                counts["failed"] += 1
+                failures.append(str(e)[:300])
 
+            done = 0
+            while done < n:
+                trials = [study.ask() for _ in range(min(batch, n - done))]
+                done += len(trials)
+                numbers = list(range(counts["trials"], counts["trials"] + len(trials)))
+                counts["trials"] += len(trials)
+                recipes = [suggest(t, keep, methods, self.spec.seed, self.spec.layer_groups) for t in trials]
+                lows: list[Any] = (self.evaluate_many([(r, "low") for r in recipes], base_general, errors="return")
+                                   if two_fidelities else [None] * len(trials))
+                go = []
+                for t, k, r, low in zip(trials, numbers, recipes, lows, strict=True):
+                    if isinstance(low, ModelmixError):  # a recipe the method refuses fails its trial, not the run
+                        fail(t, low)
+                        continue
+                    if low is not None:
+                        t.report(low.objective, 0)
+                        if t.should_prune():
+                            trajectory.append({"trial": k, "phase": phase, "recipe": r.describe(),
+                                               "low": low.objective, "dev": None})
+                            study.tell(t, state=states.PRUNED)
+                            counts["pruned"] += 1
+                            continue
+                    go.append((t, k, r, low))
+                fulls = self.evaluate_many([(r, "dev") for _, _, r, _ in go], base_general, errors="return")
+                for (t, k, r, low), full in zip(go, fulls, strict=True):
+                    if isinstance(full, ModelmixError):
+                        fail(t, full)
+                        continue
+                    self.trial_rss.append(_rss())
+                    dev.append((full.objective, r))
+                    trajectory.append({"trial": k, "phase": phase, "recipe": r.describe(),
+                                       "low": None if low is None else low.objective, "dev": full.objective,
+                                       "general": full.general, "scores": full.scores})
+                    study.tell(t, full.objective)
+
+        # the last REFINE share of the budget: CMA-ES on the continuous knobs of the best method found so far
+        refine = round(REFINE * self.spec.budget) if self.sampler == "tpe" and self.spec.budget >= 10 else 0
         self.log(f"search: {self.spec.budget} trials over {', '.join(methods)} "
-                 f"({self.executor.name}, {batch} at a time)")
+                 f"({self.executor.name}, {batch} at a time" + (f"; the last {refine} refine with CMA-ES)"
+                                                               if refine else ")"))
         t0 = time.perf_counter()
-        while counts["trials"] < self.spec.budget:
-            # a batch: asked in order, scored cheaply together, pruned in order, the rest scored fully together
-            trials = [study.ask() for _ in range(min(batch, self.spec.budget - counts["trials"]))]
-            counts["trials"] += len(trials)
-            recipes = [suggest(t, keep, methods, self.spec.seed) for t in trials]
-            lows = self.evaluate_many([(r, "low") for r in recipes], base_general, errors="return")
-            go = []
-            for t, r, low in zip(trials, recipes, lows, strict=True):
-                if isinstance(low, ModelmixError):  # a recipe the method refuses fails its trial, not the run
-                    fail(t, low)
-                    continue
-                t.report(low.objective, 0)
-                if t.should_prune():
-                    trajectory.append({"trial": t.number, "recipe": r.describe(), "low": low.objective, "dev": None})
-                    study.tell(t, state=states.PRUNED)
-                    counts["pruned"] += 1
-                    continue
-                go.append((t, r, low))
-            fulls = self.evaluate_many([(r, "dev") for _, r, _ in go], base_general, errors="return")
-            for (t, r, low), full in zip(go, fulls, strict=True):
-                if isinstance(full, ModelmixError):
-                    fail(t, full)
-                    continue
-                self.trial_rss.append(_rss())
-                dev.append((full.objective, r))
-                trajectory.append({"trial": t.number, "recipe": r.describe(), "low": low.objective,
-                                   "dev": full.objective, "general": full.general, "scores": full.scores})
-                study.tell(t, full.objective)
+        run_phase(study, self.spec.budget - refine, methods, "tpe" if self.sampler == "tpe" else "random",
+                  two_fidelities=self.sampler == "tpe")
+        refined = None
+        if refine and dev:
+            best = max(dev, key=lambda x: x[0])[1]
+            x0 = {k: v for k, v in trial_params(best, keep, self.spec.layer_groups).items() if k != "method"}
+            if x0:  # model_stock has no knob to refine
+                with warnings.catch_warnings():  # x0/sigma0 are deprecated since Optuna 4.9 (removal: 6.0, pinned)
+                    warnings.simplefilter("ignore", FutureWarning)
+                    cma_sampler = optuna.samplers.CmaEsSampler(x0=x0, sigma0=REFINE_SIGMA, seed=self.spec.seed,
+                                                               warn_independent_sampling=False)
+                cma = optuna.create_study(direction="maximize", sampler=cma_sampler)
+                refined = {"method": best.method, "from": best.describe(), "trials": refine}
+                run_phase(cma, refine, [best.method], "cmaes", two_fidelities=False)
+            else:
+                run_phase(study, refine, methods, "tpe", two_fidelities=True)
         search_seconds = time.perf_counter() - t0
         dev.sort(key=lambda x: -x[0])
         report["search"] = {"methods": methods, "trials": counts["trials"], "pruned": counts["pruned"],
                             "seconds": search_seconds, "failed": counts["failed"], "failures": failures[:3],
-                            "sampler": self.sampler, "batch": batch,
+                            "sampler": self.sampler, "batch": batch, "refined": refined,
                             "trajectory": trajectory, "proposals": [r.describe() for r in self.proposals(keep)],
                             "best_dev": [{"objective": o, "recipe": r.describe()} for o, r in dev[:SHORTLIST]],
                             "pareto": _pareto([t for t in trajectory if t["dev"] is not None])}

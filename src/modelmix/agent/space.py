@@ -37,16 +37,20 @@ class Recipe:
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, "models": list(self.models), "params": dict(self.params),
-                "model_params": {k: list(v) for k, v in self.model_params.items()}, "seed": self.seed}
+                "model_params": {k: [list(x) if isinstance(x, tuple) else x for x in v]
+                                 for k, v in self.model_params.items()}, "seed": self.seed}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Recipe:
         return cls(d["method"], tuple(d["models"]), dict(d["params"]),
-                   {k: tuple(v) for k, v in d["model_params"].items()}, d.get("seed", 0))
+                   {k: tuple(tuple(x) if isinstance(x, list) else x for x in v) for k, v in d["model_params"].items()},
+                   d.get("seed", 0))
 
     def key(self) -> str:
         """A hash of the recipe with floats rounded to 6 digits: two proposals that merge the same are one."""
         def r(x: Any) -> Any:
+            if isinstance(x, (list, tuple)):  # a per-layer-group gradient
+                return [r(y) for y in x]
             return round(x, 6) if isinstance(x, float) else x
         d = self.to_dict()
         d["params"] = {k: r(v) for k, v in d["params"].items()}
@@ -57,7 +61,7 @@ class Recipe:
         names = [Path(m).name for m in self.models]
         bits = [f"{k}={_fmt(v)}" for k, v in sorted(self.params.items())]
         for k, v in sorted(self.model_params.items()):
-            if len(set(v)) == 1:  # one value for every model (a shared density): say it once
+            if len(set(v)) == 1 and not isinstance(v[0], tuple):  # one value for every model: say it once
                 bits.append(f"{k}={_fmt(v[0])}")
             else:
                 bits.append(f"{k}=[" + ", ".join(f"{n}:{_fmt(x)}" for n, x in zip(names, v, strict=True)) + "]")
@@ -69,7 +73,7 @@ class Recipe:
             return {"models": [index[m] for m in self.models], "base": index[self.models[0]], "seed": self.seed,
                     **self.params}
         return {"models": [index[m] for m in self.models], "seed": self.seed, **self.params,
-                **{k: list(v) for k, v in self.model_params.items()}}
+                **{k: [list(x) if isinstance(x, tuple) else x for x in v] for k, v in self.model_params.items()}}
 
     def to_mergekit(self, base: Path) -> dict[str, Any]:
         """The mergekit YAML (as a dict) that ``modelmix merge`` (and mergekit, for its methods) runs."""
@@ -80,7 +84,8 @@ class Recipe:
         for i, path in enumerate(self.models):
             entry: dict[str, Any] = {"model": str(path)}
             if self.model_params:
-                entry["parameters"] = {k: float(v[i]) for k, v in self.model_params.items()}
+                entry["parameters"] = {k: [float(x) for x in v[i]] if isinstance(v[i], tuple) else float(v[i])
+                                       for k, v in self.model_params.items()}
             models.append(entry)
         cfg: dict[str, Any] = {"merge_method": self.method, "models": models, "dtype": "float32",
                                "random_seed": self.seed}
@@ -96,19 +101,31 @@ class Recipe:
 
 
 def _fmt(v: Any) -> str:
+    if isinstance(v, tuple):  # a gradient over the layers
+        return "[" + " ".join(_fmt(x) for x in v) + "]"
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
-def suggest(trial: Any, models: list[str], methods: list[str], seed: int) -> Recipe:
-    """One recipe from an Optuna trial (define-by-run: each method's knobs exist only under it)."""
-    method = trial.suggest_categorical("method", methods)
+def suggest(trial: Any, models: list[str], methods: list[str], seed: int, groups: int = 1) -> Recipe:
+    """One recipe from an Optuna trial (define-by-run: each method's knobs exist only under it). ``groups`` > 1:
+    each model's weight is a gradient of that many values over the layers (mergekit's ``weight: [a, b, c]``:
+    the first layer gets a, the last c, those between interpolated; embeddings and head the first value)."""
+    # one method (the CMA-ES refinement): not a parameter, so the sampler sees only continuous knobs
+    method = methods[0] if len(methods) == 1 else trial.suggest_categorical("method", methods)
     if method == "model_stock":
         return Recipe(method, tuple(models), seed=seed)
     if method in ENDPOINT:  # offered for two candidates only: SLERP from the first to the second
         return Recipe(method, tuple(models), {"t": trial.suggest_float("t", 0.0, 1.0)}, {}, seed)
-    weights = tuple(trial.suggest_float(f"w{i}", 0.0, 1.0) for i in range(len(models)))
-    if sum(weights) <= 1e-6:
-        weights = tuple(1.0 for _ in models)
+    weights: tuple[Any, ...]
+    if groups > 1:
+        weights = tuple(tuple(trial.suggest_float(f"w{i}_{g}", 0.0, 1.0) for g in range(groups))
+                        for i in range(len(models)))
+        if any(sum(w[g] for w in weights) <= 1e-6 for g in range(groups)):
+            weights = tuple(tuple(1.0 for _ in range(groups)) for _ in models)
+    else:
+        weights = tuple(trial.suggest_float(f"w{i}", 0.0, 1.0) for i in range(len(models)))
+        if sum(weights) <= 1e-6:
+            weights = tuple(1.0 for _ in models)
     params: dict[str, Any] = {}
     mp: dict[str, tuple[float, ...]] = {"weight": weights}
     if method in _DENSITY:
@@ -125,7 +142,7 @@ def suggest(trial: Any, models: list[str], methods: list[str], seed: int) -> Rec
     return Recipe(method, tuple(models), params, mp, seed)
 
 
-def trial_params(r: Recipe, models: list[str]) -> dict[str, Any]:
+def trial_params(r: Recipe, models: list[str], groups: int = 1) -> dict[str, Any]:
     """The Optuna parameters that :func:`suggest` maps to ``r`` (to enqueue a proposal as a trial)."""
     out: dict[str, Any] = {"method": r.method}
     if r.method == "model_stock":
@@ -133,7 +150,12 @@ def trial_params(r: Recipe, models: list[str]) -> dict[str, Any]:
     if r.method in ENDPOINT:
         return {**out, "t": float(r.params["t"])}
     w = dict(zip(r.models, r.model_params.get("weight", (1.0,) * len(r.models)), strict=True))
-    out.update({f"w{i}": float(w.get(m, 0.0)) for i, m in enumerate(models)})
+    if groups > 1:  # a scalar weight (a proposal) is the same in every group
+        for i, m in enumerate(models):
+            v = w.get(m, 0.0)
+            out.update({f"w{i}_{g}": float(v[g] if isinstance(v, tuple) else v) for g in range(groups)})
+    else:
+        out.update({f"w{i}": float(w.get(m, 0.0)) for i, m in enumerate(models)})
     if "density" in r.model_params:
         out["density"] = float(r.model_params["density"][0])
     if "lambda" in r.params:

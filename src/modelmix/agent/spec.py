@@ -48,6 +48,8 @@ class AgentSpec:
     methods: tuple[str, ...] = ("linear", "task_arithmetic", "ties", "dare_ties", "breadcrumbs", "breadcrumbs_ties",
                                 "della", "model_stock", "slerp")
     general_rows: list[dict[str, Any]] = field(default_factory=list)
+    #: > 1: each candidate's weight is a gradient of this many values over the layers (per-layer-group weights)
+    layer_groups: int = 1
 
     def fingerprint(self) -> str:
         """What makes two runs the same search: inputs (by path and example content), split and seed. A rerun
@@ -114,6 +116,9 @@ def load_spec(base: str | Path, models: list[str | Path], tasks: list[tuple[str,
     if len(set(names)) != len(names):
         raise ConfigError(f"Task names must be unique; got {', '.join(names)}.")
     spec = AgentSpec(base, paths, [], budget=budget, seed=seed, **kw)
+    if not isinstance(spec.layer_groups, int) or spec.layer_groups < 1:
+        raise ConfigError(f"--layer-groups {spec.layer_groups}: a whole number, 1 (one weight per candidate) or "
+                          "more (a weight per group of layers).")
     if not 0 < spec.holdout_fraction < 1:
         raise ConfigError(f"holdout_fraction {spec.holdout_fraction} must be between 0 and 1.")
     for name, path, metric, weight in tasks:
@@ -152,6 +157,7 @@ def load_agent_config(path: str | Path) -> dict[str, Any]:
         db: agent.db
         out: merged
         executor: local               # or ray (workers: N; batch: trials evaluated together)
+        layer_groups: 1               # 3: each candidate's weight a gradient of 3 values over the layers
     """
     from typing import Literal
 
@@ -181,6 +187,7 @@ def load_agent_config(path: str | Path) -> dict[str, Any]:
         executor: Literal["local", "ray"] = "local"
         workers: int | None = Field(None, ge=1)
         batch: int | None = Field(None, ge=1)
+        layer_groups: int = Field(1, ge=1)
 
     p = Path(path)
     if not p.is_file():
@@ -208,4 +215,4 @@ def load_agent_config(path: str | Path) -> dict[str, Any]:
             "general": rel(cfg.general) if cfg.general else None, "general_tolerance": cfg.general_tolerance,
             "budget": cfg.budget, "seed": cfg.seed, "db": str(rel(cfg.db)) if "://" not in cfg.db else cfg.db,
             "out": rel(cfg.out) if cfg.out else None, "executor": cfg.executor, "workers": cfg.workers,
-            "batch": cfg.batch}
+            "batch": cfg.batch, "layer_groups": cfg.layer_groups}
