@@ -72,6 +72,11 @@ def main() -> int:
     ap.add_argument("--budget", type=int, default=50)
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--tasks", default=None, help="comma-separated task names (default: every decoder task with an expert)")
+    ap.add_argument("--samplers", default="agent,random")
+    ap.add_argument("--layer-groups", type=int, default=1)
+    ap.add_argument("--executor", default="local", choices=["local", "ray"])
+    ap.add_argument("--workers", type=int, default=None)
     a = ap.parse_args()
 
     from modelmix.agent import Agent, TrialStore, load_spec
@@ -81,18 +86,21 @@ def main() -> int:
 
     z = load_zoo(a.zoo)
     experts = {task: m for m, task in z.experts().items()}
-    names = [t for t in z.decoder_tasks() if t in experts]
+    names = a.tasks.split(",") if a.tasks else [t for t in z.decoder_tasks() if t in experts]
     test = {t: ("exact_match", load_examples(z.split_path(t, "test"))) for t in names}
     test["general"] = ("loss", load_examples(z.split_path("general", "test")))
     seeds = [int(s) for s in a.seeds.split(",")]
-    runs: dict[str, list[dict[str, Any]]] = {"agent": [], "random": []}
-    for sampler in ("agent", "random"):
+    samplers = a.samplers.split(",")
+    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in samplers}
+    for sampler in samplers:
         for seed in seeds:
             spec = load_spec(z.model_path("base"), [z.model_path(experts[t]) for t in names],
                              [(t, z.split_path(t, "validation"), "exact_match", 1.0) for t in names],
-                             general=z.split_path("general", "validation"), budget=a.budget, seed=seed)
+                             general=z.split_path("general", "validation"), budget=a.budget, seed=seed,
+                             layer_groups=a.layer_groups)
             with tempfile.TemporaryDirectory() as tmp, TrialStore(Path(tmp) / "agent.db") as store:
-                agent = Agent(spec, store, sampler="tpe" if sampler == "agent" else "random")
+                agent = Agent(spec, store, sampler="tpe" if sampler == "agent" else "random", executor=a.executor,
+                              workers=a.workers)
                 t0 = time.perf_counter()
                 res = agent.run(None)
                 seconds = time.perf_counter() - t0
@@ -109,6 +117,8 @@ def main() -> int:
                    "holdout_routing_estimate": res.holdout["routing_estimate"],
                    "holdout_merge_mean": res.holdout["merge_task_mean"],
                    "holdout_router": (res.holdout.get("router_measured") or {}).get("task_mean"),
+                   "default": res.holdout["default"], "replaced_default": res.holdout["chosen"] != res.holdout["default"],
+                   "shortlist": res.holdout["shortlist"], "refined": s.get("refined"),
                    "router_test": router_test_scores(res.router, test) if res.router else None}
             runs[sampler].append(row)
             print(f"{sampler} seed {seed}: test task mean {row['task_mean']:.3f}, general {row['general']:.3f}, "
@@ -120,7 +130,7 @@ def main() -> int:
     base_general = next(f["general"] for f in fixed if f["kind"] == "base")
     print("\n| system | task mean (test) | " + " | ".join(names) + " | general loss |")
     print("|---|---|" + "---|" * len(names) + "---|")
-    for k in ("agent", "random"):
+    for k in samplers:
         rs = runs[k]
         print(f"| {k} (mean of {len(rs)} seeds) | {statistics.mean(r['task_mean'] for r in rs):.3f} "
               f"({min(r['task_mean'] for r in rs):.3f}–{max(r['task_mean'] for r in rs):.3f}) | "
@@ -137,6 +147,7 @@ def main() -> int:
     print(f"\nbase general loss {base_general:.3f}; the constraint allows {1.05 * base_general:.3f}")
     if a.json:
         a.json.write_text(json.dumps({"budget": a.budget, "seeds": seeds, "tasks": names, "runs": runs,
+                                      "layer_groups": a.layer_groups, "executor": a.executor, "zoo": str(a.zoo),
                                       "fixed": fixed, "base_general": base_general}, indent=1))
     return 0
 
