@@ -262,7 +262,7 @@ def test_ray_executor_makes_the_same_trials_and_choice_as_the_local_one(zoo_dir,
     assert remote.report["executor"] == {"kind": "ray", "workers": 2} and remote.report["search"]["batch"] == 2
     assert remote.chosen.key() == local.chosen.key() and remote.evaluations == local.evaluations
     key = lambda rows: [(r["recipe_hash"], r["fidelity"], round(r["objective"], 9)) for r in rows]  # noqa: E731
-    assert sorted(key(rows_r)) == sorted(key(rows_l))
+    assert key(rows_r) == key(rows_l)  # the same evaluations, recorded in the same order
 
 
 def test_ray_executor_without_ray_is_a_clear_error(zoo_dir, tmp_path, monkeypatch):
@@ -391,11 +391,48 @@ def test_the_last_part_of_the_budget_refines_the_best_method_with_cma_es(zoo_dir
     assert s["trials"] == 10 and s["refined"]["trials"] == 3
     tpe = [t for t in s["trajectory"] if t["phase"] == "tpe"]
     cma = [t for t in s["trajectory"] if t["phase"] == "cmaes"]
-    assert len(cma) + sum(t["phase"] == "cmaes" for t in s["trajectory"] if t["dev"] is None) <= 3
-    # CMA-ES starts from the best TPE recipe's method, scores on the whole dev part (no cheap fidelity)
+    assert len(cma) == 3 and len(tpe) == 7  # CMA-ES prunes nothing: each of its trials scored on the whole dev part
+    # CMA-ES starts from the best TPE recipe (seeded with that trial and its score), on its method only
     best_tpe = max((t for t in tpe if t["dev"] is not None), key=lambda t: t["dev"])
     assert s["refined"]["from"] == best_tpe["recipe"]
-    assert cma and all(t["recipe"].startswith(s["refined"]["method"] + "(") and t["low"] is None for t in cma)
+    assert all(t["recipe"].startswith(s["refined"]["method"] + "(") and t["low"] is None for t in cma)
+    assert len({t["recipe"] for t in cma}) == 3 and best_tpe["recipe"] not in {t["recipe"] for t in cma}
+
+
+def test_cma_es_samples_around_the_best_recipe_not_uniformly(zoo_dir, tmp_path, monkeypatch):
+    """The refinement's first trials lie near the recipe it starts from (step 0.1 of each knob's range): with the
+    best trial added to its study, CMA-ES does not fall back to uniform sampling for its first batch."""
+    import optuna
+
+    seen: list[dict] = []
+    real_ask = optuna.study.Study.ask
+
+    def ask(self, *a, **k):
+        t = real_ask(self, *a, **k)
+        if isinstance(self.sampler, optuna.samplers.CmaEsSampler):
+            seen.append(t)
+        return t
+
+    monkeypatch.setattr(optuna.study.Study, "ask", ask)
+    with TrialStore(tmp_path / "c.db") as store:
+        res = Agent(_spec(zoo_dir, budget=20), store, batch=3).run(None)
+    s = res.report["search"]
+    if s["refined"] is None:
+        pytest.skip("the best method had fewer than two knobs on this zoo")
+    start = next(t for t in s["trajectory"] if t["recipe"] == s["refined"]["from"])
+    assert start["phase"] == "tpe" and len(seen) == 6
+    first = seen[0].params
+    w = [v for k, v in first.items() if k.startswith("w")]
+    assert w and all(0.0 <= x <= 1.0 for x in w)
+    # every knob of the first CMA-ES batch within 0.35 of its range from the start (uniform would often not be)
+    from modelmix.agent.space import trial_params
+
+    x0 = {k: v for k, v in trial_params(Recipe.from_dict(s["refined"]["start"]),
+                                         [str(m) for m in _spec(zoo_dir).models]).items() if k != "method"}
+    for t in seen[:3]:
+        for k, v in t.params.items():
+            d = t.distributions[k]
+            assert abs(v - x0[k]) <= 0.35 * (d.high - d.low), (k, v, x0[k])
 
 
 @pytest.mark.parametrize("method", ["task_arithmetic", "ties"])

@@ -241,13 +241,16 @@ class Candidates:
         todo = self.names if names is None else list(names)
         at_t: dict[float, dict[str, Any]] = {}
 
-        def kwargs_for(name: str) -> dict[str, Any]:
-            if not grads:
-                return kwargs
+        if grads:
             from modelmix.config.params import evaluate, layer_t
             from modelmix.planner import count_layers, layer_index
 
-            t = layer_t(layer_index(name), count_layers(self.names) or 1)
+            n_layers = count_layers(list(self.names)) or 1
+
+        def kwargs_for(name: str) -> dict[str, Any]:
+            if not grads:
+                return kwargs
+            t = layer_t(layer_index(name), n_layers)
             if t not in at_t:
                 at_t[t] = resolve_params(m, len(idx), {**params, **{k: [
                     x if isinstance(x, (int, float)) else evaluate(list(x), name, t) for x in v]

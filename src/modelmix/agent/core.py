@@ -47,7 +47,7 @@ DUP_COSINE, DUP_SCORES = 0.9, 0.05
 #: pairs flagged as conflicting: cosine below this, or sign conflicts in the shared top-k above CONFLICT_RATE
 CONFLICT_COSINE, CONFLICT_RATE = 0.0, 0.4
 #: the share of the budget spent refining the best method's continuous knobs with CMA-ES (after TPE), and
-#: CMA-ES's initial step in the knobs' own units (weights and densities live in [0, 1])
+#: CMA-ES's initial step as a share of each knob's range (0.1: a tenth of [0, 1] for a weight, 0.14 of lambda)
 REFINE, REFINE_SIGMA = 0.3, 0.1
 #: how many of the best dev recipes are confirmed on the held-out part
 SHORTLIST = 3
@@ -371,6 +371,7 @@ class Agent:
         failures: list[str] = []
         states = optuna.trial.TrialState
         counts = {"trials": 0, "pruned": 0, "failed": 0}
+        best_trial: dict[str, Any] = {}  # recipe key -> its (first) trial's params and distributions (CMA-ES seed)
 
         def run_phase(study: Any, n: int, methods: list[str], phase: str, two_fidelities: bool) -> None:
             """``n`` trials of ``study``, ``batch`` at a time: asked in order, scored cheaply together, pruned
@@ -410,6 +411,7 @@ class Agent:
                         continue
                     self.trial_rss.append(_rss())
                     dev.append((full.objective, r))
+                    best_trial.setdefault(r.key(), (dict(t.params), dict(t.distributions)))
                     trajectory.append({"trial": k, "phase": phase, "recipe": r.describe(),
                                        "low": None if low is None else low.objective, "dev": full.objective,
                                        "general": full.general, "scores": full.scores})
@@ -424,18 +426,24 @@ class Agent:
         run_phase(study, self.spec.budget - refine, methods, "tpe" if self.sampler == "tpe" else "random",
                   two_fidelities=self.sampler == "tpe")
         refined = None
-        if refine and dev:
-            best = max(dev, key=lambda x: x[0])[1]
-            x0 = {k: v for k, v in trial_params(best, keep, self.spec.layer_groups).items() if k != "method"}
-            if x0:  # model_stock has no knob to refine
+        if refine:
+            best_obj, best = max(dev, key=lambda x: x[0]) if dev else (None, None)
+            frozen = best_trial.get(best.key()) if best is not None else None
+            knobs = {k: d for k, d in frozen[1].items() if k != "method"} if frozen else {}
+            if best_obj is not None and frozen is not None and len(knobs) >= 2:
+                # CMA-ES needs two knobs or more (one is sampled at random); it is seeded with the best trial
+                # itself (a completed trial of its study, with its stored score), so its first batch already
+                # samples around it instead of uniformly
+                x0 = {k: frozen[0][k] for k in knobs}
                 with warnings.catch_warnings():  # x0/sigma0 are deprecated since Optuna 4.9 (removal: 6.0, pinned)
                     warnings.simplefilter("ignore", FutureWarning)
                     cma_sampler = optuna.samplers.CmaEsSampler(x0=x0, sigma0=REFINE_SIGMA, seed=self.spec.seed,
                                                                warn_independent_sampling=False)
                 cma = optuna.create_study(direction="maximize", sampler=cma_sampler)
-                refined = {"method": best.method, "from": best.describe(), "trials": refine}
+                cma.add_trial(optuna.trial.create_trial(params=x0, distributions=knobs, value=best_obj))
+                refined = {"method": best.method, "from": best.describe(), "trials": refine, "start": best.to_dict()}
                 run_phase(cma, refine, [best.method], "cmaes", two_fidelities=False)
-            else:
+            else:  # nothing scored in full, or the best method has fewer than two knobs: TPE goes on
                 run_phase(study, refine, methods, "tpe", two_fidelities=True)
         search_seconds = time.perf_counter() - t0
         dev.sort(key=lambda x: -x[0])

@@ -119,19 +119,31 @@ class RayExecutor:
             raise InputError("--executor ray needs Ray, an optional extra: pip install 'modelmix[ray]' "
                              "(or use --executor local).") from None
         open_candidates(spec).close()  # refuse incompatible candidates here, before any worker starts
+        import os
+
         self._ray = ray
         self._started = False
+        address = address or os.environ.get("RAY_ADDRESS") or None
         if not ray.is_initialized():
-            if address is not None:
-                ray.init(address=address, logging_level="ERROR", log_to_driver=False)
-            else:
-                ray.init(num_cpus=workers or None, include_dashboard=False, logging_level="ERROR",
-                         log_to_driver=False)
+            try:
+                if address is not None:  # a running cluster: its own CPUs (num_cpus is not ours to set)
+                    ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+                else:
+                    ray.init(num_cpus=workers or None, include_dashboard=False, logging_level="ERROR",
+                             log_to_driver=False)
+            except (ValueError, ConnectionError, RuntimeError) as e:
+                raise InputError(f"--executor ray could not start or join a Ray cluster"
+                                 f"{f' at {address}' if address else ''}: {e}") from None
             self._started = True
-        n = workers or max(1, int(ray.available_resources().get("CPU", 1)))
-        actor = ray.remote(num_cpus=1)(_Worker)
-        self.actors = [actor.remote(spec, device) for _ in range(n)]
-        self.workers = n
+        try:
+            n = workers or max(1, int(ray.available_resources().get("CPU", 1)))
+            # an actor that dies (out of memory, a lost node) is restarted once and its evaluation retried
+            actor = ray.remote(num_cpus=1, max_restarts=1, max_task_retries=1)(_Worker)
+            self.actors = [actor.remote(spec, device) for _ in range(n)]
+            self.workers = n
+        except BaseException:
+            self.close()
+            raise
 
     def map(self, jobs: list[Job]) -> Iterator[dict[str, Any]]:
         refs = [self.actors[i % self.workers].compute.remote(r, f) for i, (r, f) in enumerate(jobs)]
@@ -139,11 +151,12 @@ class RayExecutor:
             yield self._ray.get(ref)
 
     def close(self) -> None:
-        for a in self.actors:
+        for a in getattr(self, "actors", []):
             self._ray.kill(a)
         self.actors = []
         if self._started:
             self._ray.shutdown()
+            self._started = False
 
 
 def make_executor(kind: str, spec: AgentSpec, device: str = "cpu", *, workers: int | None = None,

@@ -38,7 +38,8 @@ def measure_router(cfg: dict[str, Any], spec: AgentSpec, singles: dict[str, Any]
     """Each task's held-out score when every held-out input goes where the router ``cfg`` sends it.
 
     ``singles``: each candidate's held-out evaluation (with per-row ``hits`` for exact-match tasks). A task
-    without per-row results (``choice``) counts the score of the candidate most of its rows were sent to.
+    without per-row results (``choice``) counts each candidate's score weighted by the share of its rows sent
+    there (an estimate: which rows a candidate gets right is not known).
     Returns ``{"scores", "routed_right"}`` (the share of rows sent to their own task's route)."""
     from modelmix.router.config import load_router_config
     from modelmix.router.core import Router
@@ -55,7 +56,6 @@ def measure_router(cfg: dict[str, Any], spec: AgentSpec, singles: dict[str, Any]
         hits = {m: (singles[m].hits or {}).get(t.name) for m in set(models)}
         if all(h is not None for h in hits.values()):
             scores[t.name] = sum(hits[m][i] for i, m in enumerate(models)) / len(models)
-        else:
-            most = max(set(models), key=models.count)
-            scores[t.name] = singles[most].scores[t.name]
+        else:  # no per-row results: each candidate's score, weighted by the share of rows sent to it
+            scores[t.name] = sum(singles[m].scores[t.name] * models.count(m) for m in set(models)) / len(models)
     return {"scores": scores, "routed_right": right / max(1, total)}

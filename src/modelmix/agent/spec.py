@@ -58,7 +58,8 @@ class AgentSpec:
         payload = {"base": str(self.base), "models": [str(m) for m in self.models], "seed": self.seed,
                    "holdout": self.holdout_fraction, "low": self.low_examples, "tol": self.general_tolerance,
                    "tasks": [(t.name, t.metric, t.weight, _rows_hash(t.dev), _rows_hash(t.holdout)) for t in self.tasks],
-                   "general": _rows_hash(self.general_rows)}
+                   "general": _rows_hash(self.general_rows),
+                   **({"layer_groups": self.layer_groups} if self.layer_groups != 1 else {})}
         h.update(json.dumps(payload, sort_keys=True).encode())
         return h.hexdigest()[:16]
 
