@@ -130,7 +130,11 @@ def figures(r: dict[str, Any]) -> dict[str, str]:
         cut = [t for t in traj if t["dev"] is None]
         floor = -0.2  # general loss far past the constraint scores far below 0: drawn on the floor, as "v"
         ok = [t for t in done if t["dev"] >= floor]
-        ax.scatter([t["trial"] for t in ok], [t["dev"] for t in ok], s=14, label="dev objective")
+        for phase, label in (("tpe", "dev objective (TPE)"), ("random", "dev objective (random)"),
+                             ("cmaes", "dev objective (CMA-ES refinement)")):
+            pts = [t for t in ok if t.get("phase", "tpe") == phase]
+            if pts:
+                ax.scatter([t["trial"] for t in pts], [t["dev"] for t in pts], s=14, label=label)
         ax.scatter([t["trial"] for t in cut], [max(floor, t["low"]) for t in cut], s=14, marker="x",
                    label="pruned (cheap score)")
         off = [t for t in done if t["dev"] < floor]
