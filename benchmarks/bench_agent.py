@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -101,6 +102,7 @@ def main() -> int:
                              [(t, z.split_path(t, "validation"), "exact_match", 1.0) for t in names],
                              general=z.split_path("general", "validation"), budget=a.budget, seed=seed,
                              layer_groups=a.layer_groups)
+            load_before = round(os.getloadavg()[0], 2)
             with tempfile.TemporaryDirectory() as tmp, TrialStore(Path(tmp) / "agent.db") as store:
                 agent = Agent(spec, store, sampler="tpe" if sampler == "agent" else "random", executor=a.executor,
                               workers=a.workers)
@@ -109,7 +111,7 @@ def main() -> int:
                 seconds = time.perf_counter() - t0
             scores = test_scores(z, res.chosen, test)
             s = res.report["search"]
-            row = {"seed": seed, "recipe": res.chosen.describe(), "scores": scores,
+            row = {"seed": seed, "loadavg_1m_before": load_before, "recipe": res.chosen.describe(), "scores": scores,
                    "task_mean": statistics.mean(scores[t] for t in names), "general": scores["general"],
                    "seconds": seconds, "evaluations": res.evaluations, "trials": s["trials"], "pruned": s["pruned"],
                    "per_evaluation_s": res.report["evaluations"]["per_candidate_s"],

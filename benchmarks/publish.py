@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 #: the files that may hold benchmark blocks
 DOC_FILES = ("README.md", "benchmarks/README.md", "docs/cocktail.md", "docs/analysis.md", "docs/evaluation.md",
-             "docs/engine.md", "docs/router.md")
+             "docs/engine.md", "docs/router.md", "docs/agent.md")
 BLOCK = re.compile(r"(<!-- bench:(?P<name>[a-z-]+) -->\n)(?P<body>.*?)(<!-- /bench:(?P=name) -->)", re.S)
 
 
@@ -60,7 +60,9 @@ def provenance(report: dict[str, Any], name: str) -> str:
             "hybrid": "One run: the answers are deterministic (greedy decoding)",
             "intent": "One run; latency over every query, one at a time, after 3 warm-up queries",
             "load": "One run of 30 s per setup; the percentiles are over every answered request",
-            "feedback": "One run (the learner's draws are seeded)"}.get(
+            "feedback": "One run (the learner's draws are seeded)",
+            "agent": "Seeds 0, 1 and 2 of the agent and of random search (mean and range); the fixed methods are "
+                     "deterministic"}.get(
         name, f"Median (min–max) of {report['repeat']} runs")
     return (f"_`make bench` of {date[:10]} (commit {commit}{', uncommitted changes' if dirty else ''}), "
             f"{m['cpu']}, {m['cores']} cores, {m['mem_gib']} GiB; 1-minute load average {min(loads):.1f}–"
@@ -291,9 +293,44 @@ def feedback(report: dict[str, Any]) -> str:
         f"{d['update_us']['median']:.1f} µs (median; max {d['update_us']['max']:.0f} µs)."])
 
 
+def agent(report: dict[str, Any]) -> str:
+    d = report["benchmarks"]["agent"]["data"]
+    names, runs = d["tasks"], d["runs"]
+    head = ["| system | task mean (test) | " + " | ".join(names) + " | general loss |",
+            "|---|---|" + "---|" * len(names) + "---|"]
+    rows = []
+    label = {"agent": "**agent**", "random": "random search, same budget and decision rule"}
+    for k, rs in runs.items():
+        means = [r["task_mean"] for r in rs]
+        rows.append(f"| {label.get(k, k)} (mean of {len(rs)} seeds) | {statistics.mean(means):.3f} ({min(means):.3f}–"
+                    f"{max(means):.3f}) | " + " | ".join(f"{statistics.mean(r['scores'][t] for r in rs):.2f}" for t in names)
+                    + f" | {statistics.mean(r['general'] for r in rs):.3f} |")
+    routers = [r["router_test"] for r in runs.get("agent", []) if r.get("router_test")]
+    if routers:
+        rows.append(f"| the router the agent wrote (router.yml, each query routed by its text; mean of {len(routers)}) | "
+                    f"{statistics.mean(r['task_mean'] for r in routers):.3f} | " + " | ".join(
+                        f"{statistics.mean(r['scores'][t] for r in routers):.2f}" for t in names) + " | – |")
+    for f in sorted(d["fixed"], key=lambda f: -f["task_mean"]):
+        rows.append(f"| {f['name']} ({f['kind']}) | {f['task_mean']:.3f} | " + " | ".join(
+            f"{f['scores'][t]:.2f}" for t in names) + f" | {f['general']:.3f} |")
+    speed = ["| run | chosen | evaluations | s per evaluation | trials per minute | pruned | resident MB, trial 10 → last |",
+             "|---|---|---|---|---|---|---|"]
+    for k, rs in runs.items():
+        for r in rs:
+            rss = (f"{r['rss_mb_trial10']:.0f} → {r['rss_mb_last']:.0f}" if r.get("rss_mb_trial10") is not None
+                   else "–")
+            chosen = "a searched recipe" if r.get("replaced_default") else "the default proposal"
+            speed.append(f"| {k} seed {r['seed']} | {chosen}: {r['recipe']} | {r['evaluations']} | "
+                         f"{r['per_evaluation_s']:.2f} | {r['trials_per_minute']:.0f} | {r['pruned']} | {rss} |")
+    return "\n".join([provenance(report, "agent"), "",
+                      f"Default zoo, budget {d['budget']}; the agent sees the validation split, every number is on the "
+                      f"test split. Base general loss {d['base_general']:.3f} (the constraint allows "
+                      f"{1.05 * d['base_general']:.3f}).", "", *head, *rows, "", *speed])
+
+
 RENDER: dict[str, Callable[[dict[str, Any]], str]] = {
     "merge": merge, "cocktail": cocktail, "analysis": analysis, "eval": evaluation, "router": router,
-    "hybrid": hybrid, "intent": intent, "feedback": feedback, "load": load}
+    "hybrid": hybrid, "intent": intent, "feedback": feedback, "load": load, "agent": agent}
 
 
 def render(name: str, report: dict[str, Any]) -> str:

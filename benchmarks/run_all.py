@@ -19,6 +19,8 @@ Runs, one after another (never two at once), each as its own child process:
 * ``load``     — ``bench_serve_load.py``: 32 and 8 concurrent clients for 30 s against ``modelmix serve`` over
   the zoo's experts, and 32 with the bfloat16 and the int8 encoder (throughput, deliberate 429s, errors, latency, the router's
   overhead under load, the engine's batching).
+* ``agent``    — ``bench_agent.py`` on the ``default`` zoo: the merge agent (budget 50, seeds 0-2) against random search
+  with the same budget, the experts, the fixed-default merges and the router it writes, on the test split.
 
 Each is repeated ``--repeat`` times (default 3; median and range). The results go to one dated file,
 ``benchmarks/results/bench-<UTC date>.json``: commit, machine, package versions, and for every benchmark its
@@ -52,7 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]
 HERE = ROOT / "benchmarks"
 RESULTS = HERE / "results"
 PY = sys.executable
-NAMES = ("merge", "cocktail", "analysis", "eval", "router", "hybrid", "intent", "feedback", "load")
+NAMES = ("merge", "cocktail", "analysis", "eval", "router", "hybrid", "intent", "feedback", "load", "agent")
 
 
 def commands(name: str, repeat: int, quick: bool, out: Path) -> list[str]:
@@ -68,6 +70,9 @@ def commands(name: str, repeat: int, quick: bool, out: Path) -> list[str]:
         return [PY, str(HERE / "bench_analyze.py"), "--size", size, "--repeat", str(repeat), "--json", str(out)]
     if name == "router":  # accuracy is deterministic; the overhead percentiles come from 50 single queries
         return [PY, str(HERE / "bench_router.py"), "--zoo", str(zoo_dir(quick)), "--json", str(out)]
+    if name == "agent":
+        return [PY, str(HERE / "bench_agent.py"), "--zoo", str(zoo_dir(quick)), "--budget", "10" if quick else "50",
+                "--seeds", "0" if quick else "0,1,2", "--json", str(out)]
     if name == "hybrid":  # deterministic greedy answers: one run
         return [PY, str(HERE / "bench_hybrid.py"), "--zoo", str(zoo_dir(quick)), "--json", str(out)]
     if name == "intent":
