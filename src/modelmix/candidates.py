@@ -234,27 +234,24 @@ class Candidates:
         # a per-model value may be a gradient (a list per model, as in a mergekit recipe's `weight: [0.2, 0.8]`):
         # sampled at each tensor's layer position exactly as the engine does (layer i of L at i/(L-1), tensors
         # outside the layers at 0); resolved once per distinct position
+        from modelmix.config.params import evaluate, layer_t
+        from modelmix.planner import count_layers, layer_index
+
         grads = {k: v for k, v in params.items() if isinstance(v, (list, tuple))
                  and any(isinstance(x, (list, tuple)) for x in v)}
-        kwargs = resolve_params(m, len(idx), {k: v for k, v in params.items() if k not in grads}
-                                | {k: [x if isinstance(x, (int, float)) else x[0] for x in v] for k, v in grads.items()})
+
+        def resolve_at(t: float) -> dict[str, Any]:
+            return resolve_params(m, len(idx), {**params, **{k: [
+                x if isinstance(x, (int, float)) else evaluate(list(x), "", t) for x in v] for k, v in grads.items()}})
+
+        at_t = {0.0: resolve_at(0.0)}  # validated here, before any tensor is read
         todo = self.names if names is None else list(names)
-        at_t: dict[float, dict[str, Any]] = {}
-
-        if grads:
-            from modelmix.config.params import evaluate, layer_t
-            from modelmix.planner import count_layers, layer_index
-
-            n_layers = count_layers(list(self.names)) or 1
+        n_layers = (count_layers(list(self.names)) or 1) if grads else 1
 
         def kwargs_for(name: str) -> dict[str, Any]:
-            if not grads:
-                return kwargs
-            t = layer_t(layer_index(name), n_layers)
+            t = layer_t(layer_index(name), n_layers) if grads else 0.0
             if t not in at_t:
-                at_t[t] = resolve_params(m, len(idx), {**params, **{k: [
-                    x if isinstance(x, (int, float)) else evaluate(list(x), name, t) for x in v]
-                    for k, v in grads.items()}})
+                at_t[t] = resolve_at(t)
             return at_t[t]
 
         def run() -> Iterable[tuple[str, torch.Tensor]]:

@@ -122,25 +122,22 @@ class Agent:
         """Each ``(recipe, fidelity)``'s evaluation: from the store when this run measured it before, else
         computed by the executor (one batch, in order) and recorded as each result arrives. A recipe the method
         refuses raises, or with ``errors="return"`` comes back as its error (it fails its trial)."""
+        keys = [(recipe.key(), fidelity) for recipe, fidelity in jobs]
         out: list[Evaluation | ModelmixError | None] = []
-        todo: list[int] = []
-        for i, (recipe, fidelity) in enumerate(jobs):
-            hit = self.store.get(self.run_id, recipe.key(), fidelity)
+        first: dict[tuple[str, str], int] = {}  # each job to compute, once (a batch may repeat a recipe)
+        for i, (key, fidelity) in enumerate(keys):
+            hit = self.store.get(self.run_id, key, fidelity)
             if hit is None:
                 out.append(None)
-                if not any(jobs[j][0].key() == recipe.key() and jobs[j][1] == fidelity for j in todo):
-                    todo.append(i)
+                first.setdefault((key, fidelity), i)
                 continue
             s = hit["scores"]
             out.append(Evaluation(s["tasks"], s["general"], hit["objective"], hit["seconds"], cached=True,
                                   hits=s.get("hits")))
+        todo = list(first.values())
         for i, res in zip(todo, self.executor.map([jobs[i] for i in todo]), strict=True):
-            recipe, fidelity = jobs[i]
-            out[i] = self._record(recipe, fidelity, res, base_general)
-        for i, (recipe, fidelity) in enumerate(jobs):  # a duplicate in the batch: its twin's result
-            if out[i] is None:
-                j = next(j for j in todo if jobs[j][0].key() == recipe.key() and jobs[j][1] == fidelity)
-                out[i] = out[j]
+            out[i] = self._record(*jobs[i], res, base_general)
+        out = [e if e is not None else out[first[k]] for e, k in zip(out, keys, strict=True)]
         if errors == "raise":
             for e in out:
                 if isinstance(e, ModelmixError):
@@ -170,7 +167,6 @@ class Agent:
         t_start = time.perf_counter()
         spec = self.spec
         models = [str(m) for m in spec.models]
-        self._index = {m: i for i, m in enumerate(models)}
         if out is not None:
             from modelmix.io.outputs import check_output_dir
 
@@ -199,7 +195,8 @@ class Agent:
             self._act(chosen, out, overwrite, report, routing)
         self.store.finish_run(self.run_id, {"chosen": chosen.to_dict(), "holdout": holdout,
                                             "recommend_routing": routing is not None})
-        return AgentResult(self.run_id, chosen, holdout, report, out, routing is not None, self.router_config,
+        return AgentResult(self.run_id, chosen, holdout, report, out, routing is not None,
+                           routing["config"] if routing else None,
                            trials=report["search"]["trials"], pruned=report["search"]["pruned"],
                            evaluations=self.evaluations, seconds=report["seconds"])
 
@@ -501,7 +498,6 @@ class Agent:
             if (router_mean if router_mean is not None else route_mean) - merge_mean > self.route_margin:
                 routing = {"routes": oracle, "route_mean": route_mean, "merge_mean": merge_mean,
                            "router_mean": router_mean, "config": cfg}
-        self.router_config = routing["config"] if routing else None
         holdout = {"chosen": chosen.describe(), "objective": win["eval"].objective, "scores": win["eval"].scores,
                    "general": win["eval"].general, "base": {"scores": base_e.scores, "general": base_e.general,
                                                             "objective": base_e.objective},

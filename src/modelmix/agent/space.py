@@ -37,8 +37,7 @@ class Recipe:
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, "models": list(self.models), "params": dict(self.params),
-                "model_params": {k: [list(x) if isinstance(x, tuple) else x for x in v]
-                                 for k, v in self.model_params.items()}, "seed": self.seed}
+                "model_params": {k: _plain(v) for k, v in self.model_params.items()}, "seed": self.seed}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Recipe:
@@ -73,7 +72,7 @@ class Recipe:
             return {"models": [index[m] for m in self.models], "base": index[self.models[0]], "seed": self.seed,
                     **self.params}
         return {"models": [index[m] for m in self.models], "seed": self.seed, **self.params,
-                **{k: [list(x) if isinstance(x, tuple) else x for x in v] for k, v in self.model_params.items()}}
+                **{k: _plain(v) for k, v in self.model_params.items()}}
 
     def to_mergekit(self, base: Path) -> dict[str, Any]:
         """The mergekit YAML (as a dict) that ``modelmix merge`` (and mergekit, for its methods) runs."""
@@ -98,6 +97,11 @@ class Recipe:
             cfg["base_model"] = str(base)
             cfg["tokenizer_source"] = "base"
         return cfg
+
+
+def _plain(values: tuple[Any, ...]) -> list[Any]:
+    """Per-model values as lists (a gradient, a tuple per model, as a list): JSON and merge arguments."""
+    return [list(x) if isinstance(x, tuple) else x for x in values]
 
 
 def _fmt(v: Any) -> str:
