@@ -394,3 +394,67 @@ def test_reload_replaces_models_and_routes_and_refuses_a_bad_config(zoo_dir, tmp
         th.join(10)
         service.close()
         service.store.close()
+
+
+def test_sensitive_route_answers_through_self_critique(server):
+    """A route marked sensitive: the answer is held back as a draft, critiqued (by critique.critic, else by
+    the answering model: RR) and rewritten by the answering model; only the rewrite is sent and logged, and
+    the completion's modelmix object keeps the draft and the critique."""
+    from modelmix.critique.prompts import CRITIQUE_PROMPT, REWRITE_PROMPT
+
+    url, service, _ = server
+    route = service.cfg.routes[0]
+    route.sensitive, service.cfg.critique.critic = True, "base"
+    try:
+        c = _client(url)
+        msgs = [{"role": "user", "content": "3+4="}]
+        r = c.chat.completions.create(model="router-single", messages=msgs, max_tokens=8)
+        mm = r.model_extra["modelmix"]
+        crit = mm["critique"]
+        author = crit["rewriter"]
+        assert crit["critic"] == "base" and crit["strategy"] == "rr-extcrit" and author in route.models
+        b = service.backends
+        draft = b[author].complete(msgs, 8)
+        critique = b["base"].complete([*msgs, {"role": "assistant", "content": draft},
+                                       {"role": "user", "content": CRITIQUE_PROMPT}], 128)
+        final = b[author].complete([*msgs, {"role": "assistant", "content": draft},
+                                    {"role": "user", "content": CRITIQUE_PROMPT},
+                                    {"role": "assistant", "content": critique},
+                                    {"role": "user", "content": REWRITE_PROMPT}], 8)
+        assert (crit["draft"], crit["critique"], r.choices[0].message.content) == (draft, critique, final)
+        assert service.store.interaction(r.id)["answer"] == final
+        # streamed, the same rewrite goes out; without a critic the answering model critiques itself (RR)
+        service.cfg.critique.critic = None
+        chunks = list(c.chat.completions.create(model="router-single", messages=msgs, max_tokens=8, stream=True))
+        text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+        crit = chunks[-1].model_extra["modelmix"]["critique"]
+        author = crit["rewriter"]
+        assert crit["strategy"] == "rr" and crit["critic"] == author
+        draft = b[author].complete(msgs, 8)
+        convo = [*msgs, {"role": "assistant", "content": draft}, {"role": "user", "content": CRITIQUE_PROMPT}]
+        own = b[author].complete(convo, 128)
+        assert (crit["draft"], crit["critique"]) == (draft, own)
+        assert text == b[author].complete([*convo, {"role": "assistant", "content": own},
+                                           {"role": "user", "content": REWRITE_PROMPT}], 8)
+        # a route not marked sensitive answers directly
+        route.sensitive = False
+        r = c.chat.completions.create(model="router-single", messages=msgs, max_tokens=8)
+        assert "critique" not in r.model_extra["modelmix"]
+    finally:
+        route.sensitive, service.cfg.critique.critic = False, None
+
+
+def test_critique_config_is_checked(zoo_dir):
+    from modelmix.errors import ConfigError
+    from modelmix.router.config import load_router_config
+    from modelmix.zoo import load_zoo
+
+    z = load_zoo(zoo_dir)
+    raw = {"models": {"a": {"path": str(z.model_path("base"))}},
+           "routes": [{"name": "r", "models": ["a"], "utterances": ["x"], "sensitive": True}]}
+    assert load_router_config({**raw, "critique": {"critic": "a"}}).critique.critic == "a"
+    with pytest.raises(ConfigError, match="critique.critic: model 'b' is not defined"):
+        load_router_config({**raw, "critique": {"critic": "b"}})
+    raw["routes"][0]["sensitive"] = False
+    with pytest.raises(ConfigError, match="no route is marked sensitive"):
+        load_router_config({**raw, "critique": {"critic": "a"}})

@@ -29,6 +29,7 @@ _LAZY = {
     "serve": ("modelmix.router.cli", "serve_cmd", "Serve the router as an OpenAI-compatible endpoint (FastAPI + uvicorn)."),
     "route": ("modelmix.router.cli", "route", "Router: classify queries over routes (a calibrated distribution) and evaluate it."),
     "agent": ("modelmix.agent.cli", "agent", "Merge agent: choose candidates and a merge recipe on your examples, confirm on held-out ones."),
+    "critique": ("modelmix.critique.cli", "critique", "Self-critique defences (RR, RR-extcrit, RR-merge) against jailbreaks, and their evaluation."),
 }
 
 

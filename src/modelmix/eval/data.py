@@ -90,18 +90,25 @@ def load_examples(path: str | Path, kind: str = "decoder") -> list[dict[str, Any
     """
     if kind not in KINDS:
         raise DataError(f"Unknown example kind {kind!r}; expected one of {', '.join(KINDS)}.")
+    return [validate_example(obj, kind, where) for where, obj in jsonl_objects(path)]
+
+
+def jsonl_objects(path: str | Path, what: str = "Data file") -> list[tuple[str, Any]]:
+    """``(file:line, parsed JSON)`` for each non-blank line of a JSON Lines file: the reading and the
+    errors every JSONL input shares (missing, a directory, not UTF-8, one JSON array instead of lines,
+    invalid JSON at ``file:line``, no rows), each a one-paragraph DataError."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8-sig")  # a UTF-8 byte-order mark (Windows editors) is not data
     except FileNotFoundError:
-        raise DataError(f"Data file {p} does not exist.") from None
+        raise DataError(f"{what} {p} does not exist.") from None
     except IsADirectoryError:
-        raise DataError(f"Data file {p} is a directory, expected a .jsonl file.") from None
+        raise DataError(f"{what} {p} is a directory, expected a .jsonl file.") from None
     except UnicodeDecodeError as e:
-        raise DataError(f"Data file {p} is not UTF-8 text ({e.reason} at byte {e.start}).") from None
+        raise DataError(f"{what} {p} is not UTF-8 text ({e.reason} at byte {e.start}).") from None
     except OSError as e:
-        raise DataError(f"Cannot read data file {p}: {e.strerror or e}.") from None
-    out: list[dict[str, Any]] = []
+        raise DataError(f"Cannot read {what.lower()} {p}: {e.strerror or e}.") from None
+    out: list[tuple[str, Any]] = []
     if text.lstrip().startswith("["):
         try:
             whole = json.loads(text)
@@ -121,9 +128,9 @@ def load_examples(path: str | Path, kind: str = "decoder") -> list[dict[str, Any
         except json.JSONDecodeError as e:
             hint = " (expected JSON Lines: one complete object per line)" if lineno == 1 and line.strip() in "[{" else ""
             raise DataError(f"{where}: invalid JSON ({e.msg} at column {e.colno}){hint}.") from None
-        out.append(validate_example(obj, kind, where))
+        out.append((where, obj))
     if not out:
-        raise DataError(f"Data file {p} contains no examples.")
+        raise DataError(f"{what} {p} contains no examples.")
     return out
 
 

@@ -266,22 +266,37 @@ def choice(
 @_threaded
 def generate_greedy(
     em: EvalModel,
-    prompts: Sequence[str],
+    prompts: Sequence[str] | Sequence[list[int]],
     budgets: Sequence[int],
     *,
     batch_size: int | None = None,
+    until: str = "line",
+    counts: list[int] | None = None,
 ) -> list[str]:
     """Greedy completions of ``prompts`` (own KV-cache loop, left padding), cut as described for exact_match.
 
-    ``budgets[i]`` is the maximum number of new tokens for prompt i.
+    A prompt is text (tokenised with the tokenizer's special tokens) or token ids already rendered (a
+    chat template's). ``budgets[i]`` is the maximum number of new tokens for prompt i. ``until="line"`` stops a row at its
+    first newline after text (one-line answers, exact match); ``until="eos"`` lets it write several lines
+    and stops only at eos or the budget (chat answers: the self-critique conversations). ``counts``, when
+    given, receives the number of tokens each row generated (eos excluded): the cost a caller reports.
     """
+    if until not in ("line", "eos"):
+        raise ValueError(f"until must be 'line' or 'eos', got {until!r}")
+    by_line = until == "line"
     model, tok, dev = em.model, em.tokenizer, em.device
     has_nl, nl_after, content = em.token_classes()
     eos = tok.eos_token_id
     pad = tok.pad_token_id
-    enc = tok(list(prompts))["input_ids"]
+    texts = [i for i, p in enumerate(prompts) if isinstance(p, str)]
+    enc: list[list[int]] = [list(p) if not isinstance(p, str) else [] for p in prompts]
+    if texts:
+        for i, ids in zip(texts, tok([prompts[i] for i in texts])["input_ids"], strict=True):
+            enc[i] = list(ids)
     lengths = [len(x) for x in enc]
     results: list[str] = [""] * len(prompts)
+    if counts is not None:
+        counts[:] = [0] * len(prompts)
     # generation holds a KV cache per row: budget rows by prompt+budget tokens, but keep batches large
     bs_default = None if batch_size else 256
     cache_kw = _cache_kwarg(model)
@@ -309,7 +324,7 @@ def generate_greedy(
             max_steps = int(budget.max())
             for step in range(max_steps):
                 nxt = out.logits[:, -1].argmax(-1)
-                stop = (nxt == eos) | (has_nl[nxt] & (seen | nl_after[nxt]))
+                stop = (nxt == eos) | (has_nl[nxt] & (seen | nl_after[nxt])) if by_line else nxt == eos
                 keep = ~done & (nxt != eos)  # a stopping newline token may carry text before the newline
                 steps.append(nxt)
                 live_steps.append(keep)
@@ -332,7 +347,9 @@ def generate_greedy(
             for r, i in enumerate(idx):
                 toks = gen[r][keepm[r]].tolist()
                 text = tok.decode(toks, skip_special_tokens=False).lstrip()
-                results[i] = text.split("\n", 1)[0]
+                results[i] = text.split("\n", 1)[0] if by_line else text.rstrip()
+                if counts is not None:
+                    counts[i] = len(toks)
     return results
 
 

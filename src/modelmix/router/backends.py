@@ -205,6 +205,21 @@ class RemoteBackend:
     def complete(self, messages: Sequence[dict[str, str]], max_new_tokens: int | None = None) -> str:
         return "".join(self.stream(messages, max_new_tokens))
 
+    def chat(self, messages: Sequence[dict[str, str]], max_new_tokens: int | None = None) -> tuple[str, int]:
+        """One non-streamed answer and the tokens the server says it generated (its ``usage``; the answer's
+        whitespace-separated words when it reports none): what a benchmark counts as cost."""
+        try:
+            r = self.client.chat.completions.create(model=self.model, messages=list(messages),  # type: ignore[arg-type]
+                                                    max_tokens=max_new_tokens or self.max_new_tokens,
+                                                    temperature=0)
+            text = (r.choices[0].message.content or "") if r.choices else ""
+        except Exception as e:  # noqa: BLE001 - every client error means "this backend cannot answer now"
+            raise self._failed(e) from None
+        self._errors = 0
+        used = getattr(r, "usage", None)
+        tokens = getattr(used, "completion_tokens", None) if used is not None else None
+        return text.strip(), int(tokens) if tokens is not None else len(text.split())
+
 
 def build_backends(cfg: Any, engine: Any = None) -> dict[str, LocalBackend | RemoteBackend]:
     """One backend per config model (local ones load lazily, on first use; with ``engine`` they generate

@@ -76,7 +76,8 @@ class RouteSpec(_Strict):
     utterances: Utterances
     #: confidence above which this route alone answers (strategy single); None: calibrated on the utterances
     threshold: float | None = Field(None, gt=0, le=1)
-    #: answers of this route go through a critique step (the self-critique issue)
+    #: answers of this route go through the self-critique step (``critique:``): the model's answer is kept
+    #: back, critiqued (by ``critique.critic``, else by the model itself) and rewritten; the rewrite is sent
     sensitive: bool = False
 
 
@@ -127,6 +128,24 @@ HYBRID_TEMPLATE = ("{query}\n\nA first answer from another assistant:\n{draft}\n
                    "question, correcting and clarifying the first answer where needed.")
 
 
+class CritiqueSpec(_Strict):
+    """The self-critique step of sensitive routes (RR of arXiv 2406.07188): answer, critique, rewrite."""
+
+    #: a model of ``models`` that writes the critique (RR with an external critic); None: the answering model
+    #: critiques itself (RR; or RR-merge when it is a model merged with a critic)
+    critic: str | None = None
+    critique_prompt: str = Field(default_factory=lambda: _paper_prompts()[0], min_length=1)
+    rewrite_prompt: str = Field(default_factory=lambda: _paper_prompts()[1], min_length=1)
+    #: tokens of the critique (the answer and the rewrite use the request's max_tokens)
+    max_new_tokens: int = Field(128, ge=1)
+
+
+def _paper_prompts() -> tuple[str, str]:
+    from modelmix.critique.prompts import CRITIQUE_PROMPT, REWRITE_PROMPT
+
+    return CRITIQUE_PROMPT, REWRITE_PROMPT
+
+
 class ServeSpec(_Strict):
     #: requests in flight at once; one more is answered 429 (backpressure, never an unbounded queue)
     max_concurrent: int = Field(16, ge=1)
@@ -171,6 +190,7 @@ class RouterConfig(_Strict):
     #: confidences on (IntentClassifier.fit) instead of the utterances alone
     calibration: str | None = None
     serve: ServeSpec = Field(default_factory=ServeSpec)
+    critique: CritiqueSpec = Field(default_factory=CritiqueSpec)
     #: where relative paths were resolved from (the config file's directory); set by load_router_config
     base_dir: Path | None = Field(None, exclude=True)
 
@@ -318,6 +338,13 @@ def check_router_config(cfg: RouterConfig, label: str = "router config") -> None
         if cfg.models[j].path is None:
             raise ConfigError(f"{label}: serve.judge: {j!r} is a remote model; a judge must be local (path:), "
                               "since it scores answers by their log-likelihood.")
+    c = cfg.critique.critic
+    if c is not None and c not in cfg.models:
+        raise ConfigError(f"{label}: critique.critic: model {c!r} is not defined under models."
+                          f"{did_you_mean(c, list(cfg.models))}")
+    if c is not None and not any(r.sensitive for r in cfg.routes):
+        raise ConfigError(f"{label}: critique.critic is set but no route is marked sensitive: true, so it would "
+                          "never be used; mark the routes whose answers it should critique.")
     for name, spec in cfg.models.items():
         if spec.path is not None:
             p = cfg.model_path(name)

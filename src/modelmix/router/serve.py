@@ -220,6 +220,40 @@ class Service:
         timings: dict[str, float] = {}
         meta["worker_pid"] = os.getpid()
         meta["per_model_ms"] = timings
+        if d is not None and any(r.sensitive for r in self.cfg.routes if r.name in d.routes):
+            yield from self._critiqued(d, model, messages, max_tokens, meta, timings, live)
+            return
+        yield from self._answer(d, model, messages, max_tokens, meta, timings, live)
+
+    def _critiqued(self, d: Decision, model: str, messages: list[dict[str, str]], max_tokens: int | None,
+                   meta: dict[str, Any], timings: dict[str, float], live: bool) -> Iterator[str]:
+        """A sensitive route's answer through self-critique (RR, arXiv 2406.07188): the strategy's answer is
+        kept back as a draft, the critic (``critique.critic``, else the answering model) critiques it, and the
+        answering model rewrites it using the critique; only the rewrite is sent. ``meta["critique"]`` keeps
+        the draft and the critique for inspection."""
+        spec = self.cfg.critique
+        draft: list[str] = []
+        _drain(self._answer(d, model, messages, max_tokens, meta, timings, False), draft)
+        author = meta.get("chosen") or meta["models"][0]
+        convo = [*messages, {"role": "assistant", "content": "".join(draft)},
+                 {"role": "user", "content": spec.critique_prompt}]
+        critics = [spec.critic] if spec.critic is not None else self._author_first(d, author)
+        crit: list[str] = []
+        by = _drain(self._one(critics, convo, spec.max_new_tokens, timings, False), crit)
+        convo += [{"role": "assistant", "content": "".join(crit)}, {"role": "user", "content": spec.rewrite_prompt}]
+        meta["critique"] = {"draft": "".join(draft), "critique": "".join(crit), "critic": by,
+                            "strategy": "rr-extcrit" if spec.critic is not None else "rr"}
+        meta["critique"]["rewriter"] = yield from self._one(self._author_first(d, author), convo, max_tokens,
+                                                            timings, live)
+
+    def _author_first(self, d: Decision, author: str) -> list[str]:
+        """The model that answered, then its route's other models as fallbacks."""
+        i = d.models.index(author) if author in d.models else 0
+        rest = self._fallbacks(d, i)
+        return [author, *[m for m in rest if m != author]]
+
+    def _answer(self, d: Decision | None, model: str, messages: list[dict[str, str]], max_tokens: int | None,
+                meta: dict[str, Any], timings: dict[str, float], live: bool) -> Iterator[str]:
         if d is None:
             meta["strategy"] = "direct"
             meta["models"] = [(yield from self._one([model], messages, max_tokens, timings, live))]
@@ -510,7 +544,7 @@ def create_app(service: Service) -> Any:
         iid = service.store.log(query, meta.get("distribution", {}), meta["strategy"], meta["models"],
                                 meta.get("weights", [1.0]), answer=text, latency_ms=seconds * 1000,
                                 extra={k: v for k, v in meta.items() if k in ("per_model_ms", "why", "candidates",
-                                                                               "draft", "pipeline", "steps")}, interaction_id=iid)
+                                                                               "draft", "pipeline", "steps", "critique")}, interaction_id=iid)
         service.m_requests.labels(meta["strategy"], "ok").inc()
         service.m_latency.labels(meta["strategy"]).observe(seconds)
         meta["latency_ms"] = round(seconds * 1000, 2)

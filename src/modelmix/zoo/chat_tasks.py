@@ -28,13 +28,11 @@ import random
 import re
 from typing import Any
 
+from modelmix.critique.prompts import CRITIQUE_PROMPT, REWRITE_PROMPT
 from modelmix.zoo.tasks import RELATIONS, KnowledgeBase
 
 CHAT_TASKS: tuple[str, ...] = ("arithmetic", "people", "json")
 CRITIC_TASK = "critique"
-CRITIQUE_PROMPT = "Identify specific ways in which your previous answer is harmful, unethical or illegal."
-REWRITE_PROMPT = ("Please, rewrite your original response using the previous critique to avoid mentioning "
-                  "harmful, unethical or illegal content.")
 
 Row = dict[str, Any]
 
