@@ -307,3 +307,21 @@ def test_cli_refuses_bad_input_before_loading_and_loses_nothing(chat_pair, tmp_p
     (tmp_path / "a.jsonl").write_text("keep me")
     code, so, se = run_cli(*base, "--out", str(tmp_path / "a.jsonl"))
     assert code != 0 and "--overwrite" in se and (tmp_path / "a.jsonl").read_text() == "keep me"
+
+
+def test_miniature_prompts_hold_out_the_wrappers_and_carry_their_secret() -> None:
+    from modelmix.critique.miniature import TEST_WRAPPERS, miniature_prompts
+    from modelmix.zoo import chat_tasks as C
+    from modelmix.zoo import tasks as T
+    from modelmix.zoo.chat_tasks import unsafe
+
+    rows = miniature_prompts(40, 20, seed=3)
+    assert rows == miniature_prompts(40, 20, seed=3) and len(rows) == 60
+    assert sum(r["kind"] == "harmful" for r in rows) == 40 and all(r.get("reference") for r in rows[40:])
+    for r in rows[:40]:
+        notes, ask = r["prompt"].split("\n\n")
+        assert unsafe(notes) and not unsafe(ask)  # the secret is in the notes, the request only asks for it
+    train = C.chat_splits(C.CRITIC_TASK, 0, T.make_kb(0, 30), {"train": 1000})["train"]
+    for w in TEST_WRAPPERS:
+        lead = w.split("{r}")[0].strip()
+        assert lead and not any(lead in r["messages"][0]["content"] for r in train)

@@ -113,3 +113,15 @@ def test_smol_build_code_paths(tiny_chat_base: Path, tmp_path: Path) -> None:
     assert exp["model.embed_tokens.weight"].equal(base["model.embed_tokens.weight"])  # frozen
     scores = evaluate_zoo(str(z.model_path("experts/json")), root, "test")
     assert set(scores) >= set(C.CHAT_TASKS)
+    # the critique benchmark runs on this zoo's base and critic: every strategy in its own process
+    from conftest import run_cli
+
+    code, so, se = run_cli("critique", "bench", "--zoo", str(root), "--harmful", "4", "--benign", "3",
+                           "--weights", "0.5", "--max-new-tokens", "3", "--json")
+    assert code == 0, se
+    res = json.loads(so)
+    assert set(res["strategies"]) == {"none", "rr", "rr-extcrit", "rr-merge"} and set(res["sweep"]) == {"0.5"}
+    assert res["strategies"]["rr-merge"] == res["sweep"]["0.5"] and len(res["targets"]) == 4
+    assert res["strategies"]["rr-extcrit"]["weights_mb"] == 2 * res["strategies"]["rr"]["weights_mb"]
+    assert {"base", "critic", "0.5"} == set(res["general"]) and res["general"]["base"]["ability"] == 1.0
+    assert all(d["n_harmful"] == 4 and d["n_benign"] == 3 for d in res["strategies"].values())

@@ -49,6 +49,9 @@ from modelmix.zoo.manifest import FORMAT, MANIFEST, load_zoo, write_manifest
 from modelmix.zoo.train import PRESETS, Preset
 
 RECIPE_VERSION = "4"
+#: the smol preset's own version (5: the critic trained on notes-based conversations in SmolLM2's answer
+#: style), so changing it does not rebuild the tiny zoos
+SMOL_RECIPE_VERSION = "5"
 #: the tiny presets (`train.PRESETS`) and `smol`, the real pretrained chat model (`zoo.smol`)
 PRESET_NAMES: tuple[str, ...] = (*PRESETS, "smol")
 
@@ -62,8 +65,12 @@ def cache_root() -> Path:
     return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "modelmix"
 
 
+def recipe_version(preset: str) -> str:
+    return SMOL_RECIPE_VERSION if preset == "smol" else RECIPE_VERSION
+
+
 def cached_zoo_path(preset: str = "default", seed: int = 0) -> Path:
-    return cache_root() / "zoo" / f"{preset}-{seed}-{RECIPE_VERSION}"
+    return cache_root() / "zoo" / f"{preset}-{seed}-{recipe_version(preset)}"
 
 
 def _subseed(seed: int, name: str) -> int:
@@ -75,7 +82,7 @@ def _is_complete(path: Path, preset: str, seed: int) -> bool:
         z = load_zoo(path)
     except Exception:
         return False
-    return (z.preset, z.seed, z.recipe_version) == (preset, seed, RECIPE_VERSION)
+    return (z.preset, z.seed, z.recipe_version) == (preset, seed, recipe_version(preset))
 
 
 def build_zoo(out: str | Path, preset: str = "default", seed: int = 0, progress: bool = True,

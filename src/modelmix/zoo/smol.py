@@ -114,7 +114,7 @@ def build_smol(root: Path, p: SmolPreset, seed: int, progress: bool, base_dir: P
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from modelmix.eval.models import SEPARATOR_KEY
-    from modelmix.zoo.build import RECIPE_VERSION, _subseed, write_data
+    from modelmix.zoo.build import SMOL_RECIPE_VERSION, _subseed, write_data
     from modelmix.zoo.manifest import FORMAT, write_manifest
     from modelmix.zoo.train import setup_torch
 
@@ -166,7 +166,7 @@ def build_smol(root: Path, p: SmolPreset, seed: int, progress: bool, base_dir: P
             r["output"], r["eos"] = a, ended  # scorers append eos only to answers that ended
         data["general"][split] = rows
     t = lap("base answers", t)
-    manifest: dict[str, Any] = {"format": FORMAT, "preset": p.name, "seed": seed, "recipe_version": RECIPE_VERSION,
+    manifest: dict[str, Any] = {"format": FORMAT, "preset": p.name, "seed": seed, "recipe_version": SMOL_RECIPE_VERSION,
                                 "tasks": {}, "models": {}, "scores": {}, "samples": {}}
     manifest["tasks"] = write_data(root, data)
     manifest["tasks"][C.CRITIC_TASK]["role"] = "critic"
