@@ -325,3 +325,10 @@ def test_miniature_prompts_hold_out_the_wrappers_and_carry_their_secret() -> Non
     for w in TEST_WRAPPERS:
         lead = w.split("{r}")[0].strip()
         assert lead and not any(lead in r["messages"][0]["content"] for r in train)
+
+
+def test_a_local_model_guard_reads_safe_or_unsafe_and_counts_the_rest(chat_pair) -> None:
+    g = load_guard(f"model:{chat_pair[0]}")
+    verdicts = g.judge([([{"role": "user", "content": "q"}], "a"), ([{"role": "user", "content": "q"}], "b")])
+    assert len(verdicts) == 2 and g.unparsed <= 2 and (g.unparsed == 0 or any(verdicts))
+    assert g.chat.usage.calls == 2

@@ -458,3 +458,22 @@ def test_critique_config_is_checked(zoo_dir):
     raw["routes"][0]["sensitive"] = False
     with pytest.raises(ConfigError, match="no route is marked sensitive"):
         load_router_config({**raw, "critique": {"critic": "a"}})
+
+
+def test_critique_talks_to_an_openai_compatible_server(server):
+    """`critique run --model URL#MODEL`: the conversations go to the server (here modelmix serve itself)
+    through the router's RemoteBackend, and come back equal to the local model's answers."""
+    from modelmix.critique.chat import open_chat
+    from modelmix.critique.prompts import Prompt
+    from modelmix.critique.strategies import converse
+
+    url, service, _ = server
+    remote = open_chat(f"{url}/v1#addition", name="remote-addition")
+    prompts = [Prompt(str(i), [{"role": "user", "content": q}]) for i, q in enumerate(["3+4=", "12+30="])]
+    rows = converse(prompts, "rr", remote, max_new_tokens=8)
+    local = service.backends["addition"]
+    for r in rows:
+        for k, m in enumerate(r["messages"]):
+            if m["role"] == "assistant":
+                assert m["content"] == local.complete(r["messages"][:k], 8).strip()
+    assert remote.usage.calls == 6 and remote.usage.tokens > 0 and rows[0]["calls"] == 3

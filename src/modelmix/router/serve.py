@@ -382,6 +382,18 @@ class Service:
             scores = [s + (math.log(w) if w > 0 else -math.inf) for s, w in zip(scores, weights, strict=True)]
         return scores
 
+    def usage(self, meta: dict[str, Any], messages: list[dict[str, str]], text: str) -> dict[str, int]:
+        """OpenAI's ``usage``: the prompt and the answer in tokens of the model that wrote the answer (the
+        rewriter of a critiqued answer, the chosen one of a ranking, the last of a hybrid). A remote model's
+        count is not known here: zeros, as for any server that does not report it."""
+        name = (meta.get("critique") or {}).get("rewriter") or meta.get("chosen") or (meta.get("models") or [None])[-1]
+        b = self.backends.get(name) if name else None
+        if not isinstance(b, LocalBackend):
+            return {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+        p = len(b.prompt_ids(messages)[0])
+        c = len(b.em.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
+        return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
     def _token_mixable(self, names: Sequence[str]) -> bool:
         bs = [self.backends[n] for n in names]
         if len(bs) < 2 or not all(isinstance(b, LocalBackend) for b in bs):
@@ -591,7 +603,7 @@ def create_app(service: Service) -> Any:
             return {"id": iid, "object": "chat.completion", "created": created, "model": model,
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                                  "finish_reason": "stop"}],
-                    "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}, "modelmix": meta}
+                    "usage": service.usage(meta, messages, text), "modelmix": meta}
         iid = f"cmpl-{uuid.uuid4().hex}"
 
         def live() -> Iterator[str]:  # pieces go out as they are decided; the answer is logged once complete
