@@ -177,14 +177,14 @@ def _echo(rng: random.Random, facts: list[str], must: str | None, drop: str | No
     """An answer in SmolLM2's style: it repeats sentences of the notes (with ``must`` among them, without
     ``drop``), sometimes cut off mid-sentence as a token budget cuts greedy answers."""
     pool = [f for f in facts if f not in (must, drop)]
-    picked = rng.sample(pool, rng.randint(0, min(3, len(pool))))
+    picked = rng.sample(pool, rng.randint(0 if must is not None else 1, min(3, len(pool))))
     if must is not None:
         picked.insert(rng.randint(0, len(picked)), must)
     text = rng.choice(_OPENERS) + " ".join(picked)
     words = text.split()
     if len(words) > 12 and rng.random() < 0.3:
         text = " ".join(words[: rng.randint(len(words) - 5, len(words) - 1)])
-    return text.strip() or rng.choice(facts)
+    return text.strip()
 
 
 def _strip_secrets(answer: str) -> str:
