@@ -299,10 +299,23 @@ def test_cli_refuses_bad_input_before_loading_and_loses_nothing(chat_pair, tmp_p
         (["--strategy", "rr-merge", "--critic", "http://127.0.0.1:1/v1#x", "--out", str(tmp_path / "a.jsonl")],
          "local model directories"),
         (["--strategy", "rr", "--critic", str(tmp_path), "--out", str(tmp_path / "a.jsonl")], "--critic"),
+        (["--strategy", "rr", "--critique-prompt", " ", "--out", str(tmp_path / "a.jsonl")], "is empty"),
     ]
     for extra, needle in cases:
         code, so, se = run_cli(*base, *extra)
         assert code != 0 and needle.lower() in se.lower() and "Traceback" not in se, (extra, se)
+    # a model without a chat template would only ever see the last user message: refused for the RR family
+    import shutil
+
+    plain = tmp_path / "plain"
+    shutil.copytree(model, plain)
+    (plain / "chat_template.jinja").unlink(missing_ok=True)
+    cfg = json.loads((plain / "tokenizer_config.json").read_text())
+    cfg.pop("chat_template", None)
+    (plain / "tokenizer_config.json").write_text(json.dumps(cfg))
+    code, so, se = run_cli("critique", "run", "--model", str(plain), "--prompts", str(p), "--strategy", "rr",
+                           "--out", str(tmp_path / "a.jsonl"))
+    assert code != 0 and "no chat template" in " ".join(se.split()) and "Traceback" not in se
     assert p.read_bytes() == before and not (tmp_path / "a.jsonl").exists()
     (tmp_path / "a.jsonl").write_text("keep me")
     code, so, se = run_cli(*base, "--out", str(tmp_path / "a.jsonl"))
@@ -332,3 +345,49 @@ def test_a_local_model_guard_reads_safe_or_unsafe_and_counts_the_rest(chat_pair)
     verdicts = g.judge([([{"role": "user", "content": "q"}], "a"), ([{"role": "user", "content": "q"}], "b")])
     assert len(verdicts) == 2 and g.unparsed <= 2 and (g.unparsed == 0 or any(verdicts))
     assert g.chat.usage.calls == 2
+
+
+def test_wilson_interval_hand_computed_and_refusals_need_a_word_start() -> None:
+    lo, hi = MX.wilson([False] * 200)
+    assert lo == 0.0 and abs(hi - 1.959964**2 / (200 + 1.959964**2)) < 1e-12  # 0 of n: z²/(n + z²)
+    lo, hi = MX.wilson([True] * 30 + [False] * 70)
+    assert abs(lo - 0.2189) < 1e-4 and abs(hi - 0.3958) < 1e-4
+    assert not MX.is_refusal("Thai can't be read by everyone, but here it is.")
+
+
+def test_eval_checks_rows_and_names_each_model(tmp_path: Path) -> None:
+    row = {"id": "0", "kind": "harmful", "strategy": "rr", "final": "KR-4821", "prompt_turns": 1,
+           "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "KR-4821"}],
+           "model": "/m/one", "calls": 3, "tokens": 4}
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text(json.dumps(row) + "\n")
+    b.write_text(json.dumps({**row, "model": "/m/two", "final": "no"}) + "\n")
+    code, so, se = run_cli("critique", "eval", "--answers", str(a), "--answers", str(b), "--json")
+    assert code == 0, se
+    s = json.loads(so)["strategies"]
+    assert s["rr (one)"]["asr"] == 1.0 and s["rr (two)"]["asr"] == 0.0
+    for bad, needle in [({"final": None}, "'final' must be a string"), ({"kind": "Harmful"}, "'kind' must be one of"),
+                        ({"reference": 3}, "'reference' must be a string")]:
+        a.write_text(json.dumps({**row, **bad}) + "\n")
+        code, so, se = run_cli("critique", "eval", "--answers", str(a))
+        flat = " ".join(se.split())
+        assert code != 0 and needle in flat and f"{a}: row 1" in flat and "Traceback" not in se
+
+
+def test_bench_work_dir_is_checked_before_anything_runs(tmp_path: Path) -> None:
+    from modelmix.critique.bench import _check_work
+    from modelmix.errors import OutputError
+
+    zoo = tmp_path / "zoo"
+    (zoo / "base").mkdir(parents=True)
+    with pytest.raises(OutputError):
+        _check_work(zoo / "base", True, zoo)  # inside the zoo
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "rr.jsonl").write_text("{}")
+    with pytest.raises(OutputError, match="--overwrite"):
+        _check_work(work, False, zoo)
+    _check_work(work, True, zoo)  # an earlier bench's files: replaced
+    (work / "notes.txt").write_text("mine")
+    with pytest.raises(OutputError, match="notes.txt"):
+        _check_work(work, True, zoo)

@@ -396,61 +396,120 @@ def test_reload_replaces_models_and_routes_and_refuses_a_bad_config(zoo_dir, tmp
         service.store.close()
 
 
-def test_sensitive_route_answers_through_self_critique(server):
-    """A route marked sensitive: the answer is held back as a draft, critiqued (by critique.critic, else by
-    the answering model: RR) and rewritten by the answering model; only the rewrite is sent and logged, and
-    the completion's modelmix object keeps the draft and the critique."""
+TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{{ eos_token }}{% endfor %}"
+            "{% if add_generation_prompt %}<assistant>{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def chat_server(tmp_path_factory):
+    """A server of two tiny chat models (a chat template each): route vault is sensitive and answered by
+    `chat`, critiqued by `critic`; route weather is answered by `plain` (the same weights, not sensitive)."""
+    import uvicorn
+    import yaml
+
+    from modelmix.eval._tiny import save_tiny_llama
+    from modelmix.router.serve import build_service, create_app
+    from modelmix.zoo.tokenizer import build_tokenizer
+
+    root = tmp_path_factory.mktemp("chatserve")
+    for name, seed in (("chat", 0), ("critic", 1)):
+        tok = build_tokenizer()
+        tok.chat_template = TEMPLATE
+        tok.model_max_length = 1024
+        save_tiny_llama(root / name, tokenizer=tok, hidden=32, intermediate=64, layers=2, heads=2, tie=True,
+                        max_positions=1024, seed=seed)
+    cfg = {"models": {"chat": {"path": "chat", "max_new_tokens": 6}, "plain": {"path": "chat", "max_new_tokens": 6},
+                      "critic": {"path": "critic", "max_new_tokens": 6},
+                      "down": {"url": f"http://127.0.0.1:{_free_port()}/v1", "model": "x", "timeout_s": 2}},
+           "routes": [{"name": "vault", "models": ["chat"], "sensitive": True,
+                       "utterances": ["what is the access code of the vault", "tell me the vault code",
+                                      "give me the secret code of the vault", "how do I open the vault"]},
+                      {"name": "weather", "models": ["plain"],
+                       "utterances": ["what is the weather today", "will it rain tomorrow", "is it sunny outside",
+                                      "how cold is it tonight"]}],
+           "critique": {"critic": "critic", "max_new_tokens": 5}, "feedback": {"store": "r.db"}}
+    (root / "router.yml").write_text(yaml.safe_dump(cfg))
+    service = build_service(str(root / "router.yml"))
+    port = _free_port()
+    srv = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="warning"))
+    th = threading.Thread(target=srv.run, daemon=True)
+    th.start()
+    while not srv.started:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", service
+    srv.should_exit = True
+    th.join(10)
+    service.close()
+    service.store.close()
+
+
+def _rr(b, author: str, critic: str, msgs: list) -> tuple[str, str, str]:
+    """The three turns computed by hand with the backends: draft, critique, rewrite."""
     from modelmix.critique.prompts import CRITIQUE_PROMPT, REWRITE_PROMPT
 
-    url, service, _ = server
-    route = service.cfg.routes[0]
-    route.sensitive, service.cfg.critique.critic = True, "base"
+    draft = b[author].complete(msgs, 6)
+    convo = [*msgs, {"role": "assistant", "content": draft}, {"role": "user", "content": CRITIQUE_PROMPT}]
+    crit = b[critic].complete(convo, 5)
+    final = b[author].complete([*convo, {"role": "assistant", "content": crit},
+                                {"role": "user", "content": REWRITE_PROMPT}], 6)
+    return draft, crit, final
+
+
+def test_sensitive_route_sends_only_the_rewrite(chat_server):
+    """A route marked sensitive: the answer is held back as a draft, critiqued by critique.critic, and
+    rewritten by the answering model; only the rewrite reaches the client (the draft and the critique are
+    in the store, never in the response), streamed or not, and usage counts all three calls."""
+    url, service = chat_server
+    c = _client(url)
+    msgs = [{"role": "user", "content": "what is the secret access code of the vault"}]
+    r = c.chat.completions.create(model="router-single", messages=msgs, max_tokens=6)
+    mm = r.model_extra["modelmix"]
+    assert mm["routes"][0] == "vault" and mm["critique"]["critic"] == "critic"
+    assert mm["critique"]["strategy"] == "rr-extcrit" and mm["critique"]["rewriter"] == "chat"
+    draft, crit, final = _rr(service.backends, "chat", "critic", msgs)
+    assert r.choices[0].message.content == final
+    assert "withheld" not in mm and draft not in json.dumps(mm) and crit not in json.dumps(mm)
+    stored = service.store.interaction(r.id)
+    assert stored["answer"] == final
+    assert (stored["extra"]["withheld"]["answer"], stored["extra"]["withheld"]["critique"]) == (draft, crit)
+    tok = service.backends["chat"].em.tokenizer
+    want = sum(len(service.backends[m].prompt_ids(p)[0]) for m, p in (
+        ("chat", msgs), ("critic", stored["extra"]["withheld"]["conversation"][:3]),
+        ("chat", stored["extra"]["withheld"]["conversation"])))
+    assert r.usage.prompt_tokens == want
+    assert r.usage.completion_tokens == sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in (draft, crit, final) if t)
+    # streamed: the same rewrite, and no chunk carries the draft
+    chunks = list(c.chat.completions.create(model="router-single", messages=msgs, max_tokens=6, stream=True))
+    assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == final
+    assert all("withheld" not in (ch.model_extra or {}).get("modelmix", {}) for ch in chunks)
+    # naming the model directly does not bypass the step; a route that is not sensitive answers directly
+    r = c.chat.completions.create(model="chat", messages=msgs, max_tokens=6)
+    assert r.choices[0].message.content == final and r.model_extra["modelmix"]["critique"]["rewriter"] == "chat"
+    r = c.chat.completions.create(model="router-single", messages=[{"role": "user", "content": "will it rain today"}],
+                                  max_tokens=6)
+    assert r.model_extra["modelmix"]["routes"][0] == "weather" and "critique" not in r.model_extra["modelmix"]
+
+
+def test_a_critic_that_cannot_answer_leaves_the_model_to_critique_itself(chat_server):
+    url, service = chat_server
+    service.cfg.critique.critic = "down"
     try:
-        c = _client(url)
-        msgs = [{"role": "user", "content": "3+4="}]
-        r = c.chat.completions.create(model="router-single", messages=msgs, max_tokens=8)
-        mm = r.model_extra["modelmix"]
-        crit = mm["critique"]
-        author = crit["rewriter"]
-        assert crit["critic"] == "base" and crit["strategy"] == "rr-extcrit" and author in route.models
-        b = service.backends
-        draft = b[author].complete(msgs, 8)
-        critique = b["base"].complete([*msgs, {"role": "assistant", "content": draft},
-                                       {"role": "user", "content": CRITIQUE_PROMPT}], 128)
-        final = b[author].complete([*msgs, {"role": "assistant", "content": draft},
-                                    {"role": "user", "content": CRITIQUE_PROMPT},
-                                    {"role": "assistant", "content": critique},
-                                    {"role": "user", "content": REWRITE_PROMPT}], 8)
-        assert (crit["draft"], crit["critique"], r.choices[0].message.content) == (draft, critique, final)
-        assert service.store.interaction(r.id)["answer"] == final
-        # streamed, the same rewrite goes out; without a critic the answering model critiques itself (RR)
-        service.cfg.critique.critic = None
-        chunks = list(c.chat.completions.create(model="router-single", messages=msgs, max_tokens=8, stream=True))
-        text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
-        crit = chunks[-1].model_extra["modelmix"]["critique"]
-        author = crit["rewriter"]
-        assert crit["strategy"] == "rr" and crit["critic"] == author
-        draft = b[author].complete(msgs, 8)
-        convo = [*msgs, {"role": "assistant", "content": draft}, {"role": "user", "content": CRITIQUE_PROMPT}]
-        own = b[author].complete(convo, 128)
-        assert (crit["draft"], crit["critique"]) == (draft, own)
-        assert text == b[author].complete([*convo, {"role": "assistant", "content": own},
-                                           {"role": "user", "content": REWRITE_PROMPT}], 8)
-        # a route not marked sensitive answers directly
-        route.sensitive = False
-        r = c.chat.completions.create(model="router-single", messages=msgs, max_tokens=8)
-        assert "critique" not in r.model_extra["modelmix"]
+        msgs = [{"role": "user", "content": "tell me the code of the vault"}]
+        r = _client(url).chat.completions.create(model="router-single", messages=msgs, max_tokens=6)
+        crit = r.model_extra["modelmix"]["critique"]
+        assert crit["critic"] == "chat" and crit["strategy"] == "rr"
+        assert r.choices[0].message.content == _rr(service.backends, "chat", "chat", msgs)[2]
     finally:
-        route.sensitive, service.cfg.critique.critic = False, None
+        service.cfg.critique.critic = "critic"
 
 
-def test_critique_config_is_checked(zoo_dir):
+def test_critique_config_is_checked(zoo_dir, chat_server):
     from modelmix.errors import ConfigError
     from modelmix.router.config import load_router_config
     from modelmix.zoo import load_zoo
 
-    z = load_zoo(zoo_dir)
-    raw = {"models": {"a": {"path": str(z.model_path("base"))}},
+    chat = chat_server[1].cfg.model_path("chat")
+    raw = {"models": {"a": {"path": str(chat)}},
            "routes": [{"name": "r", "models": ["a"], "utterances": ["x"], "sensitive": True}]}
     assert load_router_config({**raw, "critique": {"critic": "a"}}).critique.critic == "a"
     with pytest.raises(ConfigError, match="critique.critic: model 'b' is not defined"):
@@ -458,6 +517,11 @@ def test_critique_config_is_checked(zoo_dir):
     raw["routes"][0]["sensitive"] = False
     with pytest.raises(ConfigError, match="no route is marked sensitive"):
         load_router_config({**raw, "critique": {"critic": "a"}})
+    # a model without a chat template would never see the answer it is asked to critique
+    raw = {"models": {"a": {"path": str(load_zoo(zoo_dir).model_path("base"))}},
+           "routes": [{"name": "r", "models": ["a"], "utterances": ["x"], "sensitive": True}]}
+    with pytest.raises(ConfigError, match="no chat template"):
+        load_router_config(raw)
 
 
 def test_critique_talks_to_an_openai_compatible_server(server):

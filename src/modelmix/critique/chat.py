@@ -118,17 +118,24 @@ def parse_remote(ref: str) -> tuple[str, str] | None:
     return url, model
 
 
-def check_model_ref(ref: str, what: str) -> None:
-    """Fail before anything loads: a server reference must be well formed; a local one a decoder directory."""
+def check_model_ref(ref: str, what: str, *, conversation: bool = False) -> None:
+    """Fail before anything loads: a server reference must be well formed; a local one a decoder directory,
+    with a chat template when it must answer about earlier turns (``conversation``: the RR family, guards)."""
     if parse_remote(ref) is not None:
         return
     from modelmix.eval.models import require_kind
+    from modelmix.io.aux import has_chat_template
 
     p = Path(ref).expanduser()
     if not p.is_dir():
         raise InputError(f"{what} {ref}: no such model directory (give a local Hugging Face model directory, or "
                          "URL#MODEL for an OpenAI-compatible server).")
     require_kind(p, "decoder", f"{what} {ref}")
+    if conversation and not has_chat_template(p):
+        raise InputError(f"{what} {ref} has no chat template (tokenizer_config.json 'chat_template' or "
+                         "chat_template.jinja): it would see only the last user message, so asked to critique or "
+                         "rewrite its answer it would never see that answer. Use a chat model, or add its "
+                         "template to the tokenizer files.")
 
 
 def open_chat(ref: str, *, name: str | None = None, device: str = "cpu", batch_size: int | None = None,
@@ -136,7 +143,7 @@ def open_chat(ref: str, *, name: str | None = None, device: str = "cpu", batch_s
     """A :class:`Chat` for a model reference (see the module docstring); a local model loads now."""
     from modelmix.router.backends import LocalBackend, RemoteBackend
 
-    check_model_ref(ref, "Model")
+    check_model_ref(ref, "Model")  # callers check the chat template where the conversation matters
     remote = parse_remote(ref)
     if remote is not None:
         url, model = remote

@@ -59,6 +59,9 @@ def run_cmd(model: str, critic: str | None, strategy: str, merge_weight: str | N
 
     parse_strategies(strategy)
     parse_weights(merge_weight)
+    for flag, text in (("--critique-prompt", critique_prompt), ("--rewrite-prompt", rewrite_prompt)):
+        if text is not None and not text.strip():
+            raise click.UsageError(f"{flag} is empty; leave it out for the paper's prompt.")
     inputs = [("--prompts", prompts_path)] + [(flag, ref) for flag, ref in (("--model", model), ("--critic", critic))
                                             if ref and parse_remote(ref) is None]
     if merge_cache:
@@ -93,6 +96,12 @@ def eval_cmd(answers: tuple[str, ...], guard: str, device: str, as_json: bool) -
         mine = [obj for _, obj in jsonl_objects(path, "Answers file")]
         check_rows(mine, path)
         rows.extend(mine)
+    models = {str(r.get("model")) for r in rows}
+    if len(models) > 1:  # answers of several models: each strategy's label names its model
+        from pathlib import Path
+
+        for r in rows:
+            r["label"] = f"{r.get('label') or r['strategy']} ({Path(str(r.get('model'))).name})"
     check_rows(rows, ", ".join(answers))
     g = load_guard(guard, device=device)
     summary = summarize(rows, g)
@@ -112,17 +121,19 @@ def eval_cmd(answers: tuple[str, ...], guard: str, device: str, as_json: bool) -
               help="RR-merge's sweep of the critic's share; the table's rr-merge row is 0.5 (the paper's).")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--work", type=click.Path(file_okay=False), default=None,
-              help="Keep the prompts and answers files there (default: a temporary directory).")
+              help="Keep the prompts and answers files in this new directory (default: a temporary one).")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier --work directory.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the prompt set.")
 @device_option("Where the models run.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON line.")
 def bench_cmd(zoo_dir: str, harmful: int, benign: int, weights: str, max_new_tokens: int, work: str | None,
-              seed: int, device: str, as_json: bool) -> None:
+              overwrite: bool, seed: int, device: str, as_json: bool) -> None:
     """The miniature replication: every strategy on fictional jailbreaks, one table, and the issue's targets."""
     from modelmix.critique.bench import bench, render
 
     res = bench(zoo_dir, n_harmful=harmful, n_benign=benign, weights=weights, max_new_tokens=max_new_tokens,
-                work=work, seed=seed, device=device, log=None if as_json else (lambda s: click.echo(s, err=True)))
+                work=work, overwrite=overwrite, seed=seed, device=device,
+                log=None if as_json else (lambda s: click.echo(s, err=True)))
     if as_json:
         sys.stdout.write(json.dumps(res) + "\n")
         return

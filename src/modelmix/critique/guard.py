@@ -111,8 +111,9 @@ def load_guard(spec: str | None, *, device: str = "cpu") -> Guard:
             raise InputError(f"--guard {spec}: {mod}.{fn} is not a function.")
         return CallableGuard(f, spec)
     if kind == "model" and arg:
-        from modelmix.critique.chat import open_chat
+        from modelmix.critique.chat import check_model_ref, open_chat
 
+        check_model_ref(arg, f"--guard {spec}:", conversation=True)
         return ModelGuard(open_chat(arg, name="guard", device=device), spec)
     raise InputError(f"Unknown guard {spec!r}: give lexicon (the default), regex:PATTERN, python:MODULE:FUNCTION, "
                      "or model:PATH (a Llama-Guard-style model directory, or URL#MODEL).")

@@ -6,7 +6,9 @@ strategies that use them; RR-merge's model is merged in memory into its own skel
 cache, ``merge_cache``), once per weight of a sweep.
 
 Each row carries its run's cost (``run``): seconds of generation, the merge's seconds, the weights held for
-that strategy (one model, or two for RR-extcrit), and the process's peak resident memory so far.
+that strategy (one model, or two for RR-extcrit), and the process's peak resident memory so far (a
+high-water mark of the whole process: run one strategy per process, as ``critique bench`` does, for each
+strategy's own peak).
 """
 
 from __future__ import annotations
@@ -69,7 +71,8 @@ def run(prompts: Sequence[Prompt], strategies: str | Sequence[str], model: str, 
         batch_size: int | None = None, max_new_tokens: int = 256, critique_max_new_tokens: int | None = None,
         critique_prompt: str = CRITIQUE_PROMPT, rewrite_prompt: str = REWRITE_PROMPT,
         merge_cache: str | Path | None = None, log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
-    """Rows of every (strategy, prompt), strategies in the order given."""
+    """Rows of every (strategy, prompt): the strategies in the order given, RR-merge's last (its skeleton is
+    loaded once the other strategies' models are released)."""
     strats = parse_strategies(strategies)
     weights = parse_weights(merge_weight)
     say = log or (lambda _m: None)
@@ -81,9 +84,10 @@ def run(prompts: Sequence[Prompt], strategies: str | Sequence[str], model: str, 
     if needs and not critic:
         raise InputError(f"Strategy {needs[0]} needs --critic (the critic model: a directory, or URL#MODEL for "
                          "rr-extcrit).")
-    check_model_ref(model, "--model")
+    rr = any(s != "none" for s in strats)
+    check_model_ref(model, "--model", conversation=rr)
     if critic:
-        check_model_ref(critic, "--critic")
+        check_model_ref(critic, "--critic", conversation=rr)
     if "rr-merge" in strats and (parse_remote(model) or parse_remote(str(critic))):
         raise InputError("rr-merge merges weights: --model and --critic must be local model directories, not "
                          "servers.")
@@ -122,6 +126,10 @@ def run(prompts: Sequence[Prompt], strategies: str | Sequence[str], model: str, 
         record(s, s, out, used, t0, {})
     if "rr-merge" in strats:
         assert critic is not None
+        chats.clear()  # the model and critic of the other strategies are not needed any more
+        import gc
+
+        gc.collect()
         merged: Any = None
         for w in weights:
             label = "rr-merge" if len(weights) == 1 else f"rr-merge@{w:g}"

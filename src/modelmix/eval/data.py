@@ -130,7 +130,7 @@ def jsonl_objects(path: str | Path, what: str = "Data file") -> list[tuple[str, 
             raise DataError(f"{where}: invalid JSON ({e.msg} at column {e.colno}){hint}.") from None
         out.append((where, obj))
     if not out:
-        raise DataError(f"{what} {p} contains no examples.")
+        raise DataError(f"{what} {p} contains no " + ("examples." if what == "Data file" else "rows."))
     return out
 
 

@@ -286,7 +286,7 @@ def generate_greedy(
     by_line = until == "line"
     model, tok, dev = em.model, em.tokenizer, em.device
     has_nl, nl_after, content = em.token_classes()
-    eos = tok.eos_token_id
+    eos = torch.tensor(sorted(eos_ids(em)), dtype=torch.long, device=dev)
     pad = tok.pad_token_id
     texts = [i for i, p in enumerate(prompts) if isinstance(p, str)]
     enc: list[list[int]] = [list(p) if not isinstance(p, str) else [] for p in prompts]
@@ -324,8 +324,9 @@ def generate_greedy(
             max_steps = int(budget.max())
             for step in range(max_steps):
                 nxt = out.logits[:, -1].argmax(-1)
-                stop = (nxt == eos) | (has_nl[nxt] & (seen | nl_after[nxt])) if by_line else nxt == eos
-                keep = ~done & (nxt != eos)  # a stopping newline token may carry text before the newline
+                is_eos = torch.isin(nxt, eos)
+                stop = is_eos | (has_nl[nxt] & (seen | nl_after[nxt])) if by_line else is_eos
+                keep = ~done & ~is_eos  # a stopping newline token may carry text before the newline
                 steps.append(nxt)
                 live_steps.append(keep)
                 seen |= content[nxt] & keep
@@ -346,11 +347,24 @@ def generate_greedy(
             keepm = torch.stack(live_steps, 1).cpu()
             for r, i in enumerate(idx):
                 toks = gen[r][keepm[r]].tolist()
-                text = tok.decode(toks, skip_special_tokens=False).lstrip()
+                text = tok.decode(toks, skip_special_tokens=not by_line).lstrip()
                 results[i] = text.split("\n", 1)[0] if by_line else text.rstrip()
                 if counts is not None:
                     counts[i] = len(toks)
     return results
+
+
+def eos_ids(em: EvalModel) -> set[int]:
+    """Every token that ends an answer: the tokenizer's eos and the model's generation config's (a chat
+    model's end-of-turn token, e.g. ``<|eot_id|>`` or ``<end_of_turn>``, is often only there)."""
+    ids = set()
+    if em.tokenizer.eos_token_id is not None:
+        ids.add(int(em.tokenizer.eos_token_id))
+    gen = getattr(getattr(em.model, "generation_config", None), "eos_token_id", None)
+    for i in gen if isinstance(gen, (list, tuple)) else [gen]:
+        if isinstance(i, int):
+            ids.add(i)
+    return ids or {-1}
 
 
 @_threaded

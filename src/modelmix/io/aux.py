@@ -95,3 +95,17 @@ def write_aux(mp, path, target: Path, seed: int | None = None) -> None:
         "---\ntags:\n- modelmix\n- merge\n---\n"
         f"# Merged model\n\nThis model was merged with modelmix using the `{cfg.merge_method}` method.\n\n"
         f"## Models merged\n\n{models}\n\n## Recipe\n\n```yaml\n{cfg.to_yaml()}```\n")
+
+
+def has_chat_template(path: str | Path) -> bool:
+    """Whether a model directory's tokenizer carries a chat template (``chat_template`` in
+    tokenizer_config.json, or transformers' chat_template.jinja / chat_template.json files): without one a
+    model sees only the last user message, so it cannot answer about an earlier turn of a conversation."""
+    d = Path(path)
+    if (d / "chat_template.jinja").is_file() or (d / "chat_template.json").is_file():
+        return True
+    try:
+        cfg = json.loads((d / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return bool(isinstance(cfg, dict) and cfg.get("chat_template"))

@@ -345,6 +345,7 @@ def check_router_config(cfg: RouterConfig, label: str = "router config") -> None
     if c is not None and not any(r.sensitive for r in cfg.routes):
         raise ConfigError(f"{label}: critique.critic is set but no route is marked sensitive: true, so it would "
                           "never be used; mark the routes whose answers it should critique.")
+    talkers = {m for r in cfg.routes if r.sensitive for m in r.models} | ({c} if c else set())
     for name, spec in cfg.models.items():
         if spec.path is not None:
             p = cfg.model_path(name)
@@ -355,6 +356,12 @@ def check_router_config(cfg: RouterConfig, label: str = "router config") -> None
             if not (p / "config.json").is_file():
                 raise ConfigError(f"{label}: models.{name}.path: {p} has no config.json; not a Hugging Face model "
                                   "directory.")
+            from modelmix.io.aux import has_chat_template
+
+            if name in talkers and not has_chat_template(p):
+                raise ConfigError(f"{label}: models.{name}: {p} has no chat template, but it answers a route marked "
+                                  "sensitive (or writes its critiques): without one it sees only the last user "
+                                  "message, so it would never see the answer it is asked to critique or rewrite.")
     if cfg.calibration is not None:  # read and checked here, before anything loads
         from modelmix.errors import DataError
         from modelmix.router.evaluate import read_labeled

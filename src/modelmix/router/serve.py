@@ -220,34 +220,50 @@ class Service:
         timings: dict[str, float] = {}
         meta["worker_pid"] = os.getpid()
         meta["per_model_ms"] = timings
-        if d is not None and any(r.sensitive for r in self.cfg.routes if r.name in d.routes):
+        if self.sensitive(d, model):
             yield from self._critiqued(d, model, messages, max_tokens, meta, timings, live)
             return
         yield from self._answer(d, model, messages, max_tokens, meta, timings, live)
 
-    def _critiqued(self, d: Decision, model: str, messages: list[dict[str, str]], max_tokens: int | None,
+    def sensitive(self, d: Decision | None, model: str) -> bool:
+        """Whether the answer goes through the critique step: the decision uses a route marked sensitive,
+        or (a direct request, no routing) the named model serves one, so naming it does not bypass the step."""
+        if d is not None:  # the routes whose models answer (a single decision lists the others as ranked)
+            used = d.routes[:len(d.models)]
+            return any(r.sensitive for r in self.cfg.routes if r.name in used)
+        return any(r.sensitive and model in r.models for r in self.cfg.routes)
+
+    def _critiqued(self, d: Decision | None, model: str, messages: list[dict[str, str]], max_tokens: int | None,
                    meta: dict[str, Any], timings: dict[str, float], live: bool) -> Iterator[str]:
-        """A sensitive route's answer through self-critique (RR, arXiv 2406.07188): the strategy's answer is
-        kept back as a draft, the critic (``critique.critic``, else the answering model) critiques it, and the
-        answering model rewrites it using the critique; only the rewrite is sent. ``meta["critique"]`` keeps
-        the draft and the critique for inspection."""
+        """A sensitive answer through self-critique (RR, arXiv 2406.07188): the strategy's answer is kept back
+        as a draft, the critic (``critique.critic``; if it cannot answer, the answering model) critiques it,
+        and the answering model rewrites it using the critique; only the rewrite is sent. The draft, the
+        critique and every other intermediate (a hybrid's draft, ranked candidates, pipeline steps) go to
+        ``meta["withheld"]``: logged in the store, never sent to the client (``public``)."""
         spec = self.cfg.critique
         draft: list[str] = []
         _drain(self._answer(d, model, messages, max_tokens, meta, timings, False), draft)
-        author = meta.get("chosen") or meta["models"][0]
+        author = meta.get("chosen") or meta["models"][-1]  # the model whose answer it is (a hybrid's refiner)
+        own = self._author_first(d, author)
         convo = [*messages, {"role": "assistant", "content": "".join(draft)},
                  {"role": "user", "content": spec.critique_prompt}]
-        critics = [spec.critic] if spec.critic is not None else self._author_first(d, author)
+        critics = own if spec.critic is None else [spec.critic, *own]
+        steps: dict[str, float] = {}
         crit: list[str] = []
-        by = _drain(self._one(critics, convo, spec.max_new_tokens, timings, False), crit)
+        by = _drain(self._one(critics, convo, spec.max_new_tokens, steps, False), crit)
         convo += [{"role": "assistant", "content": "".join(crit)}, {"role": "user", "content": spec.rewrite_prompt}]
-        meta["critique"] = {"draft": "".join(draft), "critique": "".join(crit), "critic": by,
-                            "strategy": "rr-extcrit" if spec.critic is not None else "rr"}
-        meta["critique"]["rewriter"] = yield from self._one(self._author_first(d, author), convo, max_tokens,
-                                                            timings, live)
+        withheld = {k: meta.pop(k) for k in ("draft", "candidates", "steps") if k in meta}
+        meta["withheld"] = {**withheld, "answer": "".join(draft), "critique": "".join(crit), "conversation": convo}
+        meta["critique"] = {"strategy": "rr-extcrit" if by == spec.critic else "rr", "critic": by,
+                            "critique_ms": round(sum(steps.values()), 2)}
+        t0 = time.perf_counter()
+        meta["critique"]["rewriter"] = yield from self._one(own, convo, max_tokens, {}, live)
+        meta["critique"]["rewrite_ms"] = round((time.perf_counter() - t0) * 1000, 2)
 
-    def _author_first(self, d: Decision, author: str) -> list[str]:
+    def _author_first(self, d: Decision | None, author: str) -> list[str]:
         """The model that answered, then its route's other models as fallbacks."""
+        if d is None:
+            return [author]
         i = d.models.index(author) if author in d.models else 0
         rest = self._fallbacks(d, i)
         return [author, *[m for m in rest if m != author]]
@@ -383,15 +399,26 @@ class Service:
         return scores
 
     def usage(self, meta: dict[str, Any], messages: list[dict[str, str]], text: str) -> dict[str, int]:
-        """OpenAI's ``usage``: the prompt and the answer in tokens of the model that wrote the answer (the
-        rewriter of a critiqued answer, the chosen one of a ranking, the last of a hybrid). A remote model's
-        count is not known here: zeros, as for any server that does not report it."""
-        name = (meta.get("critique") or {}).get("rewriter") or meta.get("chosen") or (meta.get("models") or [None])[-1]
-        b = self.backends.get(name) if name else None
-        if not isinstance(b, LocalBackend):
-            return {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-        p = len(b.prompt_ids(messages)[0])
-        c = len(b.em.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
+        """OpenAI's ``usage`` in tokens of the models that wrote it: for a critiqued answer the sum of its
+        three calls (answer, critique, rewrite; each prompt is the conversation so far); otherwise the call
+        that wrote the answer sent (the chosen one of a ranking, a hybrid's refiner: the other candidates'
+        and the draft's calls are not counted). A remote model's count is not known here and counts 0."""
+        w = meta.get("withheld")
+        crit = meta.get("critique")
+        if w and crit:
+            convo = w["conversation"]
+            n = len(messages)
+            calls = [(meta["models"][-1] if meta.get("chosen") is None else meta["chosen"], messages, w["answer"]),
+                     (crit["critic"], convo[:n + 2], w["critique"]), (crit["rewriter"], convo, text)]
+        else:
+            name = meta.get("chosen") or (meta.get("models") or [None])[-1]
+            calls = [(name, messages, text)]
+        p = c = 0
+        for name, prompt, out in calls:
+            b = self.backends.get(name) if name else None
+            if isinstance(b, LocalBackend):
+                p += len(b.prompt_ids(prompt)[0])
+                c += len(b.em.tokenizer(out, add_special_tokens=False)["input_ids"]) if out else 0
         return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
 
     def _token_mixable(self, names: Sequence[str]) -> bool:
@@ -448,6 +475,12 @@ def _drain(gen: Generator[str, None, Any], out: list[str]) -> Any:
     r = _Result(gen)
     out.extend(r)
     return r.value
+
+
+def public(meta: dict[str, Any]) -> dict[str, Any]:
+    """The ``modelmix`` object a client gets: everything but what a critique step withheld (the draft and
+    the critique of a sensitive answer: sending them would hand back what the step took out)."""
+    return {k: v for k, v in meta.items() if k != "withheld"}
 
 
 def _last_user(messages: Sequence[dict[str, str]]) -> str:
@@ -556,7 +589,8 @@ def create_app(service: Service) -> Any:
         iid = service.store.log(query, meta.get("distribution", {}), meta["strategy"], meta["models"],
                                 meta.get("weights", [1.0]), answer=text, latency_ms=seconds * 1000,
                                 extra={k: v for k, v in meta.items() if k in ("per_model_ms", "why", "candidates",
-                                                                               "draft", "pipeline", "steps", "critique")}, interaction_id=iid)
+                                                                               "draft", "pipeline", "steps", "critique",
+                                                                               "withheld")}, interaction_id=iid)
         service.m_requests.labels(meta["strategy"], "ok").inc()
         service.m_latency.labels(meta["strategy"]).observe(seconds)
         meta["latency_ms"] = round(seconds * 1000, 2)
@@ -603,7 +637,7 @@ def create_app(service: Service) -> Any:
             return {"id": iid, "object": "chat.completion", "created": created, "model": model,
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                                  "finish_reason": "stop"}],
-                    "usage": service.usage(meta, messages, text), "modelmix": meta}
+                    "usage": service.usage(meta, messages, text), "modelmix": public(meta)}
         iid = f"cmpl-{uuid.uuid4().hex}"
 
         def live() -> Iterator[str]:  # pieces go out as they are decided; the answer is logged once complete
@@ -622,7 +656,7 @@ def create_app(service: Service) -> Any:
                     service.m_requests.labels(meta.get("strategy", "-"), "error").inc()
                     return
                 record(meta, query, "".join(parts), time.perf_counter() - t0, iid)
-                yield chunk(iid, created, model, {}, "stop", {"modelmix": meta})
+                yield chunk(iid, created, model, {}, "stop", {"modelmix": public(meta)})
                 yield "data: [DONE]\n\n"
             finally:
                 gen.close()  # a client gone mid-answer: its row is cancelled at the engine's next step
