@@ -80,6 +80,9 @@ def run(prompts: Sequence[Prompt], strategies: str | Sequence[str], model: str, 
         raise InputError("No prompts to run.")
     if max_new_tokens < 1 or (critique_max_new_tokens is not None and critique_max_new_tokens < 1):
         raise InputError("--max-new-tokens must be at least 1.")
+    from modelmix.devices import check_device
+
+    device = check_device(device)
     needs = [s for s in strats if s in NEEDS_CRITIC]
     if needs and not critic:
         raise InputError(f"Strategy {needs[0]} needs --critic (the critic model: a directory, or URL#MODEL for "
