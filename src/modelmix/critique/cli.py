@@ -119,7 +119,8 @@ def eval_cmd(answers: tuple[str, ...], guard: str, device: str, as_json: bool) -
 @click.option("--benign", type=click.IntRange(min=1), default=100, show_default=True, help="Benign prompts.")
 @click.option("--weights", default="0.25,0.5,0.75", show_default=True,
               help="RR-merge's sweep of the critic's share; the table's rr-merge row is 0.5 (the paper's).")
-@click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Tokens per answer, critique and rewrite.")
 @click.option("--work", type=click.Path(file_okay=False), default=None,
               help="Keep the prompts and answers files in this new directory (default: a temporary one).")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier --work directory.")
