@@ -224,13 +224,21 @@ def test_judge_ranker_picks_the_answer_the_judge_finds_likeliest(zoo_dir, tmp_pa
 
 
 def test_close_fails_waiting_requests_and_joins_the_thread(models):
-    engine = Engine()
-    it = iter(_via(engine, models["base"], "compute 40 plus 2 please", 500, one_line=False))
-    next(it)
-    engine.close()
-    assert not engine._thread.is_alive()
-    with pytest.raises(BackendError, match="shutting down"):
-        list(it)
+    """A request still decoding when the engine closes gets an error, never a silently cut answer. On a
+    loaded machine the engine thread may finish the whole answer before close() runs (nothing in flight
+    then): that attempt says nothing, and another is made."""
+    for _ in range(5):
+        engine = Engine()
+        it = iter(_via(engine, models["base"], "compute 40 plus 2 please", 500, one_line=False))
+        next(it)
+        engine.close()
+        assert not engine._thread.is_alive()
+        try:
+            list(it)
+        except BackendError as e:
+            assert "shutting down" in str(e)
+            return
+    pytest.fail("every answer was complete before close() ran: no request was in flight to fail")
 
 
 def test_engine_threads_apply_to_the_engine_thread_only():
