@@ -141,7 +141,7 @@ def check_model_ref(ref: str, what: str, *, conversation: bool = False) -> None:
 def open_chat(ref: str, *, name: str | None = None, device: str = "cpu", batch_size: int | None = None,
               concurrency: int = 8, timeout_s: float = 120.0) -> Chat:
     """A :class:`Chat` for a model reference (see the module docstring); a local model loads now."""
-    from modelmix.router.backends import LocalBackend, RemoteBackend
+    from modelmix.router.backends import RemoteBackend
 
     check_model_ref(ref, "Model")  # callers check the chat template where the conversation matters
     remote = parse_remote(ref)
@@ -149,18 +149,15 @@ def open_chat(ref: str, *, name: str | None = None, device: str = "cpu", batch_s
         url, model = remote
         rb = RemoteBackend(name or model, url, model, api_key=os.environ.get("OPENAI_API_KEY"), timeout_s=timeout_s)
         return RemoteChat(name or model, rb, concurrency=concurrency)
-    lb = LocalBackend(name or Path(ref).name, Path(ref).expanduser())
-    lb._em = _load(Path(ref).expanduser(), device)
-    return LocalChat(lb.name, lb, batch_size=batch_size)
+    path = Path(ref).expanduser()
+    return local_chat(name or path.name, _load(path, device), batch_size=batch_size, path=path)
 
 
-def local_chat(name: str, em: Any, *, batch_size: int | None = None) -> LocalChat:
-    """A :class:`LocalChat` over a model already in memory (a merge written into a skeleton)."""
+def local_chat(name: str, em: Any, *, batch_size: int | None = None, path: Path | None = None) -> LocalChat:
+    """A :class:`LocalChat` over a model already in memory (loaded, or a merge written into a skeleton)."""
     from modelmix.router.backends import LocalBackend
 
-    lb = LocalBackend(name, Path(name))
-    lb._em = em
-    return LocalChat(name, lb, batch_size=batch_size)
+    return LocalChat(name, LocalBackend(name, path or Path(name), em=em), batch_size=batch_size)
 
 
 def _load(path: Path, device: str) -> Any:

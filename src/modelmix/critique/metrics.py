@@ -138,12 +138,8 @@ def summarize(rows: Sequence[dict[str, Any]], guard: Any) -> dict[str, dict[str,
 
 
 def _prompt_len(r: dict[str, Any]) -> int:
-    """Messages of the original prompt: everything before the first assistant turn of the run."""
-    if isinstance(r.get("prompt_turns"), int):
-        return int(r["prompt_turns"])
-    msgs = r["messages"]
-    n_turns = len(r.get("turns") or []) or 1
-    return max(0, len(msgs) - (2 * n_turns - 1))
+    """Messages of the original prompt (``critique run`` records how many)."""
+    return int(r.get("prompt_turns", 1))
 
 
 def _r(x: float) -> float | None:

@@ -30,10 +30,10 @@ class BackendError(RuntimeError):
 class LocalBackend:
     kind = "local"
 
-    def __init__(self, name: str, path: Path, max_new_tokens: int = 256, engine: Any = None) -> None:
+    def __init__(self, name: str, path: Path, max_new_tokens: int = 256, engine: Any = None, em: Any = None) -> None:
         self.name, self.path, self.max_new_tokens = name, path, max_new_tokens
         self.engine = engine  # router.engine.Engine: batched generation in the server's torch thread
-        self._em: Any = None
+        self._em: Any = em  # an EvalModel already in memory (a merge in a skeleton), else loaded on first use
         self._load_lock = threading.Lock()
         self.lock = threading.Lock()  # one generation at a time per model (torch runs it on all cores anyway)
 
